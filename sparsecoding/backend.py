@@ -1,0 +1,191 @@
+"""Array-backend selection: the one module that knows about cupy.
+
+Model code never imports numpy or cupy directly; it asks the arrays it was
+given for their namespace with :func:`get_xp` and looks up backend-specific
+tools (FFT module, window views, scatter-add) in :func:`capabilities`.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from types import SimpleNamespace
+
+import numpy as np
+
+__all__ = [
+    "BackendUnavailable",
+    "get_xp",
+    "set_backend",
+    "get_backend",
+    "use_backend",
+    "to_numpy",
+    "asarray",
+    "capabilities",
+    "cupy_available",
+]
+
+_KNOWN = ("numpy", "cupy")
+
+
+class BackendUnavailable(RuntimeError):
+    """Raised when a backend is asked for but cannot run here."""
+
+
+def _load_cupy():
+    """Import cupy and check that a GPU is visible; raise BackendUnavailable otherwise."""
+    try:
+        import cupy  # noqa: PLC0415
+    except Exception as exc:  # ImportError, or a broken CUDA install
+        raise BackendUnavailable(
+            "backend 'cupy' was requested but cupy cannot be imported "
+            f"({type(exc).__name__}: {exc}); install the GPU extra: pip install 'sparsecoding[gpu]'"
+        ) from exc
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        raise BackendUnavailable(
+            f"backend 'cupy' was requested but no CUDA device is usable ({exc})"
+        ) from exc
+    if n < 1:
+        raise BackendUnavailable("backend 'cupy' was requested but no GPU is visible")
+    return cupy
+
+
+def cupy_available() -> bool:
+    """True when cupy imports and sees at least one GPU."""
+    try:
+        _load_cupy()
+    except BackendUnavailable:
+        return False
+    return True
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or name.lower() not in _KNOWN:
+        raise ValueError(f"backend must be one of {_KNOWN}, got {name!r}")
+    return name.lower()
+
+
+def _module(name: str):
+    return np if name == "numpy" else _load_cupy()
+
+
+_current = _check_name(os.environ.get("SPARSECODING_BACKEND", "numpy"))
+
+
+def get_backend() -> str:
+    """Name of the default backend ("numpy" or "cupy")."""
+    return _current
+
+
+def set_backend(name: str) -> None:
+    """Set the default backend used when no array decides it."""
+    global _current
+    name = _check_name(name)
+    _module(name)  # fail now, not at first use
+    _current = name
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Context manager: ``with use_backend("cupy"): ...`` then restore."""
+    global _current
+    previous = _current
+    set_backend(name)
+    try:
+        yield _module(_current)
+    finally:
+        _current = previous
+
+
+def _is_cupy_array(a) -> bool:
+    return type(a).__module__.split(".")[0] == "cupy"
+
+
+def get_xp(*arrays):
+    """Array namespace of the given arrays (cupy if any is a cupy array).
+
+    With no array arguments (or only scalars / None) the default backend's
+    module is returned.
+    """
+    for a in arrays:
+        if _is_cupy_array(a):
+            return _module("cupy")
+    if any(isinstance(a, np.ndarray) for a in arrays):
+        return np
+    return _module(_current)
+
+
+def to_numpy(x):
+    """Host copy of ``x`` as a numpy array (no copy for numpy input)."""
+    if _is_cupy_array(x):
+        return x.get()
+    return np.asarray(x)
+
+
+def asarray(x, backend: str | None = None, dtype=None):
+    """Convert ``x`` to an array of ``backend`` (default: the current one)."""
+    name = _current if backend is None else _check_name(backend)
+    xp = _module(name)
+    if name == "numpy":
+        return np.asarray(to_numpy(x), dtype=dtype)
+    return xp.asarray(x, dtype=dtype)
+
+
+def _scatter_add_numpy(target, index, values):
+    np.add.at(target, index, values)
+
+
+def _scatter_add_cupy(target, index, values):
+    import cupyx  # noqa: PLC0415
+
+    cupyx.scatter_add(target, index, values)
+
+
+_CAPS: dict[str, SimpleNamespace] = {}
+
+
+def capabilities(xp) -> SimpleNamespace:
+    """The capability table for namespace ``xp``.
+
+    Fields
+    ------
+    name : "numpy" or "cupy"
+    fft : module with ``rfftn``, ``irfftn``, ``next_fast_len``
+    fft_kwargs : extra keyword arguments for the FFT calls (``workers`` on CPU)
+    sliding_window_view : function as in ``numpy.lib.stride_tricks``
+    scatter_add : ``f(target, index, values)`` unbuffered in-place add
+    fuse : decorator fusing an elementwise function (identity on CPU, where
+        numba kernels are used explicitly instead)
+    on_gpu : bool
+    """
+    name = "cupy" if xp is not np else "numpy"
+    if name in _CAPS:
+        return _CAPS[name]
+    if name == "numpy":
+        import scipy.fft  # noqa: PLC0415
+
+        caps = SimpleNamespace(
+            name="numpy",
+            fft=scipy.fft,
+            fft_kwargs={"workers": os.cpu_count() or 1},
+            sliding_window_view=np.lib.stride_tricks.sliding_window_view,
+            scatter_add=_scatter_add_numpy,
+            fuse=lambda f: f,
+            on_gpu=False,
+        )
+    else:
+        import cupy  # noqa: PLC0415
+        import cupyx.scipy.fft  # noqa: PLC0415
+
+        caps = SimpleNamespace(
+            name="cupy",
+            fft=cupyx.scipy.fft,
+            fft_kwargs={},
+            sliding_window_view=cupy.lib.stride_tricks.sliding_window_view,
+            scatter_add=_scatter_add_cupy,
+            fuse=cupy.fuse,
+            on_gpu=True,
+        )
+    _CAPS[name] = caps
+    return caps

@@ -1,0 +1,453 @@
+"""N-d cross-correlation and its adjoint, channels-first, PyTorch semantics.
+
+``conv(x, w)`` is ``torch.nn.functional.conv{1,2,3}d(x, w, stride, padding)``
+(no bias, dilation 1, groups 1) and ``conv_transpose(y, w)`` is
+``conv_transpose{1,2,3}d(y, w, stride, padding, output_padding)``, i.e. the
+exact adjoint of ``conv`` for an input of the matching size.
+
+Shapes: ``x (N, C, *L)``, ``w (K, C, *k)``, ``y (N, K, *O)`` with
+``O = floor((L + 2p - k) / s) + 1`` per spatial dimension.
+
+Padding ``"same"`` means ``p = (k - 1) // 2`` for odd ``k`` at any stride (as
+lca-pytorch uses it); with stride 1 this is PyTorch's ``"same"``.
+
+Two engines:
+
+* ``im2col``: strided window view, one copy into columns, one GEMM; the
+  adjoint is one GEMM then ``prod(k)`` strided adds (col2im).
+* ``fft``: the stride is folded into channels by space-to-depth (phase
+  decomposition: ``C' = C prod(s)``, ``k' = ceil(k / s)``), which turns the
+  problem into a stride-1 correlation on the output grid; real FFTs padded to
+  fast lengths, the channel contraction is one batched complex matmul over
+  frequencies.
+
+:class:`ConvOperator` holds a plan (geometry, and the kernel spectrum for the
+FFT engine) so that iterative solvers pay the kernel transform once.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from itertools import product
+
+from ..backend import capabilities, get_xp
+
+__all__ = ["conv", "conv_transpose", "ConvOperator", "conv_output_shape", "resolve_padding"]
+
+METHODS = ("auto", "im2col", "fft")
+
+
+def _as_tuple(value, d, name, minimum):
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value,) * d
+    try:
+        value = tuple(int(v) for v in value)
+    except TypeError as exc:
+        raise TypeError(f"{name} must be an int or a tuple of {d} ints, got {value!r}") from exc
+    if len(value) != d:
+        raise ValueError(f"{name} must have {d} entries for a {d}-d convolution, got {value!r}")
+    if any(v < minimum for v in value):
+        raise ValueError(f"{name} entries must be >= {minimum}, got {value!r}")
+    return value
+
+
+def resolve_padding(padding, kernel_size):
+    """Turn ``padding`` (int, tuple, "same", "valid") into a tuple of ints."""
+    d = len(kernel_size)
+    if isinstance(padding, str):
+        mode = padding.lower()
+        if mode == "valid":
+            return (0,) * d
+        if mode == "same":
+            even = [k for k in kernel_size if k % 2 == 0]
+            if even:
+                raise ValueError(
+                    f'padding="same" needs odd kernel sizes, got kernel size {tuple(kernel_size)}'
+                )
+            return tuple((k - 1) // 2 for k in kernel_size)
+        raise ValueError(f'padding must be an int, a tuple, "same" or "valid", got {padding!r}')
+    return _as_tuple(padding, d, "padding", 0)
+
+
+def conv_output_shape(in_shape, kernel_size, stride=1, padding=0):
+    """Spatial output shape of ``conv`` for spatial input shape ``in_shape``."""
+    d = len(kernel_size)
+    stride = _as_tuple(stride, d, "stride", 1)
+    pad = resolve_padding(padding, kernel_size)
+    out = tuple((L + 2 * p - k) // s + 1 for L, k, s, p in zip(in_shape, kernel_size, stride, pad))
+    if any(o < 1 for o in out):
+        raise ValueError(
+            f"input of spatial shape {tuple(in_shape)} is smaller than the kernel "
+            f"{tuple(kernel_size)} with padding {pad}: empty output"
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    n_in: int  # C
+    n_out: int  # K
+    in_shape: tuple  # L
+    kernel: tuple  # k
+    stride: tuple  # s
+    pad: tuple  # p
+    out_shape: tuple  # O
+
+    @property
+    def d(self):
+        return len(self.kernel)
+
+
+def _check_weights(w):
+    if w.ndim < 3 or w.ndim > 5:
+        raise ValueError(
+            f"w must have shape (K, C, *kernel) with 1 to 3 spatial dims, got shape {tuple(w.shape)}"
+        )
+
+
+def _make_geometry(w, in_shape, stride, padding):
+    _check_weights(w)
+    d = w.ndim - 2
+    kernel = tuple(int(k) for k in w.shape[2:])
+    in_shape = tuple(int(v) for v in in_shape)
+    if len(in_shape) != d:
+        raise ValueError(f"input needs {d} spatial dims for weights of shape {tuple(w.shape)}, got {in_shape}")
+    stride = _as_tuple(stride, d, "stride", 1)
+    pad = resolve_padding(padding, kernel)
+    out = conv_output_shape(in_shape, kernel, stride, pad)
+    return _Geometry(int(w.shape[1]), int(w.shape[0]), in_shape, kernel, stride, pad, out)
+
+
+def _embed_slices(g, buffer_len):
+    """Slices pairing the input region ``[0, L)`` with buffer ``[p, p + L)``, clipped."""
+    buf, src = [], []
+    for L, p, B in zip(g.in_shape, g.pad, buffer_len):
+        hi = min(p + L, B)
+        lo = min(p, hi)
+        buf.append(slice(lo, hi))
+        src.append(slice(0, hi - lo))
+    return (slice(None), slice(None), *buf), (slice(None), slice(None), *src)
+
+
+def _check_finite(xp, a, name):
+    if not bool(xp.isfinite(a).all()):
+        raise ValueError(f"{name} contains NaN or Inf")
+
+
+class ConvOperator:
+    """The linear map ``x -> conv(x, w)`` for a fixed input shape, and its adjoint.
+
+    Parameters
+    ----------
+    w : array (K, C, *k)
+        Weights; 1 to 3 spatial dimensions.
+    in_shape : tuple of int
+        Spatial shape ``L`` of the inputs.
+    stride, padding : as for :func:`conv`.
+    method : {"auto", "im2col", "fft"}
+        Engine; "auto" uses :func:`choose_method`'s cost model.
+
+    Notes
+    -----
+    ``forward(x)`` maps ``(N, C, *L) -> (N, K, *O)``; ``adjoint(y)`` maps
+    ``(N, K, *O) -> (N, C, *L)`` and satisfies ``<forward(x), y> = <x, adjoint(y)>``.
+    For the FFT engine the kernel spectrum is computed once here; building a
+    new operator after changing ``w`` is required (``update_weights``).
+    """
+
+    def __init__(self, w, in_shape, stride=1, padding=0, method="auto"):
+        self.xp = get_xp(w)
+        self.geometry = _make_geometry(w, in_shape, stride, padding)
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if method == "auto":
+            method = choose_method(self.geometry)
+        self.method = method
+        self.dtype = w.dtype
+        self.update_weights(w)
+
+    # ------------------------------------------------------------------ setup
+    def update_weights(self, w):
+        """Use new weights of the same shape (recomputes the kernel spectrum)."""
+        g = self.geometry
+        if tuple(w.shape) != (g.n_out, g.n_in, *g.kernel):
+            raise ValueError(f"w must keep shape {(g.n_out, g.n_in, *g.kernel)}, got {tuple(w.shape)}")
+        self.w = w
+        if self.method == "im2col":
+            # (K, C*prod(k)) for the GEMMs
+            self._w2 = w.reshape(g.n_out, -1)
+            self._buffer = tuple((o - 1) * s + k for o, s, k in zip(g.out_shape, g.stride, g.kernel))
+            if self.xp.__name__ == "numpy":
+                from ._kernels import window_index  # noqa: PLC0415
+
+                self._idx = window_index(self._buffer, g.kernel, g.stride, g.out_shape)
+        else:
+            self._setup_fft(w)
+
+    def _setup_fft(self, w):
+        xp, g = self.xp, self.geometry
+        caps = capabilities(xp)
+        self._fft, self._fkw = caps.fft, caps.fft_kwargs
+        kq = tuple(-(-k // s) for k, s in zip(g.kernel, g.stride))  # k' = ceil(k/s)
+        self._q = tuple(o + k - 1 for o, k in zip(g.out_shape, kq))  # phases that matter
+        self._buffer = tuple(q * s for q, s in zip(self._q, g.stride))
+        self._nfft = tuple(self._fft.next_fast_len(q, real=True) for q in self._q)
+        self._axes = tuple(range(2, 2 + g.d))
+        # kernel phases: (K, C', k'...), zero padded to k'*s
+        wpad = xp.zeros((g.n_out, g.n_in, *(k * s for k, s in zip(kq, g.stride))), dtype=w.dtype)
+        wpad[(slice(None), slice(None), *(slice(0, k) for k in g.kernel))] = w
+        wph = self._space_to_depth(wpad, kq)
+        W = self._fft.rfftn(wph, s=self._nfft, axes=self._axes, **self._fkw)
+        self._fshape = W.shape[2:]
+        nf = math.prod(self._fshape)
+        cq = wph.shape[1]
+        # frequency-major layouts for batched matmuls:
+        # forward uses conj(W) as (F, C', K), adjoint uses W as (F, K, C')
+        Wf = W.reshape(g.n_out, cq, nf).transpose(2, 0, 1)  # (F, K, C')
+        self._W_adj = xp.ascontiguousarray(Wf)
+        self._W_fwd = xp.ascontiguousarray(xp.conj(Wf).transpose(0, 2, 1))  # (F, C', K)
+
+    def _space_to_depth(self, a, q):
+        """(N, C, *(q*s)) -> (N, C*prod(s), *q), channel index (c, r1, .., rd)."""
+        g = self.geometry
+        n, c = a.shape[:2]
+        shape = [n, c]
+        for qi, si in zip(q, g.stride):
+            shape += [qi, si]
+        a = a.reshape(shape)
+        d = g.d
+        perm = [0, 1] + [3 + 2 * i for i in range(d)] + [2 + 2 * i for i in range(d)]
+        return a.transpose(perm).reshape(n, c * math.prod(g.stride), *q)
+
+    def _depth_to_space(self, a, q):
+        """Inverse of :meth:`_space_to_depth`."""
+        g = self.geometry
+        d = g.d
+        n = a.shape[0]
+        c = a.shape[1] // math.prod(g.stride)
+        a = a.reshape(n, c, *g.stride, *q)
+        perm = [0, 1]
+        for i in range(d):
+            perm += [2 + d + i, 2 + i]
+        return a.transpose(perm).reshape(n, c, *(qi * si for qi, si in zip(q, g.stride)))
+
+    # --------------------------------------------------------------- checking
+    def _check_input(self, x, n_channels, spatial, name):
+        if x.ndim != 2 + self.geometry.d:
+            raise ValueError(
+                f"{name} must have shape (N, C, *spatial) with {self.geometry.d} spatial dims, "
+                f"got shape {tuple(x.shape)}"
+            )
+        if x.shape[1] != n_channels:
+            raise ValueError(f"{name} has {x.shape[1]} channels, expected {n_channels}")
+        if tuple(x.shape[2:]) != tuple(spatial):
+            raise ValueError(f"{name} has spatial shape {tuple(x.shape[2:])}, expected {tuple(spatial)}")
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, x):
+        """``conv(x, w)``: (N, C, *L) -> (N, K, *O)."""
+        g = self.geometry
+        self._check_input(x, g.n_in, g.in_shape, "x")
+        x = x.astype(self.dtype, copy=False)
+        xp = self.xp
+        buf = xp.zeros((x.shape[0], g.n_in, *self._buffer), dtype=self.dtype)
+        bsl, xsl = _embed_slices(g, self._buffer)
+        buf[bsl] = x[xsl]
+        if self.method == "im2col":
+            return self._forward_im2col(buf)
+        return self._forward_fft(buf)
+
+    def _forward_im2col(self, buf):
+        g, xp = self.geometry, self.xp
+        n = buf.shape[0]
+        if xp.__name__ == "numpy":
+            return self._forward_im2col_cpu(buf)
+        swv = capabilities(xp).sliding_window_view
+        axes = tuple(range(2, 2 + g.d))
+        win = swv(buf, g.kernel, axis=axes)  # (N, C, *(B-k+1), *k)
+        win = win[(slice(None), slice(None), *(slice(None, None, s) for s in g.stride))]
+        # columns (N, C, *k, *O) -> (N, C*prod(k), prod(O)): the one im2col copy
+        d = g.d
+        perm = [0, 1] + list(range(2 + d, 2 + 2 * d)) + list(range(2, 2 + d))
+        cols = xp.ascontiguousarray(win.transpose(perm)).reshape(n, -1, math.prod(g.out_shape))
+        out = xp.matmul(self._w2, cols)  # (N, K, prod(O))
+        return out.reshape(n, g.n_out, *g.out_shape)
+
+    def _forward_fft(self, buf):
+        g, xp = self.geometry, self.xp
+        n = buf.shape[0]
+        xph = self._space_to_depth(buf, self._q)  # (N, C', *q)
+        X = self._fft.rfftn(xph, s=self._nfft, axes=self._axes, **self._fkw)
+        nf = math.prod(self._fshape)
+        Xf = X.reshape(n, X.shape[1], nf).transpose(2, 0, 1)  # (F, N, C')
+        Y = xp.matmul(Xf, self._W_fwd)  # (F, N, K)
+        Y = Y.transpose(1, 2, 0).reshape(n, g.n_out, *self._fshape)
+        y = self._fft.irfftn(Y, s=self._nfft, axes=self._axes, **self._fkw)
+        y = y[(slice(None), slice(None), *(slice(0, o) for o in g.out_shape))]
+        return xp.ascontiguousarray(y)
+
+    # ---------------------------------------------------------------- adjoint
+    def adjoint(self, y):
+        """``conv_transpose(y, w)`` onto the operator's input shape: (N, K, *O) -> (N, C, *L)."""
+        g = self.geometry
+        self._check_input(y, g.n_out, g.out_shape, "y")
+        y = y.astype(self.dtype, copy=False)
+        buf = self._adjoint_im2col(y) if self.method == "im2col" else self._adjoint_fft(y)
+        out = self.xp.zeros((y.shape[0], g.n_in, *g.in_shape), dtype=self.dtype)
+        bsl, xsl = _embed_slices(g, self._buffer)
+        out[xsl] = buf[bsl]
+        return out
+
+    def _forward_im2col_cpu(self, buf):
+        # numba gather into (N, M, C, J), one (N*M, CJ) x (CJ, K) GEMM, swap to (N, K, M)
+        from ._kernels import gather_columns, swap_last_two  # noqa: PLC0415
+
+        g, np_ = self.geometry, self.xp
+        n = buf.shape[0]
+        m, nj = self._idx.shape
+        cols = np_.empty((n, m, g.n_in, nj), dtype=self.dtype)
+        gather_columns(buf.reshape(n, g.n_in, -1), self._idx, cols)
+        out = cols.reshape(n * m, -1) @ self._w2.T  # (N*M, K)
+        res = np_.empty((n, g.n_out, m), dtype=self.dtype)
+        swap_last_two(out.reshape(n, m, g.n_out), res)
+        return res.reshape(n, g.n_out, *g.out_shape)
+
+    def _adjoint_im2col_cpu(self, y):
+        from ._kernels import scatter_add_columns, swap_last_two  # noqa: PLC0415
+
+        g, np_ = self.geometry, self.xp
+        n = y.shape[0]
+        m, nj = self._idx.shape
+        yt = np_.empty((n, m, g.n_out), dtype=self.dtype)
+        swap_last_two(np_.ascontiguousarray(y).reshape(n, g.n_out, m), yt)
+        cols = yt.reshape(n * m, g.n_out) @ self._w2  # (N*M, C*J)
+        buf = np_.zeros((n, g.n_in, *self._buffer), dtype=self.dtype)
+        scatter_add_columns(cols.reshape(n, m, g.n_in, nj), self._idx, buf.reshape(n, g.n_in, -1))
+        return buf
+
+    def _adjoint_im2col(self, y):
+        g, xp = self.geometry, self.xp
+        n = y.shape[0]
+        if xp.__name__ == "numpy":
+            return self._adjoint_im2col_cpu(y)
+        cols = xp.matmul(self._w2.T, y.reshape(n, g.n_out, -1))  # (N, C*prod(k), prod(O))
+        buf = xp.zeros((n, g.n_in, *self._buffer), dtype=self.dtype)
+        cols = cols.reshape(n, g.n_in, *g.kernel, *g.out_shape)
+        # col2im: one strided add per kernel offset
+        for off in product(*(range(k) for k in g.kernel)):
+            dst = tuple(slice(j, j + (o - 1) * s + 1, s) for j, o, s in zip(off, g.out_shape, g.stride))
+            buf[(slice(None), slice(None), *dst)] += cols[(slice(None), slice(None), *off)]
+        return buf
+
+    def _adjoint_fft(self, y):
+        g, xp = self.geometry, self.xp
+        n = y.shape[0]
+        Y = self._fft.rfftn(y, s=self._nfft, axes=self._axes, **self._fkw)
+        nf = math.prod(self._fshape)
+        Yf = Y.reshape(n, g.n_out, nf).transpose(2, 0, 1)  # (F, N, K)
+        X = xp.matmul(Yf, self._W_adj)  # (F, N, C')
+        X = X.transpose(1, 2, 0).reshape(n, X.shape[2], *self._fshape)
+        xph = self._fft.irfftn(X, s=self._nfft, axes=self._axes, **self._fkw)
+        xph = xph[(slice(None), slice(None), *(slice(0, q) for q in self._q))]
+        return self._depth_to_space(xph, self._q)
+
+    # ------------------------------------------------------------------ misc
+    def flops(self):
+        """Multiply-add flops of one forward (or adjoint) as a direct GEMM: ``2 N M K C prod(k)`` per sample."""
+        g = self.geometry
+        return 2 * math.prod(g.out_shape) * g.n_out * g.n_in * math.prod(g.kernel)
+
+
+def choose_method(g) -> str:
+    """Cost model: estimated time of each engine in GEMM-flop equivalents.
+
+    im2col does ``2 M K C prod(k)`` flops of GEMM plus one copy of the
+    columns; FFT does real transforms of the K output maps and C' input
+    maps (``~2.5 n log2 n`` flops each, running at about a quarter of the
+    GEMM rate on CPU) and a ``C' x K`` complex product per frequency (about
+    half the GEMM rate, with its small matrices). The constants come from
+    ``bench/conv.py`` on the 2-core development machine; the crossover for
+    C=3, K=64 is at about k=5 for stride 1 and k=7 for stride 2.
+    """
+    m = math.prod(g.out_shape)
+    im2col = 2.0 * m * g.n_out * g.n_in * math.prod(g.kernel) + 4.0 * m * g.n_in * math.prod(g.kernel)
+    kq = [-(-k // s) for k, s in zip(g.kernel, g.stride)]
+    q = [o + k - 1 for o, k in zip(g.out_shape, kq)]
+    nfft = math.prod(q)
+    cq = g.n_in * math.prod(g.stride)
+    nfreq = nfft / 2 + 1
+    fft = 4.0 * 2.5 * nfft * math.log2(max(nfft, 2)) * (g.n_out + cq) + 2.0 * 8.0 * nfreq * g.n_out * cq
+    return "fft" if fft < im2col else "im2col"
+
+
+def conv(x, w, stride=1, padding=0, method="auto", check_finite=False):
+    """N-d cross-correlation, ``torch.nn.functional.conv{1,2,3}d`` semantics.
+
+    Parameters
+    ----------
+    x : array (N, C, *L)
+    w : array (K, C, *k)
+    stride : int or tuple
+    padding : int, tuple, "same" (odd kernels) or "valid"
+    method : {"auto", "im2col", "fft"}
+    check_finite : bool
+        Raise ``ValueError`` if ``x`` or ``w`` holds NaN/Inf.
+
+    Returns
+    -------
+    y : array (N, K, *O), ``O = floor((L + 2p - k)/s) + 1``
+    """
+    _check_weights(w)
+    if x.ndim != w.ndim:
+        raise ValueError(
+            f"x must have shape (N, C, *spatial) with {w.ndim - 2} spatial dims to match w "
+            f"{tuple(w.shape)}, got shape {tuple(x.shape)}"
+        )
+    if x.shape[1] != w.shape[1]:
+        raise ValueError(f"channel mismatch: x has {x.shape[1]} channels, w expects {w.shape[1]}")
+    if check_finite:
+        xp = get_xp(x, w)
+        _check_finite(xp, x, "x")
+        _check_finite(xp, w, "w")
+    return ConvOperator(w, x.shape[2:], stride, padding, method).forward(x)
+
+
+def conv_transpose(y, w, stride=1, padding=0, output_padding=0, method="auto", check_finite=False):
+    """Adjoint of :func:`conv`, ``torch.nn.functional.conv_transpose{1,2,3}d`` semantics.
+
+    Parameters
+    ----------
+    y : array (N, K, *O)
+    w : array (K, C, *k)
+    stride, padding : as for :func:`conv`
+    output_padding : int or tuple, each entry smaller than the stride
+    method : {"auto", "im2col", "fft"}
+
+    Returns
+    -------
+    x : array (N, C, *L), ``L = (O - 1)s - 2p + k + output_padding``
+    """
+    _check_weights(w)
+    d = w.ndim - 2
+    if y.ndim != w.ndim:
+        raise ValueError(
+            f"y must have shape (N, K, *spatial) with {d} spatial dims to match w "
+            f"{tuple(w.shape)}, got shape {tuple(y.shape)}"
+        )
+    if y.shape[1] != w.shape[0]:
+        raise ValueError(f"channel mismatch: y has {y.shape[1]} channels, w has {w.shape[0]} filters")
+    stride_t = _as_tuple(stride, d, "stride", 1)
+    pad = resolve_padding(padding, w.shape[2:])
+    opad = _as_tuple(output_padding, d, "output_padding", 0)
+    if any(op >= s for op, s in zip(opad, stride_t)):
+        raise ValueError(f"output_padding {opad} must be smaller than the stride {stride_t}")
+    in_shape = tuple(
+        (o - 1) * s - 2 * p + k + op for o, s, p, k, op in zip(y.shape[2:], stride_t, pad, w.shape[2:], opad)
+    )
+    if any(v < 1 for v in in_shape):
+        raise ValueError(f"conv_transpose output shape {in_shape} is empty: padding {pad} too large")
+    if check_finite:
+        xp = get_xp(y, w)
+        _check_finite(xp, y, "y")
+        _check_finite(xp, w, "w")
+    return ConvOperator(w, in_shape, stride_t, pad, method).adjoint(y)

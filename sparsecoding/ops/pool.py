@@ -1,0 +1,118 @@
+"""Pooling over the spatial dims of channels-first arrays, and the adjoints.
+
+``max_pool`` returns PyTorch-style flat spatial indices (``return_indices=True``);
+``max_unpool`` scatters values back to them and is the adjoint of "pick the
+values at those indices". ``avg_pool_adjoint`` is the adjoint of ``avg_pool``.
+No padding; output size ``floor((L - k) / s) + 1`` (PyTorch's default
+``ceil_mode=False``). ``stride`` defaults to ``kernel_size``.
+"""
+from __future__ import annotations
+
+import math
+from itertools import product
+
+from ..backend import capabilities, get_xp
+
+__all__ = ["max_pool", "max_unpool", "avg_pool", "avg_pool_adjoint", "pool_output_shape"]
+
+
+def _params(x, kernel_size, stride, name="x"):
+    d = x.ndim - 2
+    if d < 1:
+        raise ValueError(f"{name} must have shape (N, C, *spatial), got shape {tuple(x.shape)}")
+    k = (kernel_size,) * d if isinstance(kernel_size, int) else tuple(kernel_size)
+    s = k if stride is None else ((stride,) * d if isinstance(stride, int) else tuple(stride))
+    if len(k) != d or len(s) != d:
+        raise ValueError(f"kernel_size and stride need {d} entries for {name} of shape {tuple(x.shape)}")
+    if any(v < 1 for v in k + s):
+        raise ValueError(f"kernel_size {k} and stride {s} must be positive")
+    return d, k, s
+
+
+def pool_output_shape(in_shape, kernel_size, stride):
+    out = tuple((L - k) // s + 1 for L, k, s in zip(in_shape, kernel_size, stride))
+    if any(o < 1 for o in out):
+        raise ValueError(f"input of spatial shape {tuple(in_shape)} is smaller than the pool {tuple(kernel_size)}")
+    return out
+
+
+def _offsets(k, s, out):
+    """(offset, slice tuple) for each kernel offset: the inputs that offset sees."""
+    for off in product(*(range(ki) for ki in k)):
+        yield off, tuple(slice(j, j + (o - 1) * si + 1, si) for j, o, si in zip(off, out, s))
+
+
+def avg_pool(x, kernel_size=2, stride=None):
+    """Average pool: (N, C, *L) -> (N, C, *O)."""
+    d, k, s = _params(x, kernel_size, stride)
+    out = pool_output_shape(x.shape[2:], k, s)
+    xp = get_xp(x)
+    y = xp.zeros((*x.shape[:2], *out), dtype=x.dtype)
+    for _, sl in _offsets(k, s, out):
+        y += x[(slice(None), slice(None), *sl)]
+    return y * (1.0 / math.prod(k))
+
+
+def avg_pool_adjoint(y, output_size, kernel_size=2, stride=None):
+    """Adjoint of :func:`avg_pool`: spread each value over its window / prod(k).
+
+    ``output_size`` is the spatial shape of the pooled input.
+    """
+    d, k, s = _params(y, kernel_size, stride, "y")
+    output_size = tuple(output_size)
+    if pool_output_shape(output_size, k, s) != tuple(y.shape[2:]):
+        raise ValueError(f"output_size {output_size} does not pool to y's spatial shape {tuple(y.shape[2:])}")
+    xp = get_xp(y)
+    x = xp.zeros((*y.shape[:2], *output_size), dtype=y.dtype)
+    yk = y * (1.0 / math.prod(k))
+    for _, sl in _offsets(k, s, y.shape[2:]):
+        x[(slice(None), slice(None), *sl)] += yk
+    return x
+
+
+def max_pool(x, kernel_size=2, stride=None):
+    """Max pool with indices.
+
+    Returns
+    -------
+    y : array (N, C, *O)
+    indices : int64 array (N, C, *O)
+        Flat index of each maximum within its ``(n, c)`` spatial plane (first
+        maximum on ties), as ``torch.nn.functional.max_pool{d}d(return_indices=True)``.
+    """
+    d, k, s = _params(x, kernel_size, stride)
+    out = pool_output_shape(x.shape[2:], k, s)
+    xp = get_xp(x)
+    swv = capabilities(xp).sliding_window_view
+    win = swv(x, k, axis=tuple(range(2, 2 + d)))
+    win = win[(slice(None), slice(None), *(slice(None, (o - 1) * si + 1, si) for o, si in zip(out, s)))]
+    win = win.reshape(*x.shape[:2], *out, math.prod(k))
+    local = xp.argmax(win, axis=-1)
+    y = xp.take_along_axis(win, local[..., None], axis=-1)[..., 0]
+    # local offset -> global flat index: coordinate_i = o_i * s_i + j_i
+    flat = xp.zeros(local.shape, dtype=xp.int64)
+    rem = local
+    grids = xp.meshgrid(*(xp.arange(o) for o in out), indexing="ij")
+    strides_k = [math.prod(k[i + 1:]) for i in range(d)]
+    for i in range(d):
+        j = rem // strides_k[i]
+        rem = rem - j * strides_k[i]
+        flat = flat * x.shape[2 + i] + (grids[i] * s[i] + j)
+    return y, flat
+
+
+def max_unpool(y, indices, output_size):
+    """Place ``y`` at ``indices`` in zeros of spatial shape ``output_size`` (summing duplicates).
+
+    The adjoint of ``x -> take(x, indices)`` for fixed indices.
+    """
+    if y.shape != indices.shape:
+        raise ValueError(f"y shape {tuple(y.shape)} and indices shape {tuple(indices.shape)} differ")
+    xp = get_xp(y)
+    n, c = y.shape[:2]
+    plane = math.prod(output_size)
+    base = (xp.arange(n * c, dtype=xp.int64) * plane).reshape(n, c, *([1] * (y.ndim - 2)))
+    flat_idx = (indices + base).ravel()
+    # bincount sums duplicates (overlapping windows) without np.add.at
+    out = xp.bincount(flat_idx, weights=y.ravel(), minlength=n * c * plane)
+    return out.astype(y.dtype, copy=False).reshape(n, c, *output_size)

@@ -1,0 +1,62 @@
+"""LCA transfer functions ``a = T_lambda(u)`` (DESIGN.md §5).
+
+soft:              sign(u) max(|u| - lambda, 0)
+non-negative soft: max(u - lambda, 0)
+hard:              u * (|u| > lambda)
+non-negative hard: u * (u > lambda)
+"""
+from __future__ import annotations
+
+from ..backend import get_xp
+
+__all__ = [
+    "soft_threshold",
+    "nonneg_soft_threshold",
+    "hard_threshold",
+    "nonneg_hard_threshold",
+    "TRANSFER_FUNCTIONS",
+    "get_transfer",
+]
+
+
+def soft_threshold(u, lambda_):
+    """Proximal map of ``lambda ||.||_1``: ``sign(u) max(|u| - lambda, 0)``."""
+    xp = get_xp(u)
+    return xp.sign(u) * xp.maximum(xp.abs(u) - lambda_, 0)
+
+
+def nonneg_soft_threshold(u, lambda_):
+    """Proximal map of ``lambda ||.||_1 + indicator(a >= 0)``: ``max(u - lambda, 0)``."""
+    xp = get_xp(u)
+    return xp.maximum(u - lambda_, 0)
+
+
+def hard_threshold(u, lambda_):
+    """``u * (|u| > lambda)``."""
+    xp = get_xp(u)
+    return u * (xp.abs(u) > lambda_)
+
+
+def nonneg_hard_threshold(u, lambda_):
+    """``u * (u > lambda)``."""
+    return u * (u > lambda_)
+
+
+TRANSFER_FUNCTIONS = {
+    ("soft_threshold", False): soft_threshold,
+    ("soft_threshold", True): nonneg_soft_threshold,
+    ("hard_threshold", False): hard_threshold,
+    ("hard_threshold", True): nonneg_hard_threshold,
+}
+
+
+def get_transfer(transfer_func="soft_threshold", nonneg=False):
+    """The transfer function ``f(u, lambda_)`` for a name (or a callable, returned as is)."""
+    if callable(transfer_func):
+        return transfer_func
+    key = (transfer_func, bool(nonneg))
+    if key not in TRANSFER_FUNCTIONS:
+        raise ValueError(
+            f"transfer_func must be 'soft_threshold', 'hard_threshold' or a callable, got {transfer_func!r}"
+        )
+    return TRANSFER_FUNCTIONS[key]

@@ -1,0 +1,162 @@
+"""conv / conv_transpose against explicit sums written here (PyTorch's definitions)."""
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sparsecoding.backend import to_numpy
+from sparsecoding.ops.conv import ConvOperator, conv, conv_output_shape, conv_transpose
+
+
+def ref_conv(x, w, stride, pad):
+    """y[n,k,o] = sum_{c,j} xpad[n,c,o*s+j] w[k,c,j], one output position at a time."""
+    d = w.ndim - 2
+    xpadded = np.pad(x, [(0, 0), (0, 0)] + [(p, p) for p in pad])
+    out = [(L + 2 * p - k) // s + 1 for L, p, k, s in zip(x.shape[2:], pad, w.shape[2:], stride)]
+    y = np.zeros((x.shape[0], w.shape[0], *out))
+    for o in itertools.product(*(range(v) for v in out)):
+        patch = xpadded[(slice(None), slice(None), *(slice(oi * s, oi * s + k) for oi, s, k in zip(o, stride, w.shape[2:])))]
+        y[(slice(None), slice(None), *o)] = np.tensordot(patch, w, axes=(list(range(1, d + 2)), list(range(1, d + 2))))
+    return y
+
+
+def ref_conv_transpose(y, w, stride, pad, opad):
+    """Scatter each input position's kernel copy into a padded buffer, then crop (PyTorch's definition)."""
+    O = y.shape[2:]
+    k = w.shape[2:]
+    full = [(o - 1) * s + kk + op for o, s, kk, op in zip(O, stride, k, opad)]
+    buf = np.zeros((y.shape[0], w.shape[1], *full))
+    for o in itertools.product(*(range(v) for v in O)):
+        sl = tuple(slice(oi * s, oi * s + kk) for oi, s, kk in zip(o, stride, k))
+        buf[(slice(None), slice(None), *sl)] += np.tensordot(y[(slice(None), slice(None), *o)], w, axes=(1, 0))
+    crop = tuple(slice(p, f - p) for p, f in zip(pad, full))
+    return buf[(slice(None), slice(None), *crop)]
+
+
+@st.composite
+def conv_problems(draw, max_dims=3):
+    d = draw(st.integers(1, max_dims))
+    kmax = {1: 6, 2: 4, 3: 3}[d]
+    kernel = tuple(draw(st.integers(1, kmax)) for _ in range(d))
+    stride = tuple(draw(st.integers(1, 3)) for _ in range(d))
+    pad = tuple(draw(st.integers(0, k)) for k in kernel)
+    lmax = {1: 20, 2: 9, 3: 6}[d]
+    shape = tuple(draw(st.integers(max(1, k - 2 * p), max(lmax, k))) for k, p in zip(kernel, pad))
+    n, c, kk = draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    seed = draw(st.integers(0, 2**31))
+    return d, kernel, stride, pad, shape, n, c, kk, seed
+
+
+def _arrays(xp, prob, dtype):
+    d, kernel, stride, pad, shape, n, c, kk, seed = prob
+    r = np.random.default_rng(seed)
+    x = r.standard_normal((n, c, *shape))
+    w = r.standard_normal((kk, c, *kernel))
+    return x, w, xp.asarray(x, dtype=dtype), xp.asarray(w, dtype=dtype)
+
+
+TOL = {np.float64: 1e-10, np.float32: 2e-4}
+
+
+@pytest.mark.parametrize("method", ["im2col", "fft"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@given(prob=conv_problems())
+def test_conv_matches_direct_sum(xp, method, dtype, prob):
+    d, kernel, stride, pad, shape, *_ = prob
+    x, w, xd, wd = _arrays(xp, prob, dtype)
+    y = conv(xd, wd, stride, pad, method=method)
+    assert y.dtype == dtype
+    ref = ref_conv(x, w, stride, pad)
+    scale = np.abs(ref).max() + 1
+    np.testing.assert_allclose(to_numpy(y), ref, atol=TOL[dtype] * scale * 10, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["im2col", "fft"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@given(prob=conv_problems(), data=st.data())
+def test_conv_transpose_matches_scatter_definition(xp, method, dtype, prob, data):
+    d, kernel, stride, pad, shape, n, c, kk, seed = prob
+    out = conv_output_shape(shape, kernel, stride, pad)
+    opad = tuple(data.draw(st.integers(0, s - 1)) for s in stride)
+    if any((o - 1) * s + k + op - 2 * p < 1 for o, s, k, op, p in zip(out, stride, kernel, opad, pad)):
+        opad = tuple(0 for _ in stride)
+    r = np.random.default_rng(seed + 1)
+    y = r.standard_normal((n, kk, *out))
+    w = r.standard_normal((kk, c, *kernel))
+    if any((o - 1) * s + k + op - 2 * p < 1 for o, s, k, op, p in zip(out, stride, kernel, opad, pad)):
+        with pytest.raises(ValueError, match="empty"):
+            conv_transpose(xp.asarray(y), xp.asarray(w), stride, pad, opad, method=method)
+        return
+    got = conv_transpose(xp.asarray(y, dtype=dtype), xp.asarray(w, dtype=dtype), stride, pad, opad, method=method)
+    ref = ref_conv_transpose(y, w, stride, pad, opad)
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(to_numpy(got), ref, atol=TOL[dtype] * (np.abs(ref).max() + 1) * 10, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["im2col", "fft"])
+@given(prob=conv_problems())
+def test_adjoint_dot_product(xp, method, prob):
+    d, kernel, stride, pad, shape, n, c, kk, seed = prob
+    _, _, xd, wd = _arrays(xp, prob, np.float64)
+    op = ConvOperator(wd, shape, stride, pad, method=method)
+    y = xp.asarray(np.random.default_rng(seed + 7).standard_normal((n, kk, *op.geometry.out_shape)))
+    lhs = float(xp.sum(op.forward(xd) * y))
+    rhs = float(xp.sum(xd * op.adjoint(y)))
+    assert abs(lhs - rhs) <= 1e-10 * max(1.0, abs(lhs), float(xp.sum(xp.abs(xd))))
+
+
+@given(prob=conv_problems())
+def test_im2col_equals_fft(xp, prob):
+    d, kernel, stride, pad, shape, *_ = prob
+    _, _, xd, wd = _arrays(xp, prob, np.float64)
+    a = conv(xd, wd, stride, pad, method="im2col")
+    b = conv(xd, wd, stride, pad, method="fft")
+    np.testing.assert_allclose(to_numpy(a), to_numpy(b), atol=1e-10 * (float(xp.abs(a).max()) + 1))
+
+
+def test_same_padding_keeps_size_at_stride_one(xp):
+    x = xp.ones((2, 3, 10, 7))
+    w = xp.ones((5, 3, 3, 5))
+    assert conv(x, w, padding="same").shape == (2, 5, 10, 7)
+    assert conv(x, w, stride=2, padding="same").shape == (2, 5, 5, 4)
+    assert conv(x, w, padding="valid").shape == (2, 5, 8, 3)
+
+
+def test_auto_method_matches_explicit(xp):
+    r = np.random.default_rng(0)
+    x = xp.asarray(r.standard_normal((2, 3, 16, 16)))
+    for k, s in [(3, 1), (9, 2), (9, 1)]:
+        w = xp.asarray(r.standard_normal((4, 3, k, k)))
+        ref = ref_conv(to_numpy(x), to_numpy(w), (s, s), ((k - 1) // 2,) * 2)
+        np.testing.assert_allclose(to_numpy(conv(x, w, s, "same")), ref, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "xshape, wshape, kwargs, match",
+    [
+        ((2, 3, 8), (4, 3, 3, 3), {}, "spatial dims"),
+        ((2, 2, 8, 8), (4, 3, 3, 3), {}, "channel mismatch"),
+        ((2, 3, 8, 8), (4, 3, 4, 4), {"padding": "same"}, "odd kernel"),
+        ((2, 3, 8, 8), (4, 3, 3, 3), {"stride": 0}, "stride"),
+        ((2, 3, 8, 8), (4, 3, 3, 3), {"padding": "full"}, "padding must be"),
+        ((2, 3, 8, 8), (4, 3, 3, 3), {"method": "winograd"}, "method must be"),
+        ((2, 3, 2, 2), (4, 3, 5, 5), {}, "smaller than the kernel"),
+        ((2, 3, 8, 8), (3, 8), {}, "w must have shape"),
+    ],
+)
+def test_bad_input_raises_clear_error(xshape, wshape, kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        conv(np.zeros(xshape), np.zeros(wshape), **kwargs)
+
+
+def test_non_finite_input_detected_when_asked():
+    x = np.zeros((1, 1, 5))
+    x[0, 0, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        conv(x, np.ones((1, 1, 3)), check_finite=True)
+    with pytest.raises(ValueError, match="output_padding"):
+        conv_transpose(np.zeros((1, 1, 3)), np.ones((1, 1, 3)), stride=2, output_padding=2)
+    with pytest.raises(ValueError, match="channel mismatch"):
+        conv_transpose(np.zeros((1, 2, 3)), np.ones((1, 1, 3)))

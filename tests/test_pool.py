@@ -1,0 +1,88 @@
+"""Pools against explicit window loops, and their adjoint identities."""
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sparsecoding.backend import to_numpy
+from sparsecoding.ops.pool import avg_pool, avg_pool_adjoint, max_pool, max_unpool
+
+
+@st.composite
+def pool_problems(draw):
+    d = draw(st.integers(1, 3))
+    k = tuple(draw(st.integers(1, 3)) for _ in range(d))
+    s = tuple(draw(st.integers(1, 3)) for _ in range(d))
+    shape = tuple(draw(st.integers(kk, kk + 6)) for kk in k)
+    seed = draw(st.integers(0, 2**31))
+    # a permutation of distinct values: no ties, so the argmax is unique
+    x = np.random.default_rng(seed).permutation(2 * 2 * int(np.prod(shape))).reshape(2, 2, *shape).astype(float)
+    return k, s, x, seed
+
+
+def _windows(shape, k, s):
+    out = [(L - kk) // ss + 1 for L, kk, ss in zip(shape, k, s)]
+    for o in itertools.product(*(range(v) for v in out)):
+        yield o, tuple(slice(oi * ss, oi * ss + kk) for oi, ss, kk in zip(o, s, k))
+
+
+@given(pool_problems())
+def test_max_pool_matches_window_loop(xp, prob):
+    k, s, x, _ = prob
+    y, idx = max_pool(xp.asarray(x), k, s)
+    y, idx = to_numpy(y), to_numpy(idx)
+    for o, sl in _windows(x.shape[2:], k, s):
+        win = x[(slice(None), slice(None), *sl)].reshape(2, 2, -1)
+        np.testing.assert_array_equal(y[(slice(None), slice(None), *o)], win.max(-1))
+        # the flat index points at the maximum in the (n, c) plane
+        flat = x.reshape(2, 2, -1)
+        np.testing.assert_array_equal(np.take_along_axis(flat, idx[(slice(None), slice(None), *o)][..., None], -1)[..., 0], win.max(-1))
+
+
+@given(pool_problems())
+def test_avg_pool_matches_window_loop(xp, prob):
+    k, s, x, _ = prob
+    y = to_numpy(avg_pool(xp.asarray(x), k, s))
+    for o, sl in _windows(x.shape[2:], k, s):
+        np.testing.assert_allclose(y[(slice(None), slice(None), *o)], x[(slice(None), slice(None), *sl)].reshape(2, 2, -1).mean(-1))
+
+
+@given(pool_problems())
+def test_pool_adjoint_identities(xp, prob):
+    k, s, x, seed = prob
+    r = np.random.default_rng(seed + 3)
+    xd = xp.asarray(x)
+    z = xp.asarray(r.standard_normal(x.shape))
+    # avg: <avg_pool(z), y> == <z, avg_pool_adjoint(y)>
+    y = xp.asarray(r.standard_normal(avg_pool(xd, k, s).shape))
+    lhs = float(xp.sum(avg_pool(z, k, s) * y))
+    rhs = float(xp.sum(z * avg_pool_adjoint(y, x.shape[2:], k, s)))
+    assert abs(lhs - rhs) < 1e-10 * (1 + abs(lhs))
+    # max at fixed indices: <take(z, idx), y> == <z, max_unpool(y, idx)>
+    _, idx = max_pool(xd, k, s)
+    flatz = z.reshape(2, 2, -1)
+    taken = xp.take_along_axis(flatz, idx.reshape(2, 2, -1), -1)
+    lhs = float(xp.sum(taken * y.reshape(2, 2, -1)))
+    rhs = float(xp.sum(z * max_unpool(y, idx, x.shape[2:])))
+    assert abs(lhs - rhs) < 1e-10 * (1 + abs(lhs))
+
+
+def test_unpool_places_maxima(xp):
+    x = xp.asarray(np.arange(16.0).reshape(1, 1, 4, 4))
+    y, idx = max_pool(x, 2)
+    np.testing.assert_array_equal(to_numpy(idx)[0, 0], [[5, 7], [13, 15]])
+    u = to_numpy(max_unpool(y, idx, (4, 4)))
+    expect = np.zeros((4, 4))
+    expect[1::2, 1::2] = [[5, 7], [13, 15]]
+    np.testing.assert_array_equal(u[0, 0], expect)
+
+
+def test_pool_bad_input():
+    with pytest.raises(ValueError, match="smaller than the pool"):
+        max_pool(np.zeros((1, 1, 1, 1)), 2)
+    with pytest.raises(ValueError, match="entries"):
+        avg_pool(np.zeros((1, 1, 4, 4)), (2, 2, 2))
+    with pytest.raises(ValueError, match="does not pool"):
+        avg_pool_adjoint(np.zeros((1, 1, 2, 2)), (8, 8), 2)
