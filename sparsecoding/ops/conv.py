@@ -351,6 +351,42 @@ class ConvOperator:
         xph = xph[(slice(None), slice(None), *(slice(0, q) for q in self._q))]
         return self._depth_to_space(xph, self._q)
 
+    # ------------------------------------------------------- weight gradient
+    def weight_grad(self, x, y):
+        """``dW[k, c, j] = sum_{n, o} y[n, k, o] x_pad[n, c, o*s + j]``, shape (K, C, *k).
+
+        The derivative of ``<conv(x, w), y>`` with respect to ``w`` (the
+        correlation of inputs with output-space maps); computed with the
+        im2col columns of ``x`` and one GEMM whatever the engine.
+        """
+        g, xp = self.geometry, self.xp
+        self._check_input(x, g.n_in, g.in_shape, "x")
+        self._check_input(y, g.n_out, g.out_shape, "y")
+        n = x.shape[0]
+        buffer = tuple((o - 1) * s + k for o, s, k in zip(g.out_shape, g.stride, g.kernel))
+        buf = xp.zeros((n, g.n_in, *buffer), dtype=self.dtype)
+        bsl, xsl = _embed_slices(g, buffer)
+        buf[bsl] = x.astype(self.dtype, copy=False)[xsl]
+        m = math.prod(g.out_shape)
+        if xp.__name__ == "numpy":
+            from ._kernels import gather_columns, swap_last_two, window_index  # noqa: PLC0415
+
+            idx = self._idx if self.method == "im2col" else window_index(buffer, g.kernel, g.stride, g.out_shape)
+            cols = xp.empty((n, m, g.n_in, idx.shape[1]), dtype=self.dtype)
+            gather_columns(buf.reshape(n, g.n_in, -1), idx, cols)
+            yt = xp.empty((n, m, g.n_out), dtype=self.dtype)
+            swap_last_two(xp.ascontiguousarray(y, dtype=self.dtype).reshape(n, g.n_out, m), yt)
+            dw = yt.reshape(n * m, g.n_out).T @ cols.reshape(n * m, -1)
+            return dw.reshape(g.n_out, g.n_in, *g.kernel)
+        swv = capabilities(xp).sliding_window_view
+        win = swv(buf, g.kernel, axis=tuple(range(2, 2 + g.d)))
+        win = win[(slice(None), slice(None), *(slice(None, None, s) for s in g.stride))]
+        # (N, C, *O, *k) contracted with (N, K, *O) over N and O
+        d = g.d
+        cols = win.reshape(n, g.n_in, m, math.prod(g.kernel))
+        dw = xp.einsum("nkm,ncmj->kcj", y.reshape(n, g.n_out, m).astype(self.dtype, copy=False), cols)
+        return dw.reshape(g.n_out, g.n_in, *g.kernel) if d else dw
+
     # ------------------------------------------------------------------ misc
     def flops(self):
         """Multiply-add flops of one forward (or adjoint) as a direct GEMM: ``2 N M K C prod(k)`` per sample."""

@@ -1,0 +1,526 @@
+"""LCA layers: dense ``LCA`` and convolutional ``LCAConv1D/2D/3D``.
+
+The constructor names and defaults are lca-pytorch's, so its users change
+only the import. What is new: ``solver="fista"`` (same fixed point, far fewer
+iterations), ``tol`` (early stop on the relative energy change, checked every
+``check_every`` steps), ``seed``, ``dtype`` and ``backend``.
+
+Energy per sample (DESIGN.md §5)::
+
+    E(a) = 1/2 ||s - Phi^T a||^2 + lambda ||a||_1      (a >= 0 when nonneg)
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+
+import numpy as np
+
+from ..backend import get_backend, get_xp, to_numpy, _module
+from ..ops.conv import conv_output_shape
+from ..ops.threshold import get_transfer
+from ..solvers.lasso import check_lambda, fista
+from ..solvers.operators import ConvDictionary, DenseDictionary, power_iteration
+from .dynamics import RETURN_VARS, check_tau, run_lca
+
+__all__ = ["LCA", "LCAConv1D", "LCAConv2D", "LCAConv3D"]
+
+
+def _standardize(xp, x, zero_mean, unit_var, eps=1e-8):
+    """Per-sample zero mean / unit variance over all non-batch axes."""
+    axes = tuple(range(1, x.ndim))
+    if zero_mean:
+        x = x - x.mean(axis=axes, keepdims=True)
+    if unit_var:
+        x = x / (x.std(axis=axes, keepdims=True) + eps)
+    return x
+
+
+class _LCABase:
+    _spatial_dims = None  # None for dense
+
+    def __init__(self, out_neurons, in_neurons, kernel_size=7, stride=1, lambda_=0.25, tau=100, eta=0.01,
+                 lca_iters=1000, pad="same", return_vars=("acts",), return_all_ts=False, nonneg=True,
+                 track_metrics=False, transfer_func="soft_threshold", input_zero_mean=True, input_unit_var=True,
+                 d_update_clip=np.inf, lr_schedule=None, seed=None, dtype="float32", tol=None, solver="lca",
+                 check_every=10, result_dir=None, backend=None, lateral="recon", conv_method="auto"):
+        if int(out_neurons) < 1 or int(in_neurons) < 1:
+            raise ValueError(f"out_neurons and in_neurons must be >= 1, got {out_neurons}, {in_neurons}")
+        self.out_neurons, self.in_neurons = int(out_neurons), int(in_neurons)
+        self.lambda_ = check_lambda(lambda_)
+        self.tau = float(tau)
+        if not np.isfinite(self.tau) or self.tau <= 0:
+            raise ValueError(f"tau must be a positive number, got {tau!r}")
+        self.eta = float(eta)
+        self.lca_iters = int(lca_iters)
+        if self.lca_iters < 1:
+            raise ValueError(f"lca_iters must be >= 1, got {lca_iters}")
+        self.pad = pad
+        bad = [v for v in return_vars if v not in RETURN_VARS]
+        if bad or isinstance(return_vars, str):
+            raise ValueError(f"return_vars must be a sequence of names from {RETURN_VARS}, got {return_vars!r}")
+        self.return_vars = tuple(return_vars)
+        self.return_all_ts = bool(return_all_ts)
+        self.nonneg = bool(nonneg)
+        self.track_metrics = bool(track_metrics)
+        self.transfer_func = transfer_func
+        self._transfer = get_transfer(transfer_func, nonneg)  # validates the name
+        self.input_zero_mean, self.input_unit_var = bool(input_zero_mean), bool(input_unit_var)
+        self.d_update_clip = float(d_update_clip)
+        if lr_schedule is not None and not callable(lr_schedule):
+            raise TypeError("lr_schedule must be a callable taking the forward-pass count and returning eta")
+        self.lr_schedule = lr_schedule
+        if solver not in ("lca", "fista"):
+            raise ValueError(f"solver must be 'lca' or 'fista', got {solver!r}")
+        if solver == "fista" and (callable(transfer_func) or transfer_func != "soft_threshold"):
+            raise ValueError("solver='fista' solves the L1 problem: it needs transfer_func='soft_threshold'")
+        self.solver = solver
+        self.tol = None if tol is None else float(tol)
+        self.check_every = int(check_every)
+        self.result_dir = result_dir
+        if lateral not in ("recon", "gram"):
+            raise ValueError(f"lateral must be 'recon' or 'gram', got {lateral!r}")
+        self.lateral = lateral
+        self.conv_method = conv_method
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+        self.seed = seed
+        self.forward_pass = 1
+        self.metrics = None
+        self._ops = {}
+        self._L = None
+        self._power_vec = None
+        xp = _module(backend or get_backend())
+        self.xp = xp
+        self._weights = xp.asarray(self._init_weights(np.random.default_rng(seed)), dtype=self.dtype)
+        self.normalize_weights()
+
+    # ------------------------------------------------------------- weights
+    @property
+    def weight_shape(self):
+        raise NotImplementedError
+
+    def _init_weights(self, rng):
+        # truncated standard normal (|w| <= 2), as lca-pytorch's default init
+        w = rng.standard_normal(self.weight_shape)
+        while True:
+            bad = np.abs(w) > 2
+            if not bad.any():
+                return w
+            w[bad] = rng.standard_normal(int(bad.sum()))
+
+    @property
+    def weights(self):
+        """Dictionary ``Phi``: (K, D) dense, (K, C, *kernel) convolutional; unit-norm features."""
+        return self._weights
+
+    @weights.setter
+    def weights(self, value):
+        self.assign_weight_values(value, normalize=False)
+
+    def assign_weight_values(self, value, normalize=True):
+        """Set the dictionary (shape and dtype checked); optionally renormalise the features."""
+        if tuple(value.shape) != tuple(self.weight_shape):
+            raise ValueError(f"weights must have shape {tuple(self.weight_shape)}, got {tuple(value.shape)}")
+        if np.dtype(value.dtype) != self.dtype:
+            raise TypeError(f"weights must have dtype {self.dtype}, got {value.dtype}")
+        xp = self.xp
+        value = xp.asarray(value)
+        if not bool(xp.isfinite(value).all()):
+            raise ValueError("weights contain NaN or Inf")
+        self._weights = value.copy()
+        self._weights_changed()
+        if normalize:
+            self.normalize_weights()
+
+    def normalize_weights(self, eps=1e-12):
+        """Scale every feature (row of the dictionary) to unit L2 norm."""
+        xp = self.xp
+        axes = tuple(range(1, self._weights.ndim))
+        norm = xp.sqrt(xp.sum(self._weights * self._weights, axis=axes, keepdims=True))
+        self._weights = self._weights / (norm + eps)
+        self._weights_changed()
+
+    def _weights_changed(self):
+        self._L = None
+        for op in self._ops.values():
+            op_update = getattr(op, "op", None)
+            if op_update is not None:
+                op_update.update_weights(self._weights)
+                op.phi = self._weights
+                op._L = None
+            else:
+                op.phi = self._weights
+                op._L = None
+
+    # ------------------------------------------------------------ operator
+    def _check_inputs(self, inputs):
+        raise NotImplementedError
+
+    def _operator(self, in_shape):
+        raise NotImplementedError
+
+    def lipschitz(self, in_shape=None):
+        """Largest eigenvalue ``L`` of ``Phi Phi^T`` (code space of inputs of spatial shape ``in_shape``)."""
+        op = self._operator(in_shape)
+        if self._L is None:
+            if isinstance(op, DenseDictionary):
+                self._L = op.lipschitz()
+            else:
+                v0 = self._power_vec if self._power_vec is not None and self._power_vec.shape == op.code_shape(1) else None
+                lam, self._power_vec = power_iteration(lambda v: op.analysis(op.synthesis(v)), op.code_shape(1),
+                                                       self.xp, self.dtype, 60 if v0 is None else 20, v0=v0)
+                self._L = 1.01 * lam
+            op._L = self._L
+        return self._L
+
+    # ------------------------------------------------------- lca-pytorch API
+    def transfer(self, states):
+        """``a = T_lambda(u)``: the configured transfer function."""
+        if callable(self.transfer_func):
+            return self.transfer_func(states)
+        return self._transfer(states, self.lambda_)
+
+    def compute_input_drive(self, inputs, weights=None):
+        """``b = Phi s`` (dense: ``s @ Phi.T``; conv: ``conv(s, Phi)``)."""
+        inputs = self._check_inputs(inputs)
+        return self._operator_for(inputs, weights).analysis(inputs)
+
+    def compute_recon(self, acts, weights=None, in_shape=None):
+        """Reconstruction ``Phi^T a`` (conv: ``conv_transpose(a, Phi)``).
+
+        For strided convolutions several input sizes give the same code size;
+        the reconstruction takes ``in_shape`` (spatial), else the size of the
+        last encoded input when it matches, else lca-pytorch's
+        ``(O - 1) s - 2p + k + (s - 1)``.
+        """
+        op = self._recon_operator(acts, weights, in_shape)
+        return op.synthesis(acts.astype(self.dtype, copy=False))
+
+    def compute_recon_error(self, inputs, recons):
+        return inputs - recons
+
+    def preprocess(self, inputs):
+        """Per-sample zero mean / unit variance as configured (``input_zero_mean``, ``input_unit_var``)."""
+        inputs = self._check_inputs(inputs)
+        return _standardize(self.xp, inputs, self.input_zero_mean, self.input_unit_var)
+
+    def energy(self, inputs, acts):
+        """Per-sample energy ``1/2||s - Phi^T a||^2 + lambda||a||_1`` for preprocessed inputs."""
+        xp = self.xp
+        r = inputs - self.compute_recon(acts, in_shape=inputs.shape[2:] if inputs.ndim > 2 else None)
+        n = inputs.shape[0]
+        return 0.5 * xp.sum((r * r).reshape(n, -1), axis=1) + self.lambda_ * xp.sum(xp.abs(acts).reshape(n, -1), axis=1)
+
+    def encode(self, inputs, drive_scaling=None, initial_states=None):
+        """Sparse code of already-preprocessed inputs; returns the dict of all variables."""
+        xp = self.xp
+        op = self._operator_for(inputs)
+        self._last_in_shape = tuple(inputs.shape[2:])
+        code_shape = op.code_shape(inputs.shape[0])
+        for name, arr in (("drive_scaling", drive_scaling), ("initial_states", initial_states)):
+            if arr is not None and tuple(arr.shape) != tuple(code_shape):
+                raise ValueError(f"{name} must have the code shape {code_shape}, got {tuple(arr.shape)}")
+        if self.solver == "lca":
+            L = self.lipschitz(inputs.shape[2:] if inputs.ndim > 2 else None)
+            check_tau(self.tau, L)
+            lateral = None
+            if self.lateral == "gram":
+                if not isinstance(op, DenseDictionary):
+                    raise ValueError("lateral='gram' is offered for the dense LCA only")
+                G = op.gram() - xp.eye(self.out_neurons, dtype=self.dtype)
+                lateral = lambda a: a @ G  # noqa: E731  (G symmetric)
+            out = run_lca(op, inputs, self.lambda_, self.tau, self.transfer, self.lca_iters,
+                          initial_states=initial_states, drive_scaling=drive_scaling, tol=self.tol,
+                          check_every=self.check_every, track_metrics=self.track_metrics,
+                          record=self.return_vars, record_all=self.return_all_ts, lateral=lateral)
+        else:
+            out = self._encode_fista(op, inputs, drive_scaling, initial_states)
+        self.metrics = out["metrics"]
+        self.n_iter_ = out["n_iter"]
+        self.converged_ = out["converged"]
+        if self.metrics is not None and self.result_dir is not None:
+            self._write_metrics(self.metrics)
+        return out
+
+    def _encode_fista(self, op, inputs, drive_scaling, initial_states):
+        if drive_scaling is not None:
+            raise ValueError("drive_scaling is defined for solver='lca' only")
+        xp = self.xp
+        self.lipschitz(inputs.shape[2:] if inputs.ndim > 2 else None)
+        a0 = None if initial_states is None else self._transfer(initial_states, self.lambda_)
+        res = fista(op, inputs, self.lambda_, nonneg=self.nonneg, max_iter=self.lca_iters, tol=self.tol, a0=a0,
+                    check_every=self.check_every)
+        a = res.codes
+        recon = op.synthesis(a)
+        resid = inputs - recon
+        b = op.analysis(inputs)
+        # membrane potentials consistent with the LCA fixed point: u = b - (Phi Phi^T - I) a
+        u = op.analysis(resid) + a
+        n = inputs.shape[0]
+        metrics = None
+        if self.track_metrics:
+            l1 = self.lambda_ * float(xp.sum(xp.abs(a))) / n
+            l2 = 0.5 * float(xp.sum(resid * resid)) / n
+            metrics = {"L1": np.array([l1]), "L2": np.array([l2]), "TotalEnergy": np.array([l1 + l2]),
+                       "FractionActive": np.array([float(xp.mean((a != 0).astype(a.dtype)))])}
+        all_ts = None
+        if self.return_all_ts:
+            vals = {"inputs": inputs, "input_drives": b, "states": u, "acts": a, "recons": recon, "recon_errors": resid}
+            all_ts = {k: [vals[k]] for k in self.return_vars}
+        return {"states": u, "acts": a, "recons": recon, "recon_errors": resid, "input_drives": b, "inputs": inputs,
+                "n_iter": res.n_iter, "converged": res.converged, "metrics": metrics, "all": all_ts,
+                "energy_history": res.history}
+
+    def forward(self, inputs, drive_scaling=None, initial_states=None):
+        """Preprocess, encode, and return ``return_vars`` (one array, or a tuple)."""
+        xp = self.xp
+        inputs = self.preprocess(inputs)
+        out = self.encode(inputs, drive_scaling, initial_states)
+        self.forward_pass += 1
+        if self.return_all_ts:
+            res = tuple(xp.stack(out["all"][k], axis=-1) for k in self.return_vars)
+        else:
+            res = tuple(out[k] for k in self.return_vars)
+        return res[0] if len(res) == 1 else res
+
+    __call__ = forward
+
+    # ------------------------------------------------------ dictionary step
+    def compute_weight_update(self, acts, recon_error):
+        """``sum_{batch, positions} a_k * patch(residual)``: minus the gradient of the summed
+        reconstruction term ``1/2 sum_n ||s_n - Phi^T a_n||^2`` with respect to ``Phi``."""
+        raise NotImplementedError
+
+    def dictionary_gradient(self, acts, recon_error):
+        """Gradient of the batch-mean energy with respect to ``Phi`` (for ``sparsecoding.optim``)."""
+        return -self.compute_weight_update(acts, recon_error) / acts.shape[0]
+
+    def update_weights(self, acts, recon_error, normalize=True):
+        """Built-in dictionary step (lca-pytorch's rule).
+
+        ``dPhi_k = eta / (n_active_k + 1) * sum a_k patch(residual)``, clipped to
+        ``[-d_update_clip, d_update_clip]``, added, then features renormalised.
+        ``eta`` follows ``lr_schedule(forward_pass)`` when given. Returns the update.
+        """
+        xp = self.xp
+        update = self.compute_weight_update(acts, recon_error)
+        axes = (0,) + tuple(range(2, acts.ndim))
+        times_active = xp.sum((acts != 0).astype(self.dtype), axis=axes) + 1
+        update = update * (self.eta / times_active).reshape((-1,) + (1,) * (update.ndim - 1))
+        update = xp.clip(update, -self.d_update_clip, self.d_update_clip).astype(self.dtype)
+        self._weights = self._weights + update
+        self._weights_changed()
+        if normalize:
+            self.normalize_weights()
+        if self.lr_schedule is not None:
+            self.eta = float(self.lr_schedule(self.forward_pass))
+        return update
+
+    # --------------------------------------------------------------- files
+    def _write_metrics(self, metrics):
+        os.makedirs(self.result_dir, exist_ok=True)
+        path = os.path.join(self.result_dir, "metrics.csv")
+        new = not os.path.exists(path)
+        with open(path, "a", newline="") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(["ForwardPass", "LCAIter", "L1", "L2", "TotalEnergy", "FractionActive"])
+            for i in range(len(metrics["L1"])):
+                w.writerow([self.forward_pass, i + 1] + [f"{metrics[k][i]:.8g}" for k in
+                                                         ("L1", "L2", "TotalEnergy", "FractionActive")])
+
+    def get_weights(self):
+        """Host copy of the dictionary."""
+        return to_numpy(self._weights).copy()
+
+    def _operator_for(self, inputs, weights=None):
+        op = self._operator(inputs.shape[2:] if inputs.ndim > 2 else None)
+        if weights is None:
+            return op
+        return self._fresh_operator(inputs.shape[2:] if inputs.ndim > 2 else None, weights)
+
+    def _recon_operator(self, acts, weights=None):
+        raise NotImplementedError
+
+
+class LCA(_LCABase):
+    """Fully connected LCA (which lca-pytorch lacks): dictionary ``(out_neurons, in_neurons)``.
+
+    Shapes: inputs (N, in_neurons); codes (N, out_neurons); weights (K, D) with
+    atoms as rows. ``lateral="gram"`` precomputes ``G = Phi Phi^T - I`` (one
+    K x K product per step, cheaper when K < D/2); the default re-encodes the
+    reconstruction (two K x D products per step).
+    """
+
+    def __init__(self, out_neurons, in_neurons, lambda_=0.25, tau=100, eta=0.01, lca_iters=1000,
+                 return_vars=("acts",), return_all_ts=False, nonneg=True, track_metrics=False,
+                 transfer_func="soft_threshold", input_zero_mean=True, input_unit_var=True, d_update_clip=np.inf,
+                 lr_schedule=None, seed=None, dtype="float32", tol=None, solver="lca", check_every=10,
+                 result_dir=None, backend=None, lateral="recon"):
+        super().__init__(out_neurons, in_neurons, 1, 1, lambda_, tau, eta, lca_iters, "valid", return_vars,
+                         return_all_ts, nonneg, track_metrics, transfer_func, input_zero_mean, input_unit_var,
+                         d_update_clip, lr_schedule, seed, dtype, tol, solver, check_every, result_dir, backend,
+                         lateral)
+
+    @property
+    def weight_shape(self):
+        return (self.out_neurons, self.in_neurons)
+
+    def _check_inputs(self, inputs):
+        if inputs.ndim != 2:
+            raise ValueError(f"inputs must have shape (N, {self.in_neurons}), got shape {tuple(inputs.shape)}")
+        if inputs.shape[1] != self.in_neurons:
+            raise ValueError(f"inputs have {inputs.shape[1]} features, expected in_neurons={self.in_neurons}")
+        return _checked_array(self.xp, inputs, self.dtype)
+
+    def _operator(self, in_shape=None):
+        if None not in self._ops:
+            self._ops[None] = DenseDictionary(self._weights)
+        return self._ops[None]
+
+    def _fresh_operator(self, in_shape, weights):
+        return DenseDictionary(weights)
+
+    def _recon_operator(self, acts, weights=None, in_shape=None):
+        if acts.ndim != 2 or acts.shape[1] != self.out_neurons:
+            raise ValueError(f"acts must have shape (N, {self.out_neurons}), got {tuple(acts.shape)}")
+        return self._operator() if weights is None else DenseDictionary(weights)
+
+    def compute_weight_update(self, acts, recon_error):
+        return acts.T @ recon_error
+
+
+def _checked_array(xp, x, dtype):
+    x = xp.asarray(x)
+    if not bool(xp.isfinite(x).all()):
+        raise ValueError("inputs contain NaN or Inf")
+    return x.astype(dtype, copy=False)
+
+
+class _LCAConv(_LCABase):
+    def __init__(self, out_neurons, in_neurons, kernel_size=7, stride=1, lambda_=0.25, tau=100, eta=0.01,
+                 lca_iters=1000, pad="same", return_vars=("acts",), return_all_ts=False, nonneg=True,
+                 track_metrics=False, transfer_func="soft_threshold", input_zero_mean=True, input_unit_var=True,
+                 d_update_clip=np.inf, lr_schedule=None, seed=None, dtype="float32", tol=None, solver="lca",
+                 check_every=10, result_dir=None, backend=None, conv_method="auto"):
+        d = self._spatial_dims
+        self.kernel_size = _tuple(kernel_size, d, "kernel_size")
+        self.stride = _tuple(stride, d, "stride")
+        if pad not in ("same", "valid"):
+            raise ValueError(f"pad must be 'same' or 'valid', got {pad!r}")
+        if pad == "same" and any(k % 2 == 0 for k in self.kernel_size):
+            raise ValueError(f"pad='same' needs odd kernel sizes, got kernel_size={self.kernel_size}")
+        super().__init__(out_neurons, in_neurons, kernel_size, stride, lambda_, tau, eta, lca_iters, pad,
+                         return_vars, return_all_ts, nonneg, track_metrics, transfer_func, input_zero_mean,
+                         input_unit_var, d_update_clip, lr_schedule, seed, dtype, tol, solver, check_every,
+                         result_dir, backend, "recon", conv_method)
+
+    @property
+    def weight_shape(self):
+        return (self.out_neurons, self.in_neurons, *self.kernel_size)
+
+    def _check_inputs(self, inputs):
+        d = self._spatial_dims
+        if inputs.ndim != d + 2:
+            raise ValueError(
+                f"inputs must have shape (N, C, {', '.join('LHW'[-d:] if d < 3 else 'DHW')}) for "
+                f"{type(self).__name__}, got shape {tuple(inputs.shape)}")
+        if inputs.shape[1] != self.in_neurons:
+            raise ValueError(f"inputs have {inputs.shape[1]} channels, expected in_neurons={self.in_neurons}")
+        return _checked_array(self.xp, inputs, self.dtype)
+
+    def _operator(self, in_shape):
+        key = tuple(in_shape)
+        if key not in self._ops:
+            if len(self._ops) > 8:
+                self._ops.clear()
+            self._ops[key] = ConvDictionary(self._weights, key, self.stride, self.pad, self.conv_method)
+            self._L = None
+        if self._L is not None and getattr(self, "_L_shape", None) != key:
+            self._L = None
+        self._L_shape = key
+        return self._ops[key]
+
+    def _fresh_operator(self, in_shape, weights):
+        return ConvDictionary(weights, tuple(in_shape), self.stride, self.pad, self.conv_method)
+
+    def _recon_operator(self, acts, weights=None, in_shape=None):
+        d = self._spatial_dims
+        if acts.ndim != d + 2 or acts.shape[1] != self.out_neurons:
+            raise ValueError(f"acts must have shape (N, {self.out_neurons}, *spatial), got {tuple(acts.shape)}")
+        last = getattr(self, "_last_in_shape", None)
+        if in_shape is None and last is not None and conv_output_shape(last, self.kernel_size, self.stride,
+                                                                       self.pad) == tuple(acts.shape[2:]):
+            in_shape = last
+        if in_shape is None:
+            # lca-pytorch's output size: (O - 1) s - 2p + k + (s - 1) for odd kernels
+            p = [(k - 1) // 2 if self.pad == "same" else 0 for k in self.kernel_size]
+            opad = [s - 1 if (k % 2 == 1) else 0 for s, k in zip(self.stride, self.kernel_size)]
+            in_shape = tuple((o - 1) * s - 2 * pp + k + op for o, s, pp, k, op in
+                             zip(acts.shape[2:], self.stride, p, self.kernel_size, opad))
+        in_shape = tuple(in_shape)
+        if weights is None:
+            return self._operator(in_shape)
+        return self._fresh_operator(in_shape, weights)
+
+    def compute_weight_update(self, acts, recon_error):
+        op = self._operator(recon_error.shape[2:]).op
+        return op.weight_grad(recon_error.astype(self.dtype, copy=False), acts.astype(self.dtype, copy=False))
+
+
+def _tuple(v, d, name):
+    if isinstance(v, (int, np.integer)):
+        v = (int(v),) * d
+    v = tuple(int(x) for x in v)
+    if len(v) != d or any(x < 1 for x in v):
+        raise ValueError(f"{name} must be a positive int or a {d}-tuple of positive ints, got {v!r}")
+    return v
+
+
+class LCAConv1D(_LCAConv):
+    """LCA with 1-D convolutional dictionary. Inputs (N, C, L); weights (K, C, k)."""
+
+    _spatial_dims = 1
+
+
+class LCAConv2D(_LCAConv):
+    """LCA with 2-D convolutional dictionary (lca-pytorch's ``LCAConv2D``).
+
+    Parameters (lca-pytorch names and defaults)
+    ----------
+    out_neurons : int, K features
+    in_neurons : int, C input channels
+    kernel_size : int or (kh, kw), default 7
+    stride : int or tuple, default 1
+    lambda_ : float, threshold / sparsity weight, default 0.25
+    tau : float, time constant; step 1/tau, default 100
+    eta : float, built-in dictionary learning rate, default 0.01
+    lca_iters : int, iterations per forward pass, default 1000
+    pad : "same" (odd kernels, p = k // 2 at any stride) or "valid"
+    return_vars : names from ("inputs", "input_drives", "states", "acts", "recons", "recon_errors")
+    return_all_ts : stack every iteration's values on a new last axis
+    nonneg : non-negative codes, default True
+    track_metrics : per-iteration L1, L2, TotalEnergy, FractionActive in ``self.metrics``
+        (and appended to ``result_dir/metrics.csv`` when ``result_dir`` is set)
+    transfer_func : "soft_threshold", "hard_threshold" or a callable ``u -> a``
+    input_zero_mean, input_unit_var : per-sample standardisation of the inputs
+    d_update_clip : clip for the built-in dictionary update
+    lr_schedule : callable forward_pass -> eta
+    seed, dtype, backend : initialisation, float32/float64, "numpy"/"cupy"
+    tol : early stop on the relative energy change (checked every ``check_every`` steps)
+    solver : "lca" (the dynamics) or "fista" (same minimiser, far fewer iterations)
+
+    Shapes: inputs (N, C, H, W); drives, states, acts (N, K, H_out, W_out);
+    recons, recon_errors (N, C, H, W); weights (K, C, kh, kw).
+    """
+
+    _spatial_dims = 2
+
+
+class LCAConv3D(_LCAConv):
+    """LCA with 3-D convolutional dictionary. Inputs (N, C, D, H, W); weights (K, C, kd, kh, kw)."""
+
+    _spatial_dims = 3

@@ -1,0 +1,219 @@
+"""LASSO solvers: ISTA, FISTA (any dictionary operator) and coordinate descent (dense, numba).
+
+Problem, per sample::
+
+    minimise_a  E(a) = 1/2 ||s - Phi^T a||^2 + lambda ||a||_1     (optionally a >= 0)
+
+The gradient of the smooth part is ``-Phi (s - Phi^T a) = -analysis(residual)``;
+the proximal map of the penalty is the (non-negative) soft threshold.
+Convergence is checked every ``check_every`` iterations on the relative
+change of the total energy (one host synchronisation per check).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numba
+import numpy as np
+
+from ..backend import get_xp, to_numpy
+from ..ops.threshold import nonneg_soft_threshold, soft_threshold
+from .operators import DenseDictionary
+
+__all__ = ["lasso_energy", "ista", "fista", "coordinate_descent", "SolverResult", "check_lambda"]
+
+
+@dataclass
+class SolverResult:
+    """Codes and diagnostics of a LASSO solve.
+
+    Attributes
+    ----------
+    codes : array, the solution ``a`` (code shape of the operator)
+    n_iter : iterations run
+    converged : whether ``tol`` was met
+    energy : per-sample energy of ``codes`` (N,)
+    history : total energy at each check (host floats)
+    """
+
+    codes: object
+    n_iter: int
+    converged: bool
+    energy: object
+    history: list = field(default_factory=list)
+
+
+def check_lambda(lambda_):
+    lam = float(lambda_)
+    if not np.isfinite(lam) or lam < 0:
+        raise ValueError(f"lambda_ must be a finite number >= 0, got {lambda_!r}")
+    return lam
+
+
+def _per_sample_sum(xp, a):
+    return xp.sum(a.reshape(a.shape[0], -1), axis=1)
+
+
+def lasso_energy(op, s, a, lambda_):
+    """Per-sample energy ``1/2 ||s - Phi^T a||^2 + lambda ||a||_1``, shape (N,)."""
+    xp = get_xp(s, a)
+    r = s - op.synthesis(a)
+    return 0.5 * _per_sample_sum(xp, r * r) + lambda_ * _per_sample_sum(xp, xp.abs(a))
+
+
+def _prox(nonneg):
+    return nonneg_soft_threshold if nonneg else soft_threshold
+
+
+def _check_inputs(op, s, a0):
+    xp = get_xp(s)
+    expect = op.input_shape(s.shape[0])
+    if tuple(s.shape) != tuple(expect):
+        raise ValueError(f"s must have shape {expect} for this dictionary, got {tuple(s.shape)}")
+    if not bool(xp.isfinite(s).all()):
+        raise ValueError("s contains NaN or Inf")
+    if a0 is not None and tuple(a0.shape) != tuple(op.code_shape(s.shape[0])):
+        raise ValueError(f"a0 must have shape {op.code_shape(s.shape[0])}, got {tuple(a0.shape)}")
+
+
+def _converged(history, tol):
+    if tol is None or len(history) < 2:
+        return False
+    prev, cur = history[-2], history[-1]
+    return abs(prev - cur) <= tol * max(abs(cur), 1e-30)
+
+
+def _diverged(value, first):
+    return not np.isfinite(value) or value > 1e6 * max(first, 1.0)
+
+
+def ista(op, s, lambda_, nonneg=False, max_iter=1000, tol=1e-6, a0=None, step=None, check_every=10):
+    """Iterative shrinkage-thresholding: ``a <- T_{lambda/L}(a + (1/L) Phi (s - Phi^T a))``."""
+    return _proximal_gradient(op, s, lambda_, nonneg, max_iter, tol, a0, step, check_every, accelerate=False)
+
+
+def fista(op, s, lambda_, nonneg=False, max_iter=1000, tol=1e-6, a0=None, step=None, check_every=10):
+    """FISTA (Beck & Teboulle 2009) with gradient-based adaptive restart (O'Donoghue & Candes 2015).
+
+    Parameters
+    ----------
+    op : DenseDictionary or ConvDictionary
+    s : array, inputs of the operator's input shape
+    lambda_ : float >= 0
+    nonneg : bool, constrain ``a >= 0``
+    max_iter : int
+    tol : float or None, stop when the relative change of the total energy
+        between two checks is below ``tol``
+    a0 : optional warm start
+    step : optional step size, default ``1/L`` (``L`` from the operator)
+    check_every : iterations between convergence checks
+
+    Returns
+    -------
+    SolverResult
+    """
+    return _proximal_gradient(op, s, lambda_, nonneg, max_iter, tol, a0, step, check_every, accelerate=True)
+
+
+def _proximal_gradient(op, s, lambda_, nonneg, max_iter, tol, a0, step, check_every, accelerate):
+    lam = check_lambda(lambda_)
+    _check_inputs(op, s, a0)
+    xp = get_xp(s)
+    L = op.lipschitz()
+    if step is None:
+        step = 1.0 / L if L > 0 else 1.0
+    elif step > 1.0 / L * 1.0001:
+        raise ValueError(f"step {step} exceeds 1/L = {1.0 / L}: the iteration may diverge")
+    prox = _prox(nonneg)
+    a = xp.zeros(op.code_shape(s.shape[0]), dtype=s.dtype) if a0 is None else a0.astype(s.dtype, copy=True)
+    y = a
+    t = 1.0
+    history = [float(xp.sum(lasso_energy(op, s, a, lam)))]
+    converged = False
+    it = 0
+    for it in range(1, max_iter + 1):
+        grad_step = y + step * op.analysis(s - op.synthesis(y))
+        a_new = prox(grad_step, step * lam)
+        if accelerate:
+            # restart momentum for samples where it points uphill: <y - a_new, a_new - a> > 0
+            diff = a_new - a
+            uphill = _per_sample_sum(xp, (y - a_new) * diff) > 0
+            t_new = 0.5 * (1.0 + np.sqrt(1.0 + 4.0 * t * t))
+            beta = (t - 1.0) / t_new
+            mom = xp.where(uphill, 0.0, beta).astype(s.dtype).reshape((-1,) + (1,) * (a.ndim - 1))
+            y = a_new + mom * diff
+            t = t_new
+        else:
+            y = a_new
+        a = a_new
+        if it % check_every == 0 or it == max_iter:
+            e = float(xp.sum(lasso_energy(op, s, a, lam)))
+            history.append(e)
+            if _diverged(e, history[0]):
+                raise FloatingPointError(f"solver diverged at iteration {it} (energy {e}); reduce the step")
+            if _converged(history, tol):
+                converged = True
+                break
+    return SolverResult(a, it, converged, lasso_energy(op, s, a, lam), history)
+
+
+@numba.njit(parallel=True, cache=True)
+def _cd_kernel(G, B, A, lam, nonneg, max_iter, tol, n_iter_out):  # pragma: no cover - compiled
+    n, k = B.shape
+    for i in numba.prange(n):
+        a = A[i]
+        r = B[i].copy()  # r = b - G a
+        for p in range(k):
+            if a[p] != 0.0:
+                for q in range(k):
+                    r[q] -= G[q, p] * a[p]
+        it = 0
+        for it in range(1, max_iter + 1):
+            max_change = 0.0
+            max_a = 0.0
+            for p in range(k):
+                gpp = G[p, p]
+                if gpp <= 0.0:
+                    continue
+                z = r[p] + gpp * a[p]  # b_p - sum_{q != p} G_pq a_q
+                if nonneg:
+                    new = max(z - lam, 0.0) / gpp
+                elif z > lam:
+                    new = (z - lam) / gpp
+                elif z < -lam:
+                    new = (z + lam) / gpp
+                else:
+                    new = 0.0
+                d = new - a[p]
+                if d != 0.0:
+                    for q in range(k):
+                        r[q] -= G[q, p] * d
+                    a[p] = new
+                    max_change = max(max_change, abs(d))
+                max_a = max(max_a, abs(new))
+            if max_change <= tol * max(max_a, 1e-30):
+                break
+        n_iter_out[i] = it
+
+
+def coordinate_descent(op, s, lambda_, nonneg=False, max_iter=1000, tol=1e-8, a0=None):
+    """Cyclic coordinate descent on the Gram form, one sample per thread (numba, CPU).
+
+    Minimises ``1/2 a^T G a - b^T a + lambda |a|_1`` with ``G = Phi Phi^T``,
+    ``b = Phi s``: ``a_p <- T_lambda(b_p - sum_{q != p} G_pq a_q) / G_pp``.
+    Stops per sample when the largest coordinate change is below
+    ``tol * max|a|``.
+    """
+    if not isinstance(op, DenseDictionary):
+        raise TypeError("coordinate_descent needs a DenseDictionary (dense (K, D) atoms)")
+    lam = check_lambda(lambda_)
+    _check_inputs(op, s, a0)
+    xp = get_xp(s)
+    phi = to_numpy(op.phi).astype(np.float64)
+    G = phi @ phi.T
+    B = to_numpy(s).astype(np.float64) @ phi.T
+    A = np.zeros_like(B) if a0 is None else to_numpy(a0).astype(np.float64).copy()
+    n_iter = np.zeros(B.shape[0], dtype=np.int64)
+    _cd_kernel(G, B, A, lam, bool(nonneg), int(max_iter), float(tol), n_iter)
+    codes = xp.asarray(A.astype(s.dtype))
+    return SolverResult(codes, int(n_iter.max()), bool((n_iter < max_iter).all()), lasso_energy(op, s, codes, lam))

@@ -1,0 +1,123 @@
+"""Linear dictionary operators for the LASSO problems (DESIGN.md §5).
+
+Every solver sees a dictionary through two maps:
+
+* ``analysis(s)``  = ``Phi s``   (input drive; dense: ``s @ Phi.T``; conv: ``conv(s, Phi)``)
+* ``synthesis(a)`` = ``Phi^T a`` (reconstruction; dense: ``a @ Phi``; conv: ``conv_transpose(a, Phi)``)
+
+and the Lipschitz constant ``L = ||Phi||_2^2``, the largest eigenvalue of
+``Phi Phi^T`` (power iteration for convolutions).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import get_xp, to_numpy
+from ..ops.conv import ConvOperator
+
+__all__ = ["DenseDictionary", "ConvDictionary", "power_iteration"]
+
+
+def power_iteration(apply_gram, shape, xp, dtype, n_iter=100, seed=0, v0=None):
+    """Largest eigenvalue of a symmetric PSD map by power iteration.
+
+    Parameters
+    ----------
+    apply_gram : callable, v -> G v
+    shape : shape of ``v``
+    v0 : optional warm start (e.g. the previous estimate's vector after a
+        small dictionary update)
+
+    Returns
+    -------
+    (eigenvalue estimate as a Python float, final unit vector)
+    """
+    if v0 is None:
+        v = xp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype=dtype)
+    else:
+        v = v0
+    v = v / xp.sqrt(xp.sum(v * v))
+    lam = 0.0
+    for _ in range(n_iter):
+        w = apply_gram(v)
+        lam = xp.sum(v * w)
+        v = w / xp.sqrt(xp.sum(w * w))
+    return float(lam), v
+
+
+class DenseDictionary:
+    """Fully connected dictionary ``Phi`` of shape (K, D), atoms as rows.
+
+    ``analysis``: (N, D) -> (N, K); ``synthesis``: (N, K) -> (N, D).
+    """
+
+    def __init__(self, phi):
+        if phi.ndim != 2:
+            raise ValueError(f"dense dictionary must have shape (K, D), got shape {tuple(phi.shape)}")
+        self.phi = phi
+        self.xp = get_xp(phi)
+        self.n_atoms, self.n_features = phi.shape
+        self._L = None
+
+    def analysis(self, s):
+        return s @ self.phi.T
+
+    def synthesis(self, a):
+        return a @ self.phi
+
+    def code_shape(self, n):
+        return (n, self.n_atoms)
+
+    def input_shape(self, n):
+        return (n, self.n_features)
+
+    def gram(self):
+        """``Phi Phi^T`` (K, K)."""
+        return self.phi @ self.phi.T
+
+    def lipschitz(self):
+        """``||Phi||_2^2`` exactly (largest singular value squared, on the host)."""
+        if self._L is None:
+            self._L = float(np.linalg.norm(to_numpy(self.phi).astype(np.float64), 2) ** 2)
+        return self._L
+
+
+class ConvDictionary:
+    """Convolutional dictionary ``Phi`` of shape (K, C, *k) for inputs of spatial shape ``in_shape``.
+
+    ``analysis``: (N, C, *L) -> (N, K, *O); ``synthesis``: (N, K, *O) -> (N, C, *L),
+    with the exact PyTorch conv / conv_transpose semantics (so the energy is
+    the exact cropped objective at the borders for any padding).
+    """
+
+    def __init__(self, phi, in_shape, stride=1, padding="same", method="auto"):
+        self.op = ConvOperator(phi, in_shape, stride, padding, method)
+        self.phi = phi
+        self.xp = self.op.xp
+        g = self.op.geometry
+        self.n_atoms, self.n_channels = g.n_out, g.n_in
+        self.in_shape, self.out_shape = g.in_shape, g.out_shape
+        self._L = None
+        self._v = None
+
+    def analysis(self, s):
+        return self.op.forward(s)
+
+    def synthesis(self, a):
+        return self.op.adjoint(a)
+
+    def code_shape(self, n):
+        return (n, self.n_atoms, *self.out_shape)
+
+    def input_shape(self, n):
+        return (n, self.n_channels, *self.in_shape)
+
+    def lipschitz(self, n_iter=60):
+        """Largest eigenvalue of ``Phi Phi^T`` on the code space (power iteration, +1% margin)."""
+        if self._L is None:
+            dtype = self.phi.dtype
+            lam, self._v = power_iteration(
+                lambda v: self.analysis(self.synthesis(v)), self.code_shape(1), self.xp, dtype, n_iter
+            )
+            self._L = 1.01 * lam
+        return self._L

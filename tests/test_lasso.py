@@ -1,0 +1,142 @@
+"""LASSO solvers against each other and against the optimality conditions."""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sparsecoding.backend import to_numpy
+from sparsecoding.solvers import ConvDictionary, DenseDictionary, coordinate_descent, fista, ista, lasso_energy
+
+
+def kkt_violation(op, s, a, lam, nonneg):
+    """Largest violation of the LASSO optimality conditions at a (0 at the optimum)."""
+    c = to_numpy(op.analysis(s - op.synthesis(a)))
+    a = to_numpy(a)
+    on = a != 0
+    if nonneg:
+        v_on = np.abs(c[on] - lam)
+        v_off = np.maximum(c[~on] - lam, 0)
+        v_neg = np.maximum(-a, 0).ravel()
+    else:
+        v_on = np.abs(c[on] - lam * np.sign(a[on]))
+        v_off = np.maximum(np.abs(c[~on]) - lam, 0)
+        v_neg = np.zeros(1)
+    return max(v_on.max(initial=0), v_off.max(initial=0), v_neg.max())
+
+
+@st.composite
+def dense_problems(draw):
+    k, d, n = draw(st.integers(2, 16)), draw(st.integers(2, 10)), draw(st.integers(1, 4))
+    seed = draw(st.integers(0, 2**31))
+    r = np.random.default_rng(seed)
+    phi = r.standard_normal((k, d))
+    phi /= np.linalg.norm(phi, axis=1, keepdims=True)
+    s = r.standard_normal((n, d))
+    lam = draw(st.floats(0.05, 0.8))
+    return phi, s, lam, draw(st.booleans())
+
+
+@st.composite
+def conv_problems(draw):
+    dims = draw(st.integers(1, 2))
+    k = draw(st.sampled_from([1, 3, 5]))
+    stride = draw(st.integers(1, 2))
+    size = draw(st.integers(k + 1, 12 if dims == 1 else 8))
+    c, kk, n = draw(st.integers(1, 2)), draw(st.integers(1, 4)), draw(st.integers(1, 2))
+    r = np.random.default_rng(draw(st.integers(0, 2**31)))
+    phi = r.standard_normal((kk, c, *([k] * dims)))
+    phi /= np.sqrt((phi**2).reshape(kk, -1).sum(1)).reshape(-1, *([1] * (dims + 1)))
+    s = r.standard_normal((n, c, *([size] * dims)))
+    pad = draw(st.sampled_from(["same", "valid"]))
+    return ConvDictionary(phi, s.shape[2:], stride, pad), s, draw(st.floats(0.05, 0.8)), draw(st.booleans())
+
+
+@given(dense_problems())
+def test_dense_solvers_agree_and_satisfy_kkt(prob):
+    phi, s, lam, nonneg = prob
+    op = DenseDictionary(phi)
+    ref = coordinate_descent(op, s, lam, nonneg=nonneg, max_iter=20000, tol=1e-13)
+    assert kkt_violation(op, s, ref.codes, lam, nonneg) < 1e-7
+    e_ref = to_numpy(ref.energy)
+    for solver in (ista, fista):
+        res = solver(op, s, lam, nonneg=nonneg, max_iter=50000, tol=1e-15, check_every=50)
+        np.testing.assert_allclose(to_numpy(res.energy), e_ref, rtol=1e-7, atol=1e-9)
+        assert kkt_violation(op, s, res.codes, lam, nonneg) < 1e-4
+    if phi.shape[0] <= phi.shape[1]:  # full column rank: strictly convex, the code is unique
+        res = fista(op, s, lam, nonneg=nonneg, max_iter=50000, tol=1e-15)
+        np.testing.assert_allclose(to_numpy(res.codes), to_numpy(ref.codes), atol=1e-5)
+
+
+@given(conv_problems())
+def test_conv_fista_and_ista_reach_same_energy_and_kkt(prob):
+    op, s, lam, nonneg = prob
+    f = fista(op, s, lam, nonneg=nonneg, max_iter=20000, tol=1e-15)
+    i = ista(op, s, lam, nonneg=nonneg, max_iter=50000, tol=1e-15, check_every=50)
+    np.testing.assert_allclose(to_numpy(f.energy), to_numpy(i.energy), rtol=1e-6, atol=1e-8)
+    assert kkt_violation(op, s, f.codes, lam, nonneg) < 1e-5
+
+
+@given(dense_problems())
+def test_large_lambda_gives_zero_code(prob):
+    phi, s, _, nonneg = prob
+    op = DenseDictionary(phi)
+    b = s @ phi.T
+    lam = (b.max() if nonneg else np.abs(b).max()) + 1e-9
+    lam = max(lam, 1e-9)
+    for solver in (fista, coordinate_descent):
+        assert np.all(to_numpy(solver(op, s, lam, nonneg=nonneg).codes) == 0)
+
+
+@given(st.integers(1, 8), st.integers(0, 2**31), st.floats(0.0, 1.0), st.booleans())
+def test_orthonormal_dictionary_closed_form(d, seed, lam, nonneg):
+    r = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(r.standard_normal((d, d)))
+    s = r.standard_normal((3, d))
+    b = s @ q.T
+    expect = np.maximum(b - lam, 0) if nonneg else np.sign(b) * np.maximum(np.abs(b) - lam, 0)
+    for solver in (fista, coordinate_descent):
+        np.testing.assert_allclose(to_numpy(solver(DenseDictionary(q), s, lam, nonneg=nonneg, tol=1e-14).codes),
+                                   expect, atol=1e-9)
+
+
+@given(dense_problems(), st.floats(0.1, 10.0))
+def test_scaling_input_and_lambda_scales_code(prob, c):
+    phi, s, lam, nonneg = prob
+    op = DenseDictionary(phi)
+    a1 = coordinate_descent(op, s, lam, nonneg=nonneg, max_iter=20000, tol=1e-14)
+    a2 = coordinate_descent(op, c * s, c * lam, nonneg=nonneg, max_iter=20000, tol=1e-14)
+    np.testing.assert_allclose(to_numpy(a2.energy), c * c * to_numpy(a1.energy), rtol=1e-8)
+    if phi.shape[0] <= phi.shape[1]:
+        np.testing.assert_allclose(to_numpy(a2.codes), c * to_numpy(a1.codes), atol=1e-6 * max(c, 1))
+
+
+def test_solvers_on_backend(xp):
+    r = np.random.default_rng(1)
+    phi = r.standard_normal((12, 6))
+    phi /= np.linalg.norm(phi, axis=1, keepdims=True)
+    s = r.standard_normal((3, 6))
+    ref = coordinate_descent(DenseDictionary(phi), s, 0.2, tol=1e-13)
+    res = fista(DenseDictionary(xp.asarray(phi)), xp.asarray(s), 0.2, max_iter=20000, tol=1e-15)
+    np.testing.assert_allclose(to_numpy(res.energy), to_numpy(ref.energy), rtol=1e-8)
+
+
+def test_bad_input():
+    op = DenseDictionary(np.eye(3))
+    with pytest.raises(ValueError, match="lambda_"):
+        fista(op, np.zeros((2, 3)), -1.0)
+    with pytest.raises(ValueError, match="shape"):
+        fista(op, np.zeros((2, 4)), 0.1)
+    with pytest.raises(ValueError, match="NaN"):
+        ista(op, np.full((2, 3), np.nan), 0.1)
+    with pytest.raises(ValueError, match="step"):
+        ista(op, np.zeros((2, 3)), 0.1, step=5.0)
+    with pytest.raises(TypeError, match="Dense"):
+        coordinate_descent(ConvDictionary(np.ones((1, 1, 3)), (5,)), np.zeros((1, 1, 5)), 0.1)
+
+
+def test_energy_is_the_lasso_objective():
+    r = np.random.default_rng(2)
+    phi, s, a = r.standard_normal((5, 4)), r.standard_normal((2, 4)), r.standard_normal((2, 5))
+    e = lasso_energy(DenseDictionary(phi), s, a, 0.3)
+    expect = [0.5 * np.sum((s[i] - phi.T @ a[i]) ** 2) + 0.3 * np.abs(a[i]).sum() for i in range(2)]
+    np.testing.assert_allclose(e, expect)
