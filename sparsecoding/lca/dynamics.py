@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_xp
-from ..solvers.lasso import _per_sample_sum
+from ..ops.fused import lca_step
 
 __all__ = ["run_lca", "check_tau"]
 
@@ -42,7 +42,7 @@ def check_tau(tau, L):
 
 
 def run_lca(op, s, lambda_, tau, transfer, n_iter, initial_states=None, drive_scaling=None, tol=None,
-            check_every=10, track_metrics=False, record=(), record_all=False, lateral=None):
+            check_every=10, track_metrics=False, record=(), record_all=False, lateral=None, soft=None):
     """Run the LCA dynamics.
 
     Parameters
@@ -60,6 +60,8 @@ def run_lca(op, s, lambda_, tau, transfer, n_iter, initial_states=None, drive_sc
     track_metrics : keep L1, L2, total energy and fraction active per step
     record : names from ``RETURN_VARS`` to keep at every step (``record_all``)
     lateral : optional callable ``a -> (Phi Phi^T - I) a`` (precomputed Gram form)
+    soft : optional ``(threshold, nonneg)`` declaring that ``transfer`` is that soft
+        threshold, which enables the fused in-place update
 
     Returns
     -------
@@ -71,14 +73,14 @@ def run_lca(op, s, lambda_, tau, transfer, n_iter, initial_states=None, drive_sc
     b = op.analysis(s)
     if drive_scaling is not None:
         b = b + drive_scaling
-    u = xp.zeros_like(b) if initial_states is None else initial_states.astype(b.dtype, copy=True)
+    u = xp.zeros_like(b) if initial_states is None else xp.array(initial_states, dtype=b.dtype, copy=True)
     eta = 1.0 / tau
     tracks = {k: [] for k in ("L1", "L2", "TotalEnergy", "FractionActive")} if track_metrics else None
     all_ts = {k: [] for k in record} if record_all else None
     history = []
     converged = False
     it = 0
-    u_check = u
+    u_check = u.copy()
     a = transfer(u)
     recon = op.synthesis(a)
     resid = s - recon
@@ -87,6 +89,17 @@ def run_lca(op, s, lambda_, tau, transfer, n_iter, initial_states=None, drive_sc
             c = op.analysis(resid)
             if drive_scaling is not None:
                 c = c + drive_scaling
+            if soft is not None and not (track_metrics or record_all):
+                u, a = lca_step(u, c, a, eta, soft[0], soft[1])  # fused, in place
+                recon = op.synthesis(a)
+                resid = s - recon
+                if it % check_every == 0 or it == n_iter:
+                    stop = _check(xp, history, u, u_check, resid, a, lambda_, tol, it)
+                    u_check = u.copy()
+                    if stop:
+                        converged = True
+                        break
+                continue
             u = u + eta * (c + a - u)
         else:
             u = u + eta * (b - u - lateral(a))
@@ -96,20 +109,11 @@ def run_lca(op, s, lambda_, tau, transfer, n_iter, initial_states=None, drive_sc
         recon = op.synthesis(a)
         resid = s - recon
         if it % check_every == 0 or it == n_iter:
-            e = float(0.5 * xp.sum(resid * resid) + lambda_ * xp.sum(xp.abs(a)))
-            history.append(e)
-            if not np.isfinite(e) or (len(history) > 1 and e > 1e6 * max(history[0], 1.0)):
-                raise FloatingPointError(
-                    f"LCA diverged at iteration {it} (energy {e:.3g}); increase tau (the step 1/tau is too large)"
-                )
-            if tol is not None and len(history) > 1 and abs(history[-2] - e) <= tol * max(abs(e), 1e-30):
-                # the energy can plateau while sub-threshold potentials still charge up,
-                # so the potentials must have settled too: ||u_t - u_{t-k}|| <= tol ||u_t||
-                du = float(xp.sqrt(xp.sum((u - u_check) ** 2)))
-                if du <= tol * max(float(xp.sqrt(xp.sum(u * u))), 1e-30):
-                    converged = True
-                    break
+            stop = _check(xp, history, u, u_check, resid, a, lambda_, tol, it)
             u_check = u
+            if stop:
+                converged = True
+                break
     metrics = None
     if track_metrics:
         metrics = {k: np.asarray([float(v) for v in xp.stack(vals).tolist()]) if vals else np.zeros(0)
@@ -117,6 +121,22 @@ def run_lca(op, s, lambda_, tau, transfer, n_iter, initial_states=None, drive_sc
     return {"states": u, "acts": a, "recons": recon, "recon_errors": resid, "input_drives": b,
             "inputs": s, "n_iter": it, "converged": converged, "metrics": metrics, "all": all_ts,
             "energy_history": history}
+
+
+def _check(xp, history, u, u_check, resid, a, lambda_, tol, it):
+    """Energy bookkeeping every ``check_every`` steps: divergence error, convergence test."""
+    e = float(0.5 * xp.sum(resid * resid) + lambda_ * xp.sum(xp.abs(a)))
+    history.append(e)
+    if not np.isfinite(e) or (len(history) > 1 and e > 1e6 * max(history[0], 1.0)):
+        raise FloatingPointError(
+            f"LCA diverged at iteration {it} (energy {e:.3g}); increase tau (the step 1/tau is too large)"
+        )
+    if tol is not None and len(history) > 1 and abs(history[-2] - e) <= tol * max(abs(e), 1e-30):
+        # the energy can plateau while sub-threshold potentials still charge up,
+        # so the potentials must have settled too: ||u_t - u_{t-k}|| <= tol ||u_t||
+        du = float(xp.sqrt(xp.sum((u - u_check) ** 2)))
+        return du <= tol * max(float(xp.sqrt(xp.sum(u * u))), 1e-30)
+    return False
 
 
 def _track(xp, tracks, all_ts, lambda_, s, b, u, a, recon, resid):

@@ -130,7 +130,7 @@ class _LCABase:
         value = xp.asarray(value)
         if not bool(xp.isfinite(value).all()):
             raise ValueError("weights contain NaN or Inf")
-        self._weights = value.copy()
+        self._weights[...] = value  # in place: optimisers keep a reference to this array
         self._weights_changed()
         if normalize:
             self.normalize_weights()
@@ -140,7 +140,7 @@ class _LCABase:
         xp = self.xp
         axes = tuple(range(1, self._weights.ndim))
         norm = xp.sqrt(xp.sum(self._weights * self._weights, axis=axes, keepdims=True))
-        self._weights = self._weights / (norm + eps)
+        self._weights /= norm + eps  # in place: optimisers keep a reference to this array
         self._weights_changed()
 
     def _weights_changed(self):
@@ -224,26 +224,45 @@ class _LCABase:
             if arr is not None and tuple(arr.shape) != tuple(code_shape):
                 raise ValueError(f"{name} must have the code shape {code_shape}, got {tuple(arr.shape)}")
         if self.solver == "lca":
-            L = self.lipschitz(inputs.shape[2:] if inputs.ndim > 2 else None)
-            check_tau(self.tau, L)
-            lateral = None
-            if self.lateral == "gram":
-                if not isinstance(op, DenseDictionary):
-                    raise ValueError("lateral='gram' is offered for the dense LCA only")
-                G = op.gram() - xp.eye(self.out_neurons, dtype=self.dtype)
-                lateral = lambda a: a @ G  # noqa: E731  (G symmetric)
-            out = run_lca(op, inputs, self.lambda_, self.tau, self.transfer, self.lca_iters,
-                          initial_states=initial_states, drive_scaling=drive_scaling, tol=self.tol,
-                          check_every=self.check_every, track_metrics=self.track_metrics,
-                          record=self.return_vars, record_all=self.return_all_ts, lateral=lateral)
-        else:
-            out = self._encode_fista(op, inputs, drive_scaling, initial_states)
+            self.lipschitz(inputs.shape[2:] if inputs.ndim > 2 else None)
+        # solvers run channels-last where the CPU im2col engine produces that layout
+        cl = isinstance(op, ConvDictionary) and op.op.method == "im2col" and xp.__name__ == "numpy"
+        if cl:
+            op = op.with_layout("channels_last")
+            drive_scaling = None if drive_scaling is None else xp.ascontiguousarray(xp.moveaxis(drive_scaling, 1, -1))
+            initial_states = None if initial_states is None else xp.ascontiguousarray(xp.moveaxis(initial_states, 1, -1))
+        out = self._encode_with(op, inputs, drive_scaling, initial_states)
+        if cl:
+            back = lambda t: xp.ascontiguousarray(xp.moveaxis(t, -1, 1))  # noqa: E731
+            for k in ("states", "acts", "input_drives"):
+                out[k] = back(out[k])
+            if out["all"] is not None:
+                for k in ("states", "acts", "input_drives"):
+                    if k in out["all"]:
+                        out["all"][k] = [back(t) for t in out["all"][k]]
         self.metrics = out["metrics"]
         self.n_iter_ = out["n_iter"]
         self.converged_ = out["converged"]
         if self.metrics is not None and self.result_dir is not None:
             self._write_metrics(self.metrics)
         return out
+
+    def _encode_with(self, op, inputs, drive_scaling, initial_states):
+        xp = self.xp
+        if self.solver == "lca":
+            check_tau(self.tau, self._L)
+            lateral = None
+            if self.lateral == "gram":
+                if not isinstance(op, DenseDictionary):
+                    raise ValueError("lateral='gram' is offered for the dense LCA only")
+                G = op.gram() - xp.eye(self.out_neurons, dtype=self.dtype)
+                lateral = lambda a: a @ G  # noqa: E731  (G symmetric)
+            soft = (self.lambda_, self.nonneg) if self.transfer_func == "soft_threshold" else None
+            return run_lca(op, inputs, self.lambda_, self.tau, self.transfer, self.lca_iters,
+                           initial_states=initial_states, drive_scaling=drive_scaling, tol=self.tol,
+                           check_every=self.check_every, track_metrics=self.track_metrics,
+                           record=self.return_vars, record_all=self.return_all_ts, lateral=lateral, soft=soft)
+        return self._encode_fista(op, inputs, drive_scaling, initial_states)
 
     def _encode_fista(self, op, inputs, drive_scaling, initial_states):
         if drive_scaling is not None:
@@ -311,7 +330,7 @@ class _LCABase:
         times_active = xp.sum((acts != 0).astype(self.dtype), axis=axes) + 1
         update = update * (self.eta / times_active).reshape((-1,) + (1,) * (update.ndim - 1))
         update = xp.clip(update, -self.d_update_clip, self.d_update_clip).astype(self.dtype)
-        self._weights = self._weights + update
+        self._weights += update
         self._weights_changed()
         if normalize:
             self.normalize_weights()

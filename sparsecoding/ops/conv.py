@@ -244,8 +244,12 @@ class ConvOperator:
             raise ValueError(f"{name} has spatial shape {tuple(x.shape[2:])}, expected {tuple(spatial)}")
 
     # ---------------------------------------------------------------- forward
-    def forward(self, x):
-        """``conv(x, w)``: (N, C, *L) -> (N, K, *O)."""
+    def forward(self, x, channels_last=False):
+        """``conv(x, w)``: (N, C, *L) -> (N, K, *O), or (N, *O, K) with ``channels_last``.
+
+        Iterative solvers keep codes channels-last on the CPU im2col engine,
+        where the GEMM produces that layout and the transpose is saved.
+        """
         g = self.geometry
         self._check_input(x, g.n_in, g.in_shape, "x")
         x = x.astype(self.dtype, copy=False)
@@ -253,15 +257,14 @@ class ConvOperator:
         buf = xp.zeros((x.shape[0], g.n_in, *self._buffer), dtype=self.dtype)
         bsl, xsl = _embed_slices(g, self._buffer)
         buf[bsl] = x[xsl]
-        if self.method == "im2col":
-            return self._forward_im2col(buf)
-        return self._forward_fft(buf)
+        if self.method == "im2col" and self.xp.__name__ == "numpy":
+            return self._forward_im2col_cpu(buf, channels_last)
+        y = self._forward_im2col(buf) if self.method == "im2col" else self._forward_fft(buf)
+        return self.xp.ascontiguousarray(self.xp.moveaxis(y, 1, -1)) if channels_last else y
 
     def _forward_im2col(self, buf):
         g, xp = self.geometry, self.xp
         n = buf.shape[0]
-        if xp.__name__ == "numpy":
-            return self._forward_im2col_cpu(buf)
         swv = capabilities(xp).sliding_window_view
         axes = tuple(range(2, 2 + g.d))
         win = swv(buf, g.kernel, axis=axes)  # (N, C, *(B-k+1), *k)
@@ -287,18 +290,30 @@ class ConvOperator:
         return xp.ascontiguousarray(y)
 
     # ---------------------------------------------------------------- adjoint
-    def adjoint(self, y):
-        """``conv_transpose(y, w)`` onto the operator's input shape: (N, K, *O) -> (N, C, *L)."""
+    def adjoint(self, y, channels_last=False):
+        """``conv_transpose(y, w)`` onto the operator's input shape: (N, K, *O) -> (N, C, *L).
+
+        With ``channels_last`` the input is (N, *O, K).
+        """
         g = self.geometry
-        self._check_input(y, g.n_out, g.out_shape, "y")
+        if channels_last:
+            if tuple(y.shape[1:]) != (*g.out_shape, g.n_out):
+                raise ValueError(f"y must have shape (N, *{g.out_shape}, {g.n_out}), got {tuple(y.shape)}")
+        else:
+            self._check_input(y, g.n_out, g.out_shape, "y")
         y = y.astype(self.dtype, copy=False)
-        buf = self._adjoint_im2col(y) if self.method == "im2col" else self._adjoint_fft(y)
+        if self.method == "im2col" and self.xp.__name__ == "numpy":
+            buf = self._adjoint_im2col_cpu(y, channels_last)
+        else:
+            if channels_last:
+                y = self.xp.moveaxis(y, -1, 1)
+            buf = self._adjoint_im2col(y) if self.method == "im2col" else self._adjoint_fft(y)
         out = self.xp.zeros((y.shape[0], g.n_in, *g.in_shape), dtype=self.dtype)
         bsl, xsl = _embed_slices(g, self._buffer)
         out[xsl] = buf[bsl]
         return out
 
-    def _forward_im2col_cpu(self, buf):
+    def _forward_im2col_cpu(self, buf, channels_last=False):
         # numba gather into (N, M, C, J), one (N*M, CJ) x (CJ, K) GEMM, swap to (N, K, M)
         from ._kernels import gather_columns, swap_last_two  # noqa: PLC0415
 
@@ -308,18 +323,23 @@ class ConvOperator:
         cols = np_.empty((n, m, g.n_in, nj), dtype=self.dtype)
         gather_columns(buf.reshape(n, g.n_in, -1), self._idx, cols)
         out = cols.reshape(n * m, -1) @ self._w2.T  # (N*M, K)
+        if channels_last:
+            return out.reshape(n, *g.out_shape, g.n_out)
         res = np_.empty((n, g.n_out, m), dtype=self.dtype)
         swap_last_two(out.reshape(n, m, g.n_out), res)
         return res.reshape(n, g.n_out, *g.out_shape)
 
-    def _adjoint_im2col_cpu(self, y):
+    def _adjoint_im2col_cpu(self, y, channels_last=False):
         from ._kernels import scatter_add_columns, swap_last_two  # noqa: PLC0415
 
         g, np_ = self.geometry, self.xp
         n = y.shape[0]
         m, nj = self._idx.shape
-        yt = np_.empty((n, m, g.n_out), dtype=self.dtype)
-        swap_last_two(np_.ascontiguousarray(y).reshape(n, g.n_out, m), yt)
+        if channels_last:
+            yt = np_.ascontiguousarray(y).reshape(n, m, g.n_out)
+        else:
+            yt = np_.empty((n, m, g.n_out), dtype=self.dtype)
+            swap_last_two(np_.ascontiguousarray(y).reshape(n, g.n_out, m), yt)
         cols = yt.reshape(n * m, g.n_out) @ self._w2  # (N*M, C*J)
         buf = np_.zeros((n, g.n_in, *self._buffer), dtype=self.dtype)
         scatter_add_columns(cols.reshape(n, m, g.n_in, nj), self._idx, buf.reshape(n, g.n_in, -1))
@@ -328,8 +348,6 @@ class ConvOperator:
     def _adjoint_im2col(self, y):
         g, xp = self.geometry, self.xp
         n = y.shape[0]
-        if xp.__name__ == "numpy":
-            return self._adjoint_im2col_cpu(y)
         cols = xp.matmul(self._w2.T, y.reshape(n, g.n_out, -1))  # (N, C*prod(k), prod(O))
         buf = xp.zeros((n, g.n_in, *self._buffer), dtype=self.dtype)
         cols = cols.reshape(n, g.n_in, *g.kernel, *g.out_shape)
@@ -402,8 +420,10 @@ def choose_method(g) -> str:
     maps (``~2.5 n log2 n`` flops each, running at about a quarter of the
     GEMM rate on CPU) and a ``C' x K`` complex product per frequency (about
     half the GEMM rate, with its small matrices). The constants come from
-    ``bench/conv.py`` on the 2-core development machine; the crossover for
-    C=3, K=64 is at about k=5 for stride 1 and k=7 for stride 2.
+    ``bench/conv.py`` on the 2-core development machine, where the FFT's
+    transforms and layout transposes ran at about 1/8 of the GEMM rate: for
+    C=3, K=64 on 32x32 inputs the crossover is at about k=11 for stride 1,
+    and im2col wins at stride 2 up to k=11.
     """
     m = math.prod(g.out_shape)
     im2col = 2.0 * m * g.n_out * g.n_in * math.prod(g.kernel) + 4.0 * m * g.n_in * math.prod(g.kernel)
@@ -412,7 +432,7 @@ def choose_method(g) -> str:
     nfft = math.prod(q)
     cq = g.n_in * math.prod(g.stride)
     nfreq = nfft / 2 + 1
-    fft = 4.0 * 2.5 * nfft * math.log2(max(nfft, 2)) * (g.n_out + cq) + 2.0 * 8.0 * nfreq * g.n_out * cq
+    fft = 8.0 * 2.5 * nfft * math.log2(max(nfft, 2)) * (g.n_out + cq) + 4.0 * 8.0 * nfreq * g.n_out * cq
     return "fft" if fft < im2col else "im2col"
 
 

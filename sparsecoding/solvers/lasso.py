@@ -17,6 +17,7 @@ import numba
 import numpy as np
 
 from ..backend import get_xp, to_numpy
+from ..ops.fused import momentum, prox_step
 from ..ops.threshold import nonneg_soft_threshold, soft_threshold
 from .operators import DenseDictionary
 
@@ -132,18 +133,16 @@ def _proximal_gradient(op, s, lambda_, nonneg, max_iter, tol, a0, step, check_ev
     converged = False
     it = 0
     for it in range(1, max_iter + 1):
-        grad_step = y + step * op.analysis(s - op.synthesis(y))
-        a_new = prox(grad_step, step * lam)
+        c = op.analysis(s - op.synthesis(y))  # minus the gradient at y
         if accelerate:
+            a_new, dots = prox_step(y, c, a, step, step * lam, nonneg)
             # restart momentum for samples where it points uphill: <y - a_new, a_new - a> > 0
-            diff = a_new - a
-            uphill = _per_sample_sum(xp, (y - a_new) * diff) > 0
             t_new = 0.5 * (1.0 + np.sqrt(1.0 + 4.0 * t * t))
-            beta = (t - 1.0) / t_new
-            mom = xp.where(uphill, 0.0, beta).astype(s.dtype).reshape((-1,) + (1,) * (a.ndim - 1))
-            y = a_new + mom * diff
+            beta = xp.where(dots > 0, 0.0, (t - 1.0) / t_new)
+            y = momentum(a_new, a, beta)
             t = t_new
         else:
+            a_new = prox(y + step * c, step * lam)
             y = a_new
         a = a_new
         if it % check_every == 0 or it == max_iter:

@@ -1,0 +1,64 @@
+"""Preprocessing on channels-first arrays: standardisation, whitening, patches, crops."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import get_xp
+
+
+def standardize(x, zero_mean=True, unit_var=True, eps=1e-8):
+    """Per-sample zero mean and/or unit variance over all non-batch axes."""
+    xp = get_xp(x)
+    axes = tuple(range(1, x.ndim))
+    if zero_mean:
+        x = x - x.mean(axis=axes, keepdims=True)
+    if unit_var:
+        x = x / (x.std(axis=axes, keepdims=True) + eps)
+    return x
+
+
+def zca_whitening_matrix(X, eps=1e-2):
+    """ZCA whitening matrix ``W = U diag(1/sqrt(s + eps)) U^T`` of centred rows ``X (N, D)``."""
+    xp = get_xp(X)
+    Xc = X - X.mean(axis=0, keepdims=True)
+    cov = Xc.T @ Xc / max(X.shape[0] - 1, 1)
+    s, U = xp.linalg.eigh(cov)
+    return (U * (1.0 / xp.sqrt(xp.maximum(s, 0) + eps))) @ U.T
+
+
+def whiten(X, eps=1e-2):
+    """ZCA-whitened, centred copy of ``X (N, D)``: covariance ~ identity (regularised by ``eps``)."""
+    W = zca_whitening_matrix(X, eps)
+    return (X - X.mean(axis=0, keepdims=True)) @ W
+
+
+def _check_images(images):
+    for im in images:
+        if im.ndim != 3:
+            raise ValueError(f"images must be (C, H, W) arrays, got shape {tuple(im.shape)}")
+
+
+def extract_patches(images, size, n, seed=None, flatten=False):
+    """``n`` random ``size x size`` patches from a list of (C, H, W) images.
+
+    Returns (n, C, size, size), or (n, C*size*size) with ``flatten``.
+    """
+    _check_images(images)
+    rng = np.random.default_rng(seed)
+    which = rng.integers(0, len(images), n)
+    out = []
+    for i in which:
+        im = images[i]
+        _, h, w = im.shape
+        if h < size or w < size:
+            raise ValueError(f"patch size {size} is larger than an image of shape {tuple(im.shape)}")
+        r, c = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
+        out.append(im[:, r:r + size, c:c + size])
+    xp = get_xp(images[0])
+    P = xp.stack(out)
+    return P.reshape(n, -1) if flatten else P
+
+
+def random_crops(images, size, n, seed=None):
+    """``n`` random square crops (the CIFAR-like workload uses 32x32 crops of photographs)."""
+    return extract_patches(images, size, n, seed)

@@ -1,0 +1,89 @@
+"""Pictures: dictionary tiles and training curves (matplotlib, imported lazily)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .backend import to_numpy
+
+__all__ = ["tile_dictionary", "save_dictionary", "save_curves"]
+
+
+def tile_dictionary(weights, shape=None, pad=1, per_atom=True):
+    """Arrange atoms into one image.
+
+    Parameters
+    ----------
+    weights : (K, C, h, w) conv atoms, or (K, D) dense atoms with ``shape=(C, h, w)`` or ``(h, w)``
+    per_atom : scale each atom to [0, 1] symmetrically around 0 (else one scale for all)
+
+    Returns
+    -------
+    (H, W, 3) or (H, W) float image in [0, 1]
+    """
+    w = to_numpy(weights).astype(np.float64)
+    if w.ndim == 2:
+        if shape is None:
+            side = int(round(math.sqrt(w.shape[1])))
+            shape = (side, side)
+        w = w.reshape(w.shape[0], *((1, *shape) if len(shape) == 2 else shape))
+    if w.ndim != 4:
+        raise ValueError(f"weights must be (K, C, h, w) or (K, D), got shape {tuple(w.shape)}")
+    k, c, h, ww = w.shape
+    if c not in (1, 3):
+        w = w[:, :1]
+        c = 1
+    axes = (1, 2, 3)
+    scale = np.abs(w).max(axis=axes, keepdims=True) if per_atom else np.abs(w).max()
+    w = 0.5 + 0.5 * w / np.maximum(scale, 1e-12)
+    cols = int(math.ceil(math.sqrt(k)))
+    rows = int(math.ceil(k / cols))
+    img = np.ones((rows * (h + pad) + pad, cols * (ww + pad) + pad, c))
+    for i in range(k):
+        r, q = divmod(i, cols)
+        img[pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (ww + pad): pad + q * (ww + pad) + ww] = \
+            w[i].transpose(1, 2, 0)
+    return img[..., 0] if c == 1 else img
+
+
+def save_dictionary(weights, path, shape=None, title=None, scale=8):
+    """Save the tiled dictionary as a PNG (nearest-neighbour upscaled by ``scale``)."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    img = tile_dictionary(weights, shape)
+    fig = plt.figure(figsize=(img.shape[1] * scale / 100, img.shape[0] * scale / 100 + (0.3 if title else 0)), dpi=100)
+    ax = fig.add_axes([0, 0, 1, 1 if not title else 0.93])
+    ax.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest", vmin=0, vmax=1)
+    ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def save_curves(curves, path, xlabel="step", ylabel="", title=None, logy=False):
+    """Save a line plot of ``curves`` (name -> sequence of values)."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, values in curves.items():
+        ax.plot(np.asarray(values), label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if logy:
+        ax.set_yscale("log")
+    if title:
+        ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
