@@ -1,13 +1,23 @@
-"""The ``sparsecoding`` command line."""
+"""The ``sparsecoding`` command line.
+
+    sparsecoding lca       learn a dictionary on bundled data and save its picture
+    sparsecoding info      versions and usable backends
+
+(``foldiak``, ``lpl`` and ``eqprop`` are added by their modules.)
+"""
 from __future__ import annotations
 
 import argparse
+import csv
+import json
+import os
 import sys
+import time
+
+import numpy as np
 
 
 def _info(args):
-    import numpy as np
-
     from . import __version__
     from .backend import cupy_available
 
@@ -15,12 +25,149 @@ def _info(args):
     return 0
 
 
+def _backend(device):
+    if device in ("gpu", "cuda") or (device or "").isdigit():
+        from .backend import _load_cupy
+
+        cp = _load_cupy()
+        if (device or "").isdigit():
+            cp.cuda.Device(int(device)).use()
+        return "cupy"
+    if device not in (None, "cpu"):
+        raise SystemExit(f"--device must be cpu, gpu or a GPU index, got {device!r}")
+    return "numpy"
+
+
+def _write_history(history, path):
+    if not history:
+        return
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(history[0]))
+        w.writeheader()
+        w.writerows(history)
+
+
+def _lca(args):
+    from .data import load_digits, natural_images, random_crops
+    from .lca import LCA, LCAConv2D, fit
+    from .viz import save_curves, save_dictionary
+
+    os.makedirs(args.out, exist_ok=True)
+    backend = _backend(args.device)
+    with open(os.path.join(args.out, "args.json"), "w") as f:
+        json.dump(vars(args) | {"func": None}, f, indent=2, default=str)
+    common = dict(lambda_=args.lambda_, eta=args.eta, lca_iters=args.lca_iters, tol=args.tol, solver=args.solver,
+                  tau=args.tau, seed=args.seed, backend=backend, nonneg=not args.signed)
+    if args.data == "photos":
+        X = random_crops(natural_images(), args.crop, args.n_samples, seed=args.seed)
+        layer = LCAConv2D(args.features, 3, args.kernel_size, args.stride, **common)
+        shape = None
+    else:
+        X, _ = load_digits()
+        X = X.reshape(len(X), -1)
+        layer = LCA(args.features, X.shape[1], **common)
+        shape = (8, 8)
+    t0 = time.perf_counter()
+    history = fit(layer, X, n_epochs=args.epochs, batch_size=args.batch_size,
+                  checkpoint=os.path.join(args.out, "checkpoint.npz"), checkpoint_every=args.checkpoint_every,
+                  resume=not args.no_resume, seed=args.seed, progress=not args.quiet, max_steps=args.steps)
+    elapsed = time.perf_counter() - t0
+    np.save(os.path.join(args.out, "weights.npy"), layer.get_weights())
+    _write_history(history, os.path.join(args.out, "history.csv"))
+    pic = save_dictionary(layer.weights, os.path.join(args.out, "dictionary.png"), shape=shape,
+                          title=f"{args.data}: {args.features} atoms after {len(history)} steps")
+    save_curves({"energy": [h["energy"] for h in history]}, os.path.join(args.out, "energy.png"),
+                ylabel="energy per sample", title="dictionary learning")
+    last = history[-1]
+    print(f"{len(history)} steps in {elapsed:.1f} s; energy {last['energy']:.4g}, "
+          f"fraction active {last['frac_active']:.3f}; dictionary picture: {pic}")
+    return 0
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(prog="sparsecoding", description=__doc__)
+    parser = argparse.ArgumentParser(prog="sparsecoding", description="Sparse coding and biologically inspired learning")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="versions and backends")
     p.set_defaults(func=_info)
+
+    p = sub.add_parser("lca", help="learn an LCA dictionary on bundled data and save its picture")
+    p.add_argument("--data", choices=["photos", "digits"], default="photos",
+                   help="photos: RGB crops of scikit-image's photographs (conv); digits: scikit-learn's digits (dense)")
+    p.add_argument("--out", default="runs/lca")
+    p.add_argument("--features", type=int, default=64)
+    p.add_argument("--kernel-size", type=int, default=9)
+    p.add_argument("--stride", type=int, default=2)
+    p.add_argument("--crop", type=int, default=32)
+    p.add_argument("--n-samples", type=int, default=20000)
+    p.add_argument("--lambda", dest="lambda_", type=float, default=0.25)
+    p.add_argument("--eta", type=float, default=0.1)
+    p.add_argument("--tau", type=float, default=100)
+    p.add_argument("--solver", choices=["lca", "fista"], default="fista")
+    p.add_argument("--lca-iters", type=int, default=60)
+    p.add_argument("--tol", type=float, default=1e-3)
+    p.add_argument("--signed", action="store_true", help="signed codes (default non-negative)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--steps", type=int, default=300, help="stop after this many dictionary steps")
+    p.add_argument("--checkpoint-every", type=int, default=50)
+    p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, gpu or a GPU index")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_lca)
+
+    p = sub.add_parser("foldiak", help="Foldiak's anti-Hebbian network on bars or natural-image patches")
+    p.add_argument("--task", choices=["bars", "patches"], default="bars")
+    p.add_argument("--out", default="runs/foldiak")
+    p.add_argument("--units", type=int, default=None, help="default 16 (bars) or 64 (patches)")
+    p.add_argument("--n-samples", type=int, default=8000)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--p", type=float, default=None, help="target firing probability (default 1/8 bars, 0.05 patches)")
+    p.add_argument("--alpha", type=float, default=0.1)
+    p.add_argument("--beta", type=float, default=0.02)
+    p.add_argument("--gamma", type=float, default=0.02)
+    p.add_argument("--one-shot", action="store_true", help="no settling: the seed notebook's failure mode")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_foldiak)
     return parser
+
+
+def _foldiak(args):
+    from .backend import to_numpy
+    from .data import bars
+    from .data import natural_patches
+    from .plasticity.foldiak import FoldiakNetwork
+    from .viz import save_dictionary
+
+    os.makedirs(args.out, exist_ok=True)
+    backend = _backend(args.device)
+    if args.task == "bars":
+        X, T = bars(args.n_samples, seed=args.seed)
+        units, p = args.units or 16, args.p or 1 / 8
+    else:
+        X = natural_patches(args.n_samples, seed=args.seed)
+        T = None
+        units, p = args.units or 64, args.p or 0.05
+    net = FoldiakNetwork(X.shape[1], units, p=p, alpha=args.alpha, beta=args.beta, gamma=args.gamma,
+                         one_shot=args.one_shot, seed=args.seed, backend=backend)
+    t0 = time.perf_counter()
+    net.fit(X, epochs=args.epochs, batch_size=args.batch_size, warmup=200, progress=True)
+    elapsed = time.perf_counter() - t0
+    y = to_numpy(net.transform(X[: min(len(X), 2000)]))
+    co = (y.T @ y / len(y))[~np.eye(units, dtype=bool)].mean()
+    summary = {"presentations": net.n_presented, "seconds": elapsed, "mean_activity": float(y.mean()),
+               "mean_coactivity": float(co), "p": p}
+    if T is not None:
+        best, _ = net.feature_assignment(T)
+        summary["distinct_bars"] = int(len(set(best.tolist())))
+    with open(os.path.join(args.out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    pic = save_dictionary(to_numpy(net.Q), os.path.join(args.out, "weights.png"), shape=(8, 8),
+                          title=f"Foldiak {args.task}{' one-shot' if args.one_shot else ''}")
+    print(json.dumps(summary), f"picture: {pic}")
+    return 0
 
 
 def main(argv=None):

@@ -7,7 +7,7 @@ MNIST are read from the standard files in a folder the user already has.
 from .bars import bars
 from .bundled import load_digits, natural_images
 from .files import load_cifar10, load_mnist
-from .preprocessing import extract_patches, random_crops, standardize, whiten, zca_whitening_matrix
+from .preprocessing import extract_patches, natural_patches, random_crops, standardize, whiten, zca_whitening_matrix
 
 __all__ = ["bars", "load_digits", "natural_images", "load_cifar10", "load_mnist", "extract_patches",
-           "random_crops", "standardize", "whiten", "zca_whitening_matrix"]
+           "random_crops", "standardize", "whiten", "zca_whitening_matrix", "natural_patches"]

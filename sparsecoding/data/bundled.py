@@ -29,13 +29,15 @@ def load_digits(dtype="float32"):
     return X, d.target.astype(np.int64)
 
 
-def natural_images(color=True, names=None, dtype="float32"):
+def natural_images(color=True, names=None, dtype="float32", downsample=1):
     """scikit-image's bundled photographs as float arrays in [0, 1].
 
     Parameters
     ----------
     color : True for RGB photographs (channels-first (3, H, W)), False for grayscale (1, H, W)
     names : optional subset of the names in ``COLOR_PHOTOS`` / ``GRAY_PHOTOS``
+    downsample : integer factor of block averaging (4 turns the ~500-pixel photographs
+        into scenes whose 32x32 crops have CIFAR-like content)
 
     Returns
     -------
@@ -62,5 +64,9 @@ def natural_images(color=True, names=None, dtype="float32"):
             img = img[..., :3].transpose(2, 0, 1)
             if not color:
                 img = img.mean(axis=0, keepdims=True)
+        if downsample > 1:
+            c, h, w = img.shape
+            h, w = h // downsample * downsample, w // downsample * downsample
+            img = img[:, :h, :w].reshape(c, h // downsample, downsample, w // downsample, downsample).mean(axis=(2, 4))
         out.append(img.astype(dtype))
     return out

@@ -62,3 +62,23 @@ def extract_patches(images, size, n, seed=None, flatten=False):
 def random_crops(images, size, n, seed=None):
     """``n`` random square crops (the CIFAR-like workload uses 32x32 crops of photographs)."""
     return extract_patches(images, size, n, seed)
+
+
+def natural_patches(n, size=8, seed=None, whitened=True, centred=True, eps=1e-2, color=False):
+    """``n`` flattened ``size x size`` patches of scikit-image's photographs.
+
+    ``centred`` removes each patch's mean; ``whitened`` applies ZCA whitening
+    (regularised by ``eps`` times the mean eigenvalue) and scales to unit
+    overall variance. ``whitened=False, centred=False`` gives the raw patches
+    in [0, 1] (the seed notebook's input, a failure mode for Földiák's network).
+    """
+    from .bundled import natural_images  # noqa: PLC0415
+
+    P = extract_patches(natural_images(color=color), size, n, seed=seed, flatten=True).astype(np.float64)
+    if centred:
+        P = P - P.mean(axis=1, keepdims=True)
+    if whitened:
+        cov = np.cov(P.T)
+        P = whiten(P, eps=eps * float(np.trace(cov)) / cov.shape[0])
+        P = P / P.std()
+    return P

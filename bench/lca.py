@@ -1,0 +1,142 @@
+"""LCA benchmark (issue: LCA sparse coding).
+
+(a) time per iteration and (b) time to a relative energy gap <= 1e-3 against
+a long float64 FISTA optimum, on the CIFAR-like workload: N=128 RGB 32x32
+crops of scikit-image's bundled photographs, per-sample zero mean / unit
+variance, K=64 features 9x9, stride 2, "same", lambda 0.25, non-negative soft
+threshold, float32, the layer's seeded random dictionary. Solvers: "lca"
+(tau=100, lca-pytorch's setting) and "fista".
+
+(c) dense workload: 1,024 grayscale 8x8 patches (centred), 256 unit-norm
+atoms, lambda 0.1, against scikit-learn's sparse_encode (lasso_cd and
+lasso_lars) at equal or lower energy.
+
+Reference figures for lca-pytorch on this machine type (from the issue):
+413 ms per iteration, > 1,600 iterations at tau=100 to get within 3e-3.
+
+Run: python -m bench.lca [--backend cupy] [--quick]
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+from bench.common import backend_from_argv, gemm_rate, machine_info, median_time, print_table, write_json
+from sparsecoding.backend import to_numpy
+from sparsecoding.data import extract_patches, natural_images, random_crops
+from sparsecoding.lca import LCAConv2D
+from sparsecoding.solvers import ConvDictionary, DenseDictionary, coordinate_descent, fista, lasso_energy
+
+
+def conv_workload(xp, quick=False):
+    X = random_crops(natural_images(), 32, 128, seed=0)
+    kw = dict(lambda_=0.25, nonneg=True, seed=0)
+    ref_layer = LCAConv2D(64, 3, 9, 2, dtype="float64", **kw)
+    s64 = ref_layer.preprocess(X.astype(np.float64))
+    op64 = ConvDictionary(ref_layer.weights, (32, 32), 2, "same")
+    t0 = time.perf_counter()
+    opt = fista(op64, s64, 0.25, nonneg=True, max_iter=1000 if quick else 6000, tol=1e-13)
+    e_star = float(np.sum(opt.energy))
+    print(f"float64 FISTA optimum: energy {e_star:.6f} after {opt.n_iter} iterations "
+          f"({time.perf_counter() - t0:.1f} s)")
+    rows = []
+    for solver in ["lca", "fista"]:
+        layer = LCAConv2D(64, 3, 9, 2, dtype="float32", tau=100, solver=solver, backend="numpy" if xp is np else "cupy",
+                          **kw)
+        s = xp.asarray(s64.astype(np.float32))
+        # (a) per-iteration time: median over runs of 20 iterations
+        layer.lca_iters, layer.tol = 20, None
+        layer.encode(s)
+        per_iter = median_time(lambda: layer.encode(s), repeats=5, xp=xp) / 20
+        # (b) iterations to the 1e-3 gap: energy every 10 iterations (host-side bookkeeping)
+        needed, gap_curve = None, []
+        limit = 3000 if solver == "lca" else 2000
+        if quick:
+            limit //= 3
+        n = 0
+        states = None
+        while n < limit:
+            layer.lca_iters = 10
+            if solver == "lca":
+                out = layer.encode(s, initial_states=states)
+                states = out["states"]
+                n += 10
+                acts = out["acts"]
+            else:
+                n += 10
+                layer.lca_iters = n
+                acts = layer.encode(s)["acts"]
+            e = float(np.sum(to_numpy(layer.energy(s, acts)).astype(np.float64)))
+            gap = (e - e_star) / e_star
+            gap_curve.append((n, gap))
+            if gap <= 1e-3:
+                needed = n
+                break
+        wall = None
+        if needed is not None:
+            layer.lca_iters = needed
+            wall = median_time(lambda: layer.encode(s), repeats=3, warmup=0, xp=xp)
+        rows.append({"solver": solver, "ms_per_iter": round(per_iter * 1e3, 2),
+                     "iters_to_1e-3": needed if needed is not None else f">{limit}",
+                     "seconds_to_1e-3": round(wall, 2) if wall is not None else "n/a",
+                     "final_gap": f"{gap_curve[-1][1]:.2e}"})
+    return rows, e_star
+
+
+def dense_workload(quick=False):
+    from sklearn.decomposition import sparse_encode
+
+    P = extract_patches(natural_images(color=False), 8, 1024, seed=1, flatten=True).astype(np.float64)
+    P -= P.mean(axis=1, keepdims=True)
+    P /= P.std() + 1e-8
+    r = np.random.default_rng(0)
+    D = r.standard_normal((256, 64))
+    D /= np.linalg.norm(D, axis=1, keepdims=True)
+    lam = 0.1
+    op = DenseDictionary(D)
+    rows = []
+    sk_energy = {}
+    for alg in ["lasso_cd", "lasso_lars"]:
+        codes = sparse_encode(P, D, algorithm=alg, alpha=lam, max_iter=2000)
+        t = median_time(lambda: sparse_encode(P, D, algorithm=alg, alpha=lam, max_iter=2000), repeats=3)
+        e = float(np.sum(lasso_energy(op, P, codes, lam)))
+        sk_energy[alg] = e
+        rows.append({"solver": f"sklearn {alg}", "seconds": round(t, 4), "energy": round(e, 6)})
+    target = min(sk_energy.values())
+    for name, fn in [("sparsecoding coordinate_descent", lambda tol: coordinate_descent(op, P, lam, tol=tol)),
+                     ("sparsecoding fista", lambda tol: fista(op, P, lam, tol=tol, max_iter=5000))]:
+        # the loosest tolerance (of a fixed ladder) whose energy is <= the best sklearn energy
+        for tol in [1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6, 1e-7, 1e-8]:
+            e = float(np.sum(fn(tol).energy))
+            if e <= target * (1 + 1e-9):
+                break
+        fn(tol)
+        t = median_time(lambda: fn(tol), repeats=5)
+        rows.append({"solver": f"{name} (tol {tol:g})", "seconds": round(t, 4), "energy": round(e, 6)})
+    return rows
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    xp = backend_from_argv(argv)
+    quick = "--quick" in argv
+    g = gemm_rate(xp)
+    print(f"float32 GEMM rate: {g / 1e9:.1f} GFLOP/s")
+    conv_rows, e_star = conv_workload(xp, quick)
+    print("\nconvolutional LCA, N=128 RGB 32x32, K=64 9x9 stride 2 'same', lambda 0.25, non-negative, float32")
+    print_table(conv_rows, list(conv_rows[0]))
+    print("reference lca-pytorch on this machine type: 413 ms/iteration, >1,600 iterations to 3e-3 (tau=100)")
+    dense_rows = dense_workload(quick) if xp is np else []
+    if dense_rows:
+        print("\ndense LASSO, 1,024 8x8 patches, 256 atoms, lambda 0.1 (energy = sum over samples)")
+        print_table(dense_rows, list(dense_rows[0]))
+    path = write_json("lca" + ("" if xp is np else "_gpu"), {"machine": machine_info(xp), "gemm_flops": g,
+                                                            "conv": conv_rows, "conv_optimum_energy": e_star,
+                                                            "dense": dense_rows})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

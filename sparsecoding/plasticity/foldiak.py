@@ -1,0 +1,179 @@
+"""Földiák's anti-Hebbian sparse coding network (Földiák 1990), DESIGN.md §8.
+
+Units receive feed-forward input ``Q x``, lateral inhibition ``W y`` (``W <= 0``,
+zero diagonal) and have adaptive thresholds ``t``. For each input the network
+settles to the equilibrium of::
+
+    dy*/dt = f(Q x + W y* - t) - y*,     f(u) = 1 / (1 + exp(-lam u))
+
+and the binarised output is ``y = (y* > 1/2)``. After settling, three local rules::
+
+    dW = -alpha (y y^T - p^2)       (anti-Hebbian; then W <= 0, diag(W) = 0)
+    dQ =  beta  y (x - Q)           (Hebbian, row-wise: q_i moves toward x when unit i fires)
+    dt =  gamma (y - p)             (each unit's firing rate is driven to p)
+
+Settling and updates are batched: a mini-batch of inputs settles at once,
+and the rules apply the sum of the per-presentation deltas (batch size 1 is
+Földiák's online procedure).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import get_backend, get_xp, _module
+
+__all__ = ["FoldiakNetwork"]
+
+
+def _sigmoid(xp, u):
+    return 0.5 * (1.0 + xp.tanh(0.5 * u))  # 1/(1+exp(-u)) without overflow
+
+
+class FoldiakNetwork:
+    """Földiák's network of ``n_units`` detectors on ``n_inputs`` inputs.
+
+    Parameters
+    ----------
+    n_inputs, n_units : int
+    p : target firing probability of each unit (and of pairwise co-firing, p^2)
+    alpha, beta, gamma : learning rates of W (lateral), Q (feed-forward), t (thresholds)
+    lam : steepness of the sigmoid
+    dt : Euler step of the settling dynamics; tol / max_settle: stop settling when
+        ``max |dy*| < tol`` or after ``max_settle`` steps
+    one_shot : if True, skip settling and use one feed-forward pass with the lateral
+        term applied to the feed-forward response (the seed notebook's failure mode)
+    seed : random initialisation of Q (unit-norm rows) and the presentation order
+    backend : "numpy" or "cupy"
+
+    Attributes
+    ----------
+    Q : (n_units, n_inputs), W : (n_units, n_units), t : (n_units,)
+    """
+
+    def __init__(self, n_inputs, n_units, p=1 / 8, alpha=0.1, beta=0.02, gamma=0.02, lam=10.0, dt=0.2, tol=1e-4,
+                 max_settle=500, one_shot=False, seed=None, backend=None, dtype="float64"):
+        if n_inputs < 1 or n_units < 1:
+            raise ValueError(f"n_inputs and n_units must be >= 1, got {n_inputs}, {n_units}")
+        if not 0 < p < 1:
+            raise ValueError(f"p must be in (0, 1), got {p}")
+        for name, v in (("alpha", alpha), ("beta", beta), ("gamma", gamma), ("lam", lam)):
+            if not np.isfinite(v) or v < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+        if not 0 < dt <= 1:
+            raise ValueError(f"dt must be in (0, 1], got {dt}")
+        self.n_inputs, self.n_units = int(n_inputs), int(n_units)
+        self.p, self.alpha, self.beta, self.gamma, self.lam = float(p), float(alpha), float(beta), float(gamma), float(lam)
+        self.dt, self.tol, self.max_settle, self.one_shot = float(dt), float(tol), int(max_settle), bool(one_shot)
+        self.rng = np.random.default_rng(seed)
+        xp = _module(backend or get_backend())
+        self.xp = xp
+        Q = self.rng.random((self.n_units, self.n_inputs))
+        Q /= np.linalg.norm(Q, axis=1, keepdims=True)
+        self.Q = xp.asarray(Q, dtype=dtype)
+        self.W = xp.zeros((self.n_units, self.n_units), dtype=dtype)
+        self.t = xp.zeros(self.n_units, dtype=dtype)
+        self.n_presented = 0
+        self.settle_steps_ = 0
+
+    # -------------------------------------------------------------- dynamics
+    def _check(self, X):
+        xp = self.xp
+        X = xp.asarray(X, dtype=self.Q.dtype)
+        if X.ndim == 1:
+            X = X[None]
+        if X.ndim != 2 or X.shape[1] != self.n_inputs:
+            raise ValueError(f"X must have shape (n_samples, {self.n_inputs}), got {tuple(X.shape)}")
+        if not bool(xp.isfinite(X).all()):
+            raise ValueError("X contains NaN or Inf")
+        return X
+
+    def settle(self, X):
+        """Equilibrium outputs ``y*`` (n_samples, n_units) of ``dy/dt = f(Qx + Wy - t) - y`` from ``y = 0``.
+
+        The convergence test runs every 10 Euler steps (one host sync each).
+        """
+        X = self._check(X)
+        xp = self.xp
+        drive = X @ self.Q.T - self.t  # (B, M)
+        if self.one_shot:
+            y0 = _sigmoid(xp, self.lam * drive)
+            return _sigmoid(xp, self.lam * (drive + y0 @ self.W.T))
+        y = xp.zeros_like(drive)
+        steps = 0
+        while steps < self.max_settle:
+            for _ in range(10):
+                target = _sigmoid(xp, self.lam * (drive + y @ self.W.T))
+                step = target - y
+                y = y + self.dt * step
+            steps += 10
+            if float(xp.abs(step).max()) < self.tol:
+                break
+        self.settle_steps_ = steps
+        return y
+
+    def transform(self, X):
+        """Binary outputs ``y = (y* > 1/2)`` as floats (n_samples, n_units)."""
+        return (self.settle(X) > 0.5).astype(self.Q.dtype)
+
+    # -------------------------------------------------------------- learning
+    def partial_fit(self, X, batch_size=1, thresholds_only=False):
+        """One pass of the three rules over ``X`` in mini-batches (in the given order)."""
+        X = self._check(X)
+        xp = self.xp
+        p2 = self.p * self.p
+        for start in range(0, X.shape[0], batch_size):
+            xb = X[start:start + batch_size]
+            y = self.transform(xb)
+            b = xb.shape[0]
+            # dt = gamma (y - p), summed over the batch
+            self.t += self.gamma * (y.sum(axis=0) - b * self.p)
+            if not thresholds_only:
+                # dW = -alpha (y y^T - p^2); keep W <= 0 and a zero diagonal
+                self.W -= self.alpha * (y.T @ y - b * p2)
+                xp.minimum(self.W, 0, out=self.W)
+                self.W[xp.arange(self.n_units), xp.arange(self.n_units)] = 0
+                # dQ_i = beta y_i (x - Q_i): sum_b y_bi x_b - (sum_b y_bi) Q_i
+                self.Q += self.beta * (y.T @ xb - y.sum(axis=0)[:, None] * self.Q)
+            self.n_presented += b
+        return self
+
+    def fit(self, X, epochs=1, batch_size=1, warmup=0, shuffle=True, progress=False):
+        """Train for ``epochs`` passes; the first ``warmup`` presentations adapt thresholds only.
+
+        Returns self.
+        """
+        from tqdm.auto import tqdm  # noqa: PLC0415
+
+        X = self._check(X)
+        xp = self.xp
+        n = X.shape[0]
+        if warmup:
+            idx = xp.asarray(self.rng.integers(0, n, warmup))
+            self.partial_fit(X[idx], batch_size=batch_size, thresholds_only=True)
+        for _ in tqdm(range(epochs), disable=not progress, desc="Foldiak"):
+            order = xp.asarray(self.rng.permutation(n)) if shuffle else xp.arange(n)
+            self.partial_fit(X[order], batch_size=batch_size)
+        return self
+
+    # ------------------------------------------------------------- analysis
+    def feature_assignment(self, templates):
+        """For each unit, the index of the template (e.g. bar) its weights correlate with best.
+
+        Returns (best (n_units,), correlation matrix (n_units, n_templates)) on the host.
+        """
+        from ..backend import to_numpy  # noqa: PLC0415
+
+        Q = to_numpy(self.Q)
+        T = np.asarray(templates, dtype=np.float64)
+        Qc = Q - Q.mean(axis=1, keepdims=True)
+        Tc = T - T.mean(axis=1, keepdims=True)
+        C = (Qc / (np.linalg.norm(Qc, axis=1, keepdims=True) + 1e-12)) @ \
+            (Tc / (np.linalg.norm(Tc, axis=1, keepdims=True) + 1e-12)).T
+        return C.argmax(axis=1), C
+
+    def response_assignment(self, templates):
+        """For each unit, the template that makes it fire most often when shown alone (binary response)."""
+        from ..backend import to_numpy  # noqa: PLC0415
+
+        y = to_numpy(self.transform(np.asarray(templates)))
+        return y.argmax(axis=0), y

@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+
+from sparsecoding.data import bars, extract_patches, load_digits, natural_images, whiten
+from sparsecoding.data.files import load_cifar10, load_mnist
+
+
+def test_bars_statistics_and_templates():
+    X, T = bars(20000, size=8, p=1 / 8, seed=0)
+    assert X.shape == (20000, 64) and T.shape == (16, 64)
+    assert set(np.unique(X)) <= {0.0, 1.0}
+    # each bar is on with probability p: a pixel is off only if its row and column bars are off
+    np.testing.assert_allclose(X.mean(), 1 - (7 / 8) ** 2, atol=0.01)
+    assert (T.sum(1) == 8).all() and np.all(T[:8] @ T[8:].T == 1)
+
+
+def test_bundled_data_shapes():
+    X, y = load_digits()
+    assert X.shape == (1797, 1, 8, 8) and X.max() <= 1 and set(np.unique(y)) == set(range(10))
+    ims = natural_images()
+    assert all(im.shape[0] == 3 and im.min() >= 0 and im.max() <= 1 for im in ims)
+    P = extract_patches(ims, 8, 100, seed=0, flatten=True)
+    assert P.shape == (100, 192)
+
+
+def test_whitening_gives_identity_covariance():
+    r = np.random.default_rng(0)
+    X = r.standard_normal((5000, 6)) @ r.standard_normal((6, 6))
+    Z = whiten(X, eps=0.0)
+    np.testing.assert_allclose(np.cov(Z.T), np.eye(6), atol=1e-8)
+
+
+def test_file_loaders_read_standard_formats(tmp_path):
+    import pickle
+
+    d = {b"data": np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072) % 255, b"labels": [3, 7]}
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump(d, f)
+    X, y = load_cifar10(tmp_path, train=False)
+    assert X.shape == (2, 3, 32, 32) and list(y) == [3, 7]
+    np.testing.assert_allclose(X[0, 0, 0, :3], np.array([0, 1, 2]) / 255)
+    imgs = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
+    with open(tmp_path / "t10k-images-idx3-ubyte", "wb") as f:
+        f.write((0x0803).to_bytes(4, "big") + (2).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + imgs.tobytes())
+    with open(tmp_path / "t10k-labels-idx1-ubyte", "wb") as f:
+        f.write((0x0801).to_bytes(4, "big") + (2).to_bytes(4, "big") + bytes([4, 9]))
+    X, y = load_mnist(tmp_path, train=False)
+    assert X.shape == (2, 1, 28, 28) and list(y) == [4, 9]
+    np.testing.assert_allclose(X[0, 0], imgs[0] / 255)
+    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+        load_mnist(tmp_path / "nowhere")

@@ -1,0 +1,94 @@
+"""Földiák's network on the bars problem, its invariants and the one-shot failure mode."""
+import numpy as np
+import pytest
+
+from sparsecoding.backend import to_numpy
+from sparsecoding.data import bars
+from sparsecoding.plasticity import FoldiakNetwork
+
+
+@pytest.fixture(scope="module")
+def bars_data():
+    X, T = bars(6000, seed=0)
+    Xtest, _ = bars(2000, seed=99)
+    return X, T, Xtest
+
+
+def _train(X, **kw):
+    net = FoldiakNetwork(64, 16, seed=kw.pop("seed", 1), **kw)
+    net.fit(X, epochs=1, batch_size=8, warmup=200)
+    return net
+
+
+def test_learns_every_bar_with_sparse_decorrelated_activity(bars_data):
+    X, T, Xtest = bars_data
+    net = _train(X)
+    best, corr = net.feature_assignment(T)
+    assert sorted(best) == list(range(16)), "every unit must detect exactly one distinct bar"
+    y = to_numpy(net.transform(Xtest))
+    assert abs(y.mean() - 1 / 8) <= 0.25 * (1 / 8)
+    co = (y.T @ y / len(y))[~np.eye(16, dtype=bool)]
+    assert abs(co.mean() - 1 / 64) <= 0.5 / 64
+    # each unit fires for its own bar presented alone
+    resp, _ = net.response_assignment(T)
+    assert sorted(resp) == list(range(16))
+
+
+def test_one_shot_variant_fails_the_distinct_bars_test(bars_data):
+    X, T, _ = bars_data
+    net = _train(X, one_shot=True)
+    best, _ = net.feature_assignment(T)
+    assert len(set(best)) < 16
+
+
+def test_invariants_hold_after_every_update(bars_data):
+    X, _, _ = bars_data
+    net = FoldiakNetwork(64, 16, seed=3)
+    net.partial_fit(X[:50], thresholds_only=True)
+    assert np.all(to_numpy(net.W) == 0)
+    for i in range(0, 400, 8):
+        net.partial_fit(X[i:i + 8], batch_size=8)
+        W = to_numpy(net.W)
+        assert np.all(W <= 0) and np.all(np.diag(W) == 0)
+
+
+def test_settling_reaches_fixed_point_of_the_stated_equation(bars_data):
+    X, _, Xtest = bars_data
+    net = _train(X[:2000])
+    y = to_numpy(net.settle(Xtest[:200]))
+    Q, W, t = (to_numpy(a) for a in (net.Q, net.W, net.t))
+    rhs = 1 / (1 + np.exp(-net.lam * (Xtest[:200] @ Q.T + y @ W.T - t)))
+    np.testing.assert_allclose(y, rhs, atol=5e-3)
+
+
+def test_hebbian_rule_matches_per_presentation_formula():
+    """Batch size 1: dQ = beta y (x - Q), dt = gamma (y - p), dW = -alpha (y y^T - p^2) clipped."""
+    net = FoldiakNetwork(4, 3, seed=0)
+    net.W[...] = -0.1
+    net.W[np.arange(3), np.arange(3)] = 0
+    x = np.array([1.0, 0.0, 1.0, 1.0])
+    Q0, W0, t0 = net.Q.copy(), net.W.copy(), net.t.copy()
+    y = net.transform(x)[0]
+    net.partial_fit(x[None])
+    np.testing.assert_allclose(net.Q, Q0 + 0.02 * y[:, None] * (x - Q0))
+    np.testing.assert_allclose(net.t, t0 + 0.02 * (y - 1 / 8))
+    W = np.minimum(W0 - 0.1 * (np.outer(y, y) - 1 / 64), 0)
+    np.fill_diagonal(W, 0)
+    np.testing.assert_allclose(net.W, W)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="p must"):
+        FoldiakNetwork(4, 2, p=1.5)
+    net = FoldiakNetwork(4, 2)
+    with pytest.raises(ValueError, match="shape"):
+        net.settle(np.zeros((3, 5)))
+    with pytest.raises(ValueError, match="NaN"):
+        net.settle(np.full((1, 4), np.nan))
+
+
+def test_runs_on_backend(xp):
+    X, T = bars(500, seed=0)
+    net = FoldiakNetwork(64, 16, seed=1, backend="numpy" if xp is np else "cupy")
+    net.fit(xp.asarray(X), batch_size=8)
+    assert net.Q.shape == (16, 64) and type(net.Q) is type(xp.zeros(1))
