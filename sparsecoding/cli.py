@@ -131,7 +131,99 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_foldiak)
+
+    p = sub.add_parser("lpl", help="layer-local LPL training of a conv network and linear readout per layer")
+    p.add_argument("--data", choices=["digits", "cifar10", "stl10"], default="digits")
+    p.add_argument("--data-dir", default=None, help="folder with the CIFAR-10 / STL-10 files (nothing is downloaded)")
+    p.add_argument("--out", default="runs/lpl")
+    p.add_argument("--channels", type=int, nargs="+", default=[32, 64, 128])
+    p.add_argument("--pools", default="mmi")
+    p.add_argument("--act", default="relu", choices=["relu", "tanh", "sigmoid", "linear"])
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--mbs", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lambda1", type=float, default=1.0)
+    p.add_argument("--lambda2", type=float, default=10.0)
+    p.add_argument("--mode", choices=["pool", "positions"], default="pool")
+    p.add_argument("--greedy", action="store_true", help="train layers one after another")
+    p.add_argument("--compare", action="store_true", help="also train without the predictive term and plot both")
+    p.add_argument("--n-train", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_lpl)
     return parser
+
+
+def _lpl_data(args):
+    from .data import load_cifar10, load_digits, load_stl10
+
+    if args.data == "digits":
+        X, y = load_digits()
+        perm = np.random.default_rng(args.seed).permutation(len(X))
+        tr, te = perm[:1300], perm[1300:]
+        return X[tr], y[tr], X[te], y[te]
+    if args.data_dir is None:
+        raise SystemExit(f"--data {args.data} needs --data-dir with the standard files")
+    if args.data == "cifar10":
+        Xtr, ytr = load_cifar10(args.data_dir, train=True)
+        Xte, yte = load_cifar10(args.data_dir, train=False)
+    else:
+        Xtr, ytr = load_stl10(args.data_dir, "train")
+        Xte, yte = load_stl10(args.data_dir, "test")
+    if args.n_train:
+        Xtr, ytr = Xtr[: args.n_train], ytr[: args.n_train]
+    return Xtr, ytr, Xte, yte
+
+
+def _lpl(args):
+    from .plasticity.lpl_net import LPLConvNet
+    from .readout import LogisticRegression
+
+    os.makedirs(args.out, exist_ok=True)
+    backend = _backend(args.device)
+    Xtr, ytr, Xte, yte = _lpl_data(args)
+
+    def readout(net):
+        ftr, fte = net.features(Xtr, grid=1), net.features(Xte, grid=1)
+        return [LogisticRegression(l2=1e-2).fit(a, ytr).score(b, yte) for a, b in zip(ftr, fte)]
+
+    results = {}
+    variants = [True, False] if args.compare else [True]
+    for predictive in variants:
+        net = LPLConvNet(Xtr.shape[1], args.channels, args.pools, args.act, lambda1=args.lambda1,
+                         lambda2=args.lambda2, predictive=predictive, mode=args.mode, lr=args.lr, seed=args.seed,
+                         backend=backend)
+        if "random" not in results:
+            results["random"] = readout(net)
+        t0 = time.perf_counter()
+        net.fit(Xtr, epochs=args.epochs, batch_size=args.mbs, seed=args.seed, greedy=args.greedy)
+        name = "lpl" if predictive else "hebbian+decorrelation"
+        results[name] = readout(net)
+        results[name + "_seconds"] = time.perf_counter() - t0
+    with open(os.path.join(args.out, "readout.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    _plot_layers(results, os.path.join(args.out, "readout.png"))
+    for k, v in results.items():
+        print(k, [round(a, 4) for a in v] if isinstance(v, list) else round(v, 1))
+    return 0
+
+
+def _plot_layers(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, accs in results.items():
+        if isinstance(accs, list):
+            ax.plot(range(1, len(accs) + 1), accs, marker="o", label=name)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("linear readout accuracy (test)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def _foldiak(args):

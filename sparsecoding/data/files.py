@@ -56,3 +56,22 @@ def load_mnist(data_dir, train=True, dtype="float32"):
     X = _read_idx(_find(data_dir, [f"{prefix}-images-idx3-ubyte", f"{prefix}-images.idx3-ubyte"]))
     y = _read_idx(_find(data_dir, [f"{prefix}-labels-idx1-ubyte", f"{prefix}-labels.idx1-ubyte"]))
     return (X[:, None].astype(dtype) / 255.0).astype(dtype), y.astype(np.int64)
+
+
+def load_stl10(data_dir, split="train", dtype="float32"):
+    """STL-10 from the binary files (``stl10_binary/{train,test,unlabeled}_X.bin`` and ``_y.bin``).
+
+    Returns X (N, 3, 96, 96) in [0, 1] and y (N,) int64 in 0..9 (-1 for the unlabeled split).
+    """
+    if split not in ("train", "test", "unlabeled"):
+        raise ValueError(f"split must be 'train', 'test' or 'unlabeled', got {split!r}")
+    roots = [data_dir, os.path.join(data_dir, "stl10_binary")]
+    path = next((os.path.join(r, f"{split}_X.bin") for r in roots if os.path.exists(os.path.join(r, f"{split}_X.bin"))),
+                None)
+    if path is None:
+        raise FileNotFoundError(f"{split}_X.bin not found under {data_dir!r} (nothing is downloaded)")
+    raw = np.fromfile(path, dtype=np.uint8).reshape(-1, 3, 96, 96)
+    X = raw.transpose(0, 1, 3, 2).astype(dtype) / 255.0  # files are column-major per channel
+    ypath = path.replace("_X.bin", "_y.bin")
+    y = np.fromfile(ypath, dtype=np.uint8).astype(np.int64) - 1 if os.path.exists(ypath) else -np.ones(len(X), np.int64)
+    return X.astype(dtype), y

@@ -82,3 +82,24 @@ def natural_patches(n, size=8, seed=None, whitened=True, centred=True, eps=1e-2,
         P = whiten(P, eps=eps * float(np.trace(cov)) / cov.shape[0])
         P = P / P.std()
     return P
+
+
+def whiten_images(images, f0=0.8):
+    """Olshausen & Field's whitening filter on whole images, per channel.
+
+    Multiplies the spectrum by ``R(f) = |f| exp(-(|f| / (f0 f_nyq))^4)``, which
+    flattens the ~1/f amplitude spectrum of natural images and rolls off the
+    highest frequencies. Returns new (C, H, W) arrays with unit variance.
+    """
+    _check_images(images)
+    out = []
+    for im in images:
+        im = np.asarray(im, dtype=np.float64)
+        _, h, w = im.shape
+        fy = np.fft.fftfreq(h)[:, None]
+        fx = np.fft.rfftfreq(w)[None, :]
+        f = np.sqrt(fy**2 + fx**2)
+        R = f * np.exp(-((f / (f0 * 0.5)) ** 4))
+        white = np.fft.irfft2(np.fft.rfft2(im - im.mean(axis=(1, 2), keepdims=True)) * R, s=(h, w))
+        out.append((white / white.std()).astype(np.float32))
+    return out

@@ -160,3 +160,29 @@ def lpl_delta_conv(W, b, x, z_prev, f, fprime, stride=1, padding=1, mode="pool",
     dW = op.weight_grad(x, xp.ascontiguousarray(delta)) - weight_decay * W
     db = None if b is None else delta.sum(axis=tuple(i for i in range(delta.ndim) if i != 1))
     return dW, db, z
+
+
+def toy_selectivity(sigma_y, variant="lpl", steps=2000, batch=64, lr=0.01, lambda1=1.0, noise_x=0.1, seed=0):
+    """The two-dimensional toy experiment: one linear neuron ``z = w . x``.
+
+    Inputs come in consecutive pairs: the x-component is a cluster centre
+    ``+-1`` kept between the two frames plus noise ``noise_x``; the y-component
+    is fresh Gaussian noise of standard deviation ``sigma_y`` in every frame.
+    ``variant`` is "lpl" (predictive + Hebbian), "hebbian" or "predictive".
+
+    Returns ``(selectivity, w)`` with ``selectivity = |w_x| / (|w_x| + |w_y|)``
+    (1: the neuron encodes the slow feature x; 0: it follows y).
+    """
+    terms = {"lpl": ("pred", "hebb"), "hebbian": ("hebb",), "predictive": ("pred",)}[variant]
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((1, 2)) * 0.5
+    f, fp = ACTIVATIONS["linear"]
+    for _ in range(steps):
+        c = rng.choice([-1.0, 1.0], size=batch)
+        x1 = np.stack([c + noise_x * rng.standard_normal(batch), sigma_y * rng.standard_normal(batch)], 1)
+        x2 = np.stack([c + noise_x * rng.standard_normal(batch), sigma_y * rng.standard_normal(batch)], 1)
+        z1 = x1 @ w.T
+        dW, _ = lpl_delta(w, None, x2, z1, f, fp, lambda1=lambda1, lambda2=0.0, terms=terms)
+        w = w + lr * dW
+    wx, wy = abs(w[0, 0]), abs(w[0, 1])
+    return wx / (wx + wy + 1e-300), w[0]

@@ -1,0 +1,357 @@
+"""Convolutional energy-based networks for equilibrium propagation (DESIGN.md §6).
+
+Primitive function (maximised), per sample, states ``s_1..s_L``, ``s_0 = x``::
+
+    Phi = sum_conv <P_k(conv(s_{k-1}, W_k) + b_k), s_k> + sum_fc <W_k s_{k-1} + b_k, s_k> - beta * loss
+
+``P_k`` is 2x2 max pool ("m"), 2x2 average pool ("a") or identity ("i").
+State derivatives (analytic, no autograd)::
+
+    dPhi/ds_k = P_k(conv(s_{k-1}, W_k) + b_k) + conv_transpose(U_{k+1}(s_{k+1}), W_{k+1})
+
+with ``U`` the adjoint of the pool at the current pre-activation (max: unpool
+to the argmax positions; avg: spread / 4; identity). Fully connected layers:
+``W_k s_{k-1} + b_k + W_{k+1}^T s_{k+1}``. The forward convolution of each
+layer is computed once per step and serves both its own derivative and the
+pool indices of the transposed term.
+
+Parameter derivatives (batch means): conv ``dPhi/dW_k = corr(s_{k-1}, U_k(s_k))``,
+bias: ``U_k(s_k)`` summed over positions; fc ``s_k s_{k-1}^T`` and ``s_k``.
+
+Losses: ``mse`` (``1/2 ||s_L - onehot(y)||^2``, the output is a state) or
+``cel`` (cross-entropy of ``s_L``); with ``softmax=True`` the last fc layer is
+a readout ``W_out`` outside the dynamics and the loss is the cross-entropy of
+``softmax(W_out s_last + b_out)``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..backend import get_backend, get_xp, _module
+from ..ops.conv import ConvOperator, conv_output_shape
+from ..ops.pool import avg_pool, avg_pool_adjoint, max_pool, max_unpool, pool_output_shape
+from ..readout import softmax
+from .activations import get_activation
+
+__all__ = ["ConvEBM", "MLPEBM"]
+
+LOSSES = ("mse", "cel")
+
+
+def _onehot(xp, y, k, dtype):
+    y = xp.asarray(y)
+    return (y[:, None] == xp.arange(k)[None]).astype(dtype)
+
+
+class ConvEBM:
+    """Convolutional energy-based network (the EqProp reference code's ``P_CNN``).
+
+    Parameters
+    ----------
+    in_size : int, input height = width
+    channels : list, input channels first (``[3, 64, 128, ...]``)
+    kernels, strides, paddings : per conv layer
+    pools : string of "m", "a", "i", one per conv layer
+    fc : list of fully connected sizes, the last one the number of classes
+    activation : name in ``eqprop.activations.ACTIVATIONS``
+    softmax : last fc layer is a readout outside the dynamics
+    loss : "mse" or "cel"
+    scale : optional factor multiplying the default (PyTorch-like uniform) initialisation
+    seed, dtype, backend
+
+    Attributes
+    ----------
+    params : list of ``(W, b)`` per synapse (conv ``(K, C, k, k)``, fc ``(out, in)``, readout last)
+    """
+
+    def __init__(self, in_size, channels, kernels, strides, paddings, pools, fc, activation="my_hard_sig",
+                 softmax=False, loss="mse", scale=None, seed=None, dtype="float32", backend=None):
+        n_conv = len(channels) - 1
+        if not (len(kernels) == len(strides) == len(paddings) == n_conv):
+            raise ValueError(f"kernels, strides and paddings need one entry per conv layer ({n_conv}); got "
+                             f"{len(kernels)}, {len(strides)}, {len(paddings)}")
+        if len(pools) != n_conv or set(pools) - set("mai"):
+            raise ValueError(f"pools must have one of 'm', 'a', 'i' per conv layer ({n_conv}), got {pools!r}")
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if not fc:
+            raise ValueError("fc must list at least the output size")
+        if softmax and len(fc) < 1:
+            raise ValueError("softmax=True needs a readout layer in fc")
+        self.act_name = activation
+        self.sigma, self.dsigma = get_activation(activation)
+        self.softmax, self.loss = bool(softmax), loss
+        self.xp = xp = _module(backend or get_backend())
+        self.dtype = np.dtype(dtype)
+        self.pools = pools
+        self.strides, self.paddings = list(strides), list(paddings)
+        rng = np.random.default_rng(seed)
+        self.params = []
+        # conv geometry: state shapes
+        self.state_shapes = []
+        size = (in_size, in_size)
+        self.conv_in_shapes, self.conv_out_shapes = [], []
+        for k in range(n_conv):
+            self.conv_in_shapes.append(size)
+            out = conv_output_shape(size, (kernels[k], kernels[k]), strides[k], paddings[k])
+            self.conv_out_shapes.append(out)
+            size = pool_output_shape(out, (2, 2), (2, 2)) if pools[k] != "i" else out
+            self.state_shapes.append((channels[k + 1], *size))
+            self.params.append(self._init(rng, (channels[k + 1], channels[k], kernels[k], kernels[k]), scale))
+        self.n_conv = n_conv
+        prev = int(np.prod(self.state_shapes[-1])) if n_conv else int(np.prod((channels[0], in_size, in_size)))
+        sizes = [prev] + list(fc)
+        for i in range(len(fc)):
+            self.params.append(self._init(rng, (sizes[i + 1], sizes[i]), scale))
+            if not (self.softmax and i == len(fc) - 1):
+                self.state_shapes.append((sizes[i + 1],))
+        self.n_classes = fc[-1]
+        self._ops = {}
+
+    def _init(self, rng, shape, scale):
+        # PyTorch's default: uniform(+-1/sqrt(fan_in)) for weights and biases, times `scale`
+        fan_in = int(np.prod(shape[1:]))
+        bound = 1.0 / math.sqrt(fan_in)
+        s = 1.0 if scale is None else float(scale)
+        W = rng.uniform(-bound, bound, shape) * s
+        b = rng.uniform(-bound, bound, shape[0]) * s
+        return self.xp.asarray(W, dtype=self.dtype), self.xp.asarray(b, dtype=self.dtype)
+
+    # ------------------------------------------------------------ plumbing
+    @property
+    def n_states(self):
+        return len(self.state_shapes)
+
+    def init_states(self, batch):
+        """Zero states, one array per layer: conv (N, C, H, W), fc (N, size)."""
+        return [self.xp.zeros((batch, *s), dtype=self.dtype) for s in self.state_shapes]
+
+    def _op(self, k):
+        op = self._ops.get(k)
+        W = self.params[k][0]
+        if op is None:
+            op = ConvOperator(W, self.conv_in_shapes[k], self.strides[k], self.paddings[k])
+            self._ops[k] = op
+        elif op.w is not W:
+            op.update_weights(W)
+        return op
+
+    def _check_x(self, x):
+        xp = self.xp
+        x = xp.asarray(x, dtype=self.dtype)
+        expect = (self.params[0][0].shape[1], *self.conv_in_shapes[0]) if self.n_conv else None
+        if self.n_conv and tuple(x.shape[1:]) != tuple(expect):
+            raise ValueError(f"x must have shape (N, {', '.join(map(str, expect))}), got {tuple(x.shape)}")
+        return x
+
+    def _forward_terms(self, x, states):
+        """Per synapse: the feed-forward term (pooled pre-activation or fc output) and the pool memo."""
+        xp = self.xp
+        terms, memo = [], []
+        inputs = [x] + states
+        for k in range(self.n_conv):
+            pre = self._op(k).forward(inputs[k]) + self.params[k][1].reshape(1, -1, 1, 1)
+            if self.pools[k] == "m":
+                pooled, idx = max_pool(pre, 2)
+            elif self.pools[k] == "a":
+                pooled, idx = avg_pool(pre, 2), None
+            else:
+                pooled, idx = pre, None
+            terms.append(pooled)
+            memo.append(idx)
+        n_fc_states = self.n_states - self.n_conv
+        for j in range(n_fc_states):
+            k = self.n_conv + j
+            W, b = self.params[k]
+            prev = inputs[k].reshape(inputs[k].shape[0], -1)
+            terms.append(prev @ W.T + b)
+            memo.append(None)
+        return terms, memo
+
+    def _unpool(self, k, s_next, memo_k):
+        """``U_k(s_k)``: adjoint of layer k's pool at its current pre-activation."""
+        if self.pools[k] == "m":
+            return max_unpool(s_next, memo_k, self.conv_out_shapes[k])
+        if self.pools[k] == "a":
+            return avg_pool_adjoint(s_next, self.conv_out_shapes[k], 2)
+        return s_next
+
+    def _readout(self, s_last):
+        W, b = self.params[-1]
+        return s_last.reshape(s_last.shape[0], -1) @ W.T + b
+
+    def _loss_grad_output(self, states, y):
+        """d loss / d (last state), per sample (N, ...)."""
+        xp = self.xp
+        t = _onehot(xp, y, self.n_classes, self.dtype)
+        if self.softmax:
+            p = softmax(self._readout(states[-1]))
+            return ((p - t) @ self.params[-1][0]).reshape(states[-1].shape)
+        if self.loss == "mse":
+            return states[-1] - t
+        return softmax(states[-1]) - t
+
+    def loss_value(self, states, y):
+        """Per-sample loss at the given states."""
+        xp = self.xp
+        t = _onehot(xp, y, self.n_classes, self.dtype)
+        if self.softmax:
+            p = softmax(self._readout(states[-1]))
+            return -xp.sum(t * xp.log(p + 1e-30), axis=1)
+        if self.loss == "mse":
+            return 0.5 * xp.sum((states[-1] - t) ** 2, axis=1)
+        p = softmax(states[-1])
+        return -xp.sum(t * xp.log(p + 1e-30), axis=1)
+
+    # ------------------------------------------------------------- energy
+    def phi(self, x, states, y=None, beta=0.0):
+        """Primitive function per sample (N,)."""
+        xp = self.xp
+        x = self._check_x(x)
+        terms, _ = self._forward_terms(x, states)
+        n = x.shape[0]
+        val = xp.zeros(n, dtype=self.dtype)
+        for t, s in zip(terms, states):
+            val = val + xp.sum((t * s).reshape(n, -1), axis=1)
+        if beta != 0.0:
+            if y is None:
+                raise ValueError("beta != 0 needs the labels y")
+            val = val - beta * self.loss_value(states, y)
+        return val
+
+    def state_grads(self, x, states, y=None, beta=0.0, _terms=None):
+        """``dPhi/ds_k`` for every state (same shapes as ``states``)."""
+        x = self._check_x(x)
+        terms, memo = self._forward_terms(x, states) if _terms is None else _terms
+        grads = list(terms)
+        n = x.shape[0]
+        for k in range(1, self.n_states):
+            # feedback from synapse k (between state k-1 and state k) into state k-1
+            if k < self.n_conv:
+                fb = self._op(k).adjoint(self._unpool(k, states[k], memo[k]))
+            else:
+                W = self.params[k][0]
+                fb = (states[k] @ W).reshape(states[k - 1].shape)
+            grads[k - 1] = grads[k - 1] + fb
+        if beta != 0.0:
+            if y is None:
+                raise ValueError("beta != 0 needs the labels y")
+            grads[-1] = grads[-1] - beta * self._loss_grad_output(states, y)
+        return grads
+
+    def param_grads(self, x, states, y=None, beta=0.0):
+        """``dPhi/dtheta`` as batch means, same structure as ``params``."""
+        xp = self.xp
+        x = self._check_x(x)
+        _, memo = self._forward_terms(x, states)
+        n = x.shape[0]
+        inputs = [x] + states
+        out = []
+        for k in range(self.n_conv):
+            u = self._unpool(k, states[k], memo[k])
+            out.append((self._op(k).weight_grad(inputs[k], xp.ascontiguousarray(u)) / n, u.sum(axis=(0, 2, 3)) / n))
+        for k in range(self.n_conv, self.n_states):
+            prev = inputs[k].reshape(n, -1)
+            out.append((states[k].T @ prev / n, states[k].sum(axis=0) / n))
+        if self.softmax:
+            if beta != 0.0:
+                t = _onehot(xp, y, self.n_classes, self.dtype)
+                s_last = states[-1].reshape(n, -1)
+                g = -beta * (softmax(self._readout(states[-1])) - t)
+                out.append((g.T @ s_last / n, g.sum(axis=0) / n))
+            else:
+                W, b = self.params[-1]
+                out.append((xp.zeros_like(W), xp.zeros_like(b)))
+        return out
+
+    # ----------------------------------------------------------- dynamics
+    def step(self, x, states, y=None, beta=0.0, schedule="sync"):
+        """One relaxation step ``s <- sigma(dPhi/ds)``; ``schedule`` "sync" or "async" (odd then even layers)."""
+        if schedule == "sync":
+            return [self.sigma(g) for g in self.state_grads(x, states, y, beta)]
+        if schedule != "async":
+            raise ValueError(f"schedule must be 'sync' or 'async', got {schedule!r}")
+        states = list(states)
+        for parity in (0, 1):  # layers 1, 3, 5 ... then 2, 4, ... (0-based even, odd)
+            g = self.state_grads(x, states, y, beta)
+            for k in range(parity, self.n_states, 2):
+                states[k] = self.sigma(g[k])
+        return states
+
+    def relax(self, x, states, T, y=None, beta=0.0, schedule="sync", tol=None, check_every=5):
+        """Run up to ``T`` steps; with ``tol`` stop once ``max |s_t - s_{t-1}| < tol`` (checked every few steps).
+
+        Returns the final states (and sets ``self.last_steps``).
+        """
+        xp = self.xp
+        x = self._check_x(x)
+        if len(states) != self.n_states:
+            raise ValueError(f"need {self.n_states} state arrays, got {len(states)}")
+        t = 0
+        for t in range(1, T + 1):
+            new = self.step(x, states, y, beta, schedule)
+            if tol is not None and t % check_every == 0:
+                delta = max(float(xp.abs(a - b).max()) for a, b in zip(new, states))
+                states = new
+                if delta < tol:
+                    break
+            else:
+                states = new
+        self.last_steps = t
+        return states
+
+    def ep_gradients(self, x, y, T1, T2, betas=(0.0, 0.5), third_phase=False, random_sign=False, rng=None,
+                     schedule="sync", tol=None):
+        """EP estimate of ``dLoss/dtheta`` (same structure as ``params``); descend it.
+
+        Free phase ``T1`` steps at ``betas[0]`` from zero states, nudged phase ``T2`` steps at
+        ``betas[1]`` from the free fixed point:
+        ``-(dPhi/dtheta(s^b2) - dPhi/dtheta(s^b1)) / (b2 - b1)``; with ``third_phase``:
+        ``-(dPhi/dtheta(s^+b) - dPhi/dtheta(s^-b)) / (2 b)``. Returns ``(grads, free_states)``.
+        """
+        beta1, beta2 = float(betas[0]), float(betas[1])
+        if beta1 == beta2:
+            raise ValueError("betas must differ")
+        if random_sign:
+            rng = rng if rng is not None else np.random.default_rng()
+            beta2 = beta2 * (1 if rng.random() < 0.5 else -1)
+        x = self._check_x(x)
+        free = self.relax(x, self.init_states(x.shape[0]), T1, y, beta1, schedule, tol)
+        plus = self.relax(x, free, T2, y, beta2, schedule, tol)
+        if third_phase:
+            minus = self.relax(x, free, T2, y, -beta2, schedule, tol)
+            gp, gm = self.param_grads(x, plus, y, beta2), self.param_grads(x, minus, y, -beta2)
+            denom = 2 * beta2
+        else:
+            gp, gm = self.param_grads(x, plus, y, beta2), self.param_grads(x, free, y, beta1)
+            denom = beta2 - beta1
+        grads = [(-(a[0] - b[0]) / denom, -(a[1] - b[1]) / denom) for a, b in zip(gp, gm)]
+        return grads, free
+
+    def predict(self, x, T, schedule="sync", tol=None):
+        """Class predictions after a free phase of ``T`` steps."""
+        states = self.relax(x, self.init_states(self._check_x(x).shape[0]), T, schedule=schedule, tol=tol)
+        out = self._readout(states[-1]) if self.softmax else states[-1]
+        return out.argmax(axis=1)
+
+
+class MLPEBM(ConvEBM):
+    """Fully connected energy-based network: ``sizes = [input, hidden..., classes]``."""
+
+    def __init__(self, sizes, activation="my_hard_sig", softmax=False, loss="mse", scale=None, seed=None,
+                 dtype="float32", backend=None):
+        if len(sizes) < 2:
+            raise ValueError("sizes needs at least input and output sizes")
+        self.in_features = sizes[0]
+        # no conv layer: the first fc layer reads the flattened input (channels[0] * 1 * 1 = sizes[0])
+        super().__init__(1, [sizes[0]], [], [], [], "", list(sizes[1:]), activation, softmax, loss, scale, seed,
+                         dtype, backend)
+
+    def _check_x(self, x):
+        x = self.xp.asarray(x, dtype=self.dtype)
+        x = x.reshape(x.shape[0], -1)
+        if x.shape[1] != self.in_features:
+            raise ValueError(f"x must have {self.in_features} features, got {x.shape[1]}")
+        return x

@@ -1,0 +1,162 @@
+"""Layer-local LPL training of a VGG-like convolutional network on plain arrays.
+
+Each conv layer ``z_l = f(conv(h_{l-1}, W_l) + b_l)`` (then optional 2x2 max
+pool to give ``h_l``) learns only from its own LPL delta
+(:func:`sparsecoding.plasticity.lpl.lpl_delta_conv`); no gradient crosses
+layers. Consecutive "frames" are two random augmentations of the same
+images: each view's features are the other's prediction target (symmetric,
+stop-gradient). Layers train all at once or greedily one after another.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import get_backend, to_numpy, _module
+from ..ops.conv import ConvOperator
+from ..ops.pool import avg_pool, max_pool
+from ..optim import Adam, SGD
+from .lpl import ACTIVATIONS, lpl_delta_conv, lpl_losses
+
+__all__ = ["LPLConvNet", "adaptive_avg_pool"]
+
+
+def adaptive_avg_pool(h, size=2):
+    """Average over a ``size x size`` grid of equal blocks (spatial dims divisible by ``size`` after cropping)."""
+    n, c, hh, ww = h.shape
+    s = min(size, hh, ww)
+    bh, bw = hh // s, ww // s
+    h = h[:, :, : bh * s, : bw * s].reshape(n, c, s, bh, s, bw)
+    return h.mean(axis=(3, 5))
+
+
+class LPLConvNet:
+    """VGG-like stack of 3x3 conv layers trained layer-locally with LPL.
+
+    Parameters
+    ----------
+    in_channels : int
+    channels : sequence of output channels per layer
+    pools : string of "m" (2x2 max pool after the layer) or "i" (none), one per layer
+    activation : "relu", "tanh", "sigmoid" or "linear"
+    lambda1, lambda2, eps : LPL coefficients (Hebbian, decorrelation) and variance epsilon
+    predictive : include the predictive term (False: Hebbian + decorrelation only)
+    mode : "pool" (losses on globally pooled features) or "positions"
+    lr, optimizer, weight_decay : per-layer optimiser ("adam" or "sgd")
+    """
+
+    def __init__(self, in_channels, channels=(32, 64), pools="mm", activation="relu", kernel_size=3, lambda1=1.0,
+                 lambda2=10.0, eps=1e-4, predictive=True, mode="pool", lr=1e-3, optimizer="adam", weight_decay=0.0,
+                 seed=None, dtype="float32", backend=None):
+        if len(pools) != len(channels) or set(pools) - {"m", "i"}:
+            raise ValueError(f"pools must have one 'm' or 'i' per layer ({len(channels)}), got {pools!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        if mode not in ("pool", "positions"):
+            raise ValueError(f"mode must be 'pool' or 'positions', got {mode!r}")
+        self.xp = xp = _module(backend or get_backend())
+        self.f, self.fprime = ACTIVATIONS[activation]
+        self.pools, self.kernel_size = pools, kernel_size
+        self.lambda1, self.lambda2, self.eps, self.mode = lambda1, lambda2, eps, mode
+        self.terms = ("pred", "hebb", "dec") if predictive else ("hebb", "dec")
+        self.weight_decay = weight_decay
+        rng = np.random.default_rng(seed)
+        self.params = []
+        c = in_channels
+        for k in channels:
+            fan_in = c * kernel_size * kernel_size
+            W = rng.standard_normal((k, c, kernel_size, kernel_size)) * np.sqrt(2.0 / fan_in)
+            self.params.append((xp.asarray(W, dtype=dtype), xp.zeros(k, dtype=dtype)))
+            c = k
+        flat = [p for pair in self.params for p in pair]
+        self.optimizer = (Adam(flat, lr=lr) if optimizer == "adam" else SGD(flat, lr=lr, momentum=0.9))
+        self._ops = {}
+
+    def _op(self, layer, shape):
+        key = (layer, tuple(shape))
+        if key not in self._ops:
+            self._ops[key] = ConvOperator(self.params[layer][0], shape, 1, self.kernel_size // 2)
+        op = self._ops[key]
+        op.update_weights(self.params[layer][0])
+        return op
+
+    def layer_forward(self, layer, h):
+        """``(z, h_next)``: the layer's activation map and its pooled output."""
+        W, b = self.params[layer]
+        z = self.f(self._op(layer, h.shape[2:]).forward(h) + b.reshape(1, -1, 1, 1))
+        h_next = max_pool(z, 2)[0] if self.pools[layer] == "m" and min(z.shape[2:]) >= 2 else z
+        return z, h_next
+
+    def forward(self, x):
+        """List of every layer's activation map ``z_l`` for inputs ``x`` (N, C, H, W)."""
+        zs, h = [], x
+        for layer in range(len(self.params)):
+            z, h = self.layer_forward(layer, h)
+            zs.append(z)
+        return zs
+
+    def features(self, x, grid=2, batch_size=512):
+        """Per layer, readout features: ``grid x grid`` average-pooled maps, flattened (host arrays)."""
+        out = [[] for _ in self.params]
+        for i in range(0, x.shape[0], batch_size):
+            for layer, z in enumerate(self.forward(self.xp.asarray(x[i:i + batch_size]))):
+                out[layer].append(to_numpy(adaptive_avg_pool(z, grid).reshape(z.shape[0], -1)))
+        return [np.concatenate(o) for o in out]
+
+    def _pooled(self, z):
+        return z.reshape(z.shape[0], z.shape[1], -1).mean(axis=2) if self.mode == "pool" else z
+
+    def train_step(self, x1, x2, layers=None):
+        """One layer-local LPL step on two views (N, C, H, W) of the same images.
+
+        Returns a list of ``(L_pred, L_hebb, L_dec)`` per trained layer (host floats).
+        """
+        xp = self.xp
+        layers = range(len(self.params)) if layers is None else layers
+        h1, h2 = xp.asarray(x1), xp.asarray(x2)
+        grads, report = [], []
+        for layer in range(max(layers) + 1):
+            W, b = self.params[layer]
+            z1, n1 = self.layer_forward(layer, h1)
+            z2, n2 = self.layer_forward(layer, h2)
+            if layer in layers:
+                op = self._op(layer, h1.shape[2:])
+                p1, p2 = self._pooled(z1), self._pooled(z2)
+                kw = dict(stride=1, padding=self.kernel_size // 2, mode=self.mode, lambda1=self.lambda1,
+                          lambda2=self.lambda2, eps=self.eps, weight_decay=self.weight_decay, terms=self.terms, op=op)
+                dW1, db1, _ = lpl_delta_conv(W, b, h2, p1, self.f, self.fprime, **kw)  # view 2 predicts from view 1
+                dW2, db2, _ = lpl_delta_conv(W, b, h1, p2, self.f, self.fprime, **kw)
+                grads.append((layer, -0.5 * (dW1 + dW2), -0.5 * (db1 + db2)))
+                flat2 = p2 if p2.ndim == 2 else xp.moveaxis(p2, 1, -1).reshape(-1, p2.shape[1])
+                flat1 = p1 if p1.ndim == 2 else xp.moveaxis(p1, 1, -1).reshape(-1, p1.shape[1])
+                report.append(tuple(float(v) for v in lpl_losses(flat2, flat1, self.eps)))
+            h1, h2 = n1, n2
+        full = []
+        for layer, (W, b) in enumerate(self.params):
+            g = next((g for g in grads if g[0] == layer), None)
+            full += [g[1], g[2]] if g is not None else [xp.zeros_like(W), xp.zeros_like(b)]
+        self.optimizer.step(full)
+        return report
+
+    def fit(self, X, epochs=1, batch_size=128, augment=None, seed=0, greedy=False, progress=True, callback=None):
+        """Train on images ``X`` (N, C, H, W) with two augmented views per image per step."""
+        from tqdm.auto import tqdm  # noqa: PLC0415
+
+        from ..data.augment import lpl_views  # noqa: PLC0415
+
+        augment = augment or lpl_views
+        rng = np.random.default_rng(seed)
+        n = X.shape[0]
+        stages = [[layer] for layer in range(len(self.params))] if greedy else [None]
+        history = []
+        for stage in stages:
+            bar = tqdm(range(epochs), disable=not progress, desc=f"LPL layers {stage or 'all'}")
+            for epoch in bar:
+                perm = rng.permutation(n)
+                for i in range(0, n - batch_size + 1, batch_size):
+                    xb = X[perm[i:i + batch_size]]
+                    rep = self.train_step(augment(xb, rng), augment(xb, rng), layers=stage)
+                    history.append(rep)
+                    if callback is not None:
+                        callback(len(history), rep)
+                bar.set_postfix(loss=f"{sum(sum(r) for r in history[-1]):.4g}")
+        return history

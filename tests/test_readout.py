@@ -1,0 +1,31 @@
+import numpy as np
+import pytest
+
+from sparsecoding.readout import LogisticRegression, softmax
+
+
+def test_gradient_matches_finite_differences():
+    r = np.random.default_rng(0)
+    X, y = r.standard_normal((20, 4)), r.integers(0, 3, 20)
+    m = LogisticRegression(l2=0.1)
+    Y = (y[:, None] == np.arange(3)).astype(float)
+    W, b = r.standard_normal((3, 4)), r.standard_normal(3)
+    _, gW, gb = m._loss_grad(np, X, Y, W, b)
+    eps = 1e-6
+    for idx in np.ndindex(W.shape):
+        Wp, Wm = W.copy(), W.copy()
+        Wp[idx] += eps
+        Wm[idx] -= eps
+        fd = (m._loss_grad(np, X, Y, Wp, b)[0] - m._loss_grad(np, X, Y, Wm, b)[0]) / (2 * eps)
+        assert abs(fd - gW[idx]) < 1e-6
+
+
+def test_separable_classes_are_learned_and_softmax_normalised():
+    r = np.random.default_rng(1)
+    centers = r.standard_normal((4, 6)) * 5
+    y = r.integers(0, 4, 400)
+    X = centers[y] + r.standard_normal((400, 6))
+    assert LogisticRegression().fit(X, y).score(X, y) > 0.97
+    np.testing.assert_allclose(softmax(r.standard_normal((5, 3))).sum(1), 1)
+    with pytest.raises(ValueError, match="labels"):
+        LogisticRegression().fit(X, y[:10])
