@@ -48,7 +48,7 @@ def _write_history(history, path):
 
 
 def _lca(args):
-    from .data import load_digits, natural_images, random_crops
+    from .data import load_digits, natural_images, random_crops, whiten_images
     from .lca import LCA, LCAConv2D, fit
     from .viz import save_curves, save_dictionary
 
@@ -59,7 +59,10 @@ def _lca(args):
     common = dict(lambda_=args.lambda_, eta=args.eta, lca_iters=args.lca_iters, tol=args.tol, solver=args.solver,
                   tau=args.tau, seed=args.seed, backend=backend, nonneg=not args.signed)
     if args.data == "photos":
-        X = random_crops(natural_images(), args.crop, args.n_samples, seed=args.seed)
+        images = natural_images(downsample=args.downsample)
+        if not args.no_whiten:
+            images = whiten_images(images)
+        X = random_crops(images, args.crop, args.n_samples, seed=args.seed)
         layer = LCAConv2D(args.features, 3, args.kernel_size, args.stride, **common)
         shape = None
     else:
@@ -98,6 +101,8 @@ def build_parser():
     p.add_argument("--kernel-size", type=int, default=9)
     p.add_argument("--stride", type=int, default=2)
     p.add_argument("--crop", type=int, default=32)
+    p.add_argument("--downsample", type=int, default=2, help="block-average the photographs by this factor")
+    p.add_argument("--no-whiten", action="store_true", help="skip the 1/f whitening filter of the photographs")
     p.add_argument("--n-samples", type=int, default=20000)
     p.add_argument("--lambda", dest="lambda_", type=float, default=0.25)
     p.add_argument("--eta", type=float, default=0.1)
@@ -151,6 +156,11 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_lpl)
+
+    from .eqprop.cli import add_arguments, run
+
+    p = add_arguments(sub.add_parser("eqprop", help="equilibrium propagation training (EqProp reference arguments)"))
+    p.set_defaults(func=run)
     return parser
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
@@ -47,6 +48,12 @@ def tile_dictionary(weights, shape=None, pad=1, per_atom=True):
     return img[..., 0] if c == 1 else img
 
 
+def _makedirs(path):
+    folder = os.path.dirname(os.fspath(path))
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+
+
 def save_dictionary(weights, path, shape=None, title=None, scale=8):
     """Save the tiled dictionary as a PNG (nearest-neighbour upscaled by ``scale``)."""
     import matplotlib  # noqa: PLC0415
@@ -61,6 +68,7 @@ def save_dictionary(weights, path, shape=None, title=None, scale=8):
     ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=9)
+    _makedirs(path)
     fig.savefig(path)
     plt.close(fig)
     return path
@@ -84,6 +92,7 @@ def save_curves(curves, path, xlabel="step", ylabel="", title=None, logy=False):
         ax.set_title(title)
     ax.legend()
     fig.tight_layout()
+    _makedirs(path)
     fig.savefig(path)
     plt.close(fig)
     return path

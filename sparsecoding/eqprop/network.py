@@ -146,14 +146,25 @@ class ConvEBM:
             raise ValueError(f"x must have shape (N, {', '.join(map(str, expect))}), got {tuple(x.shape)}")
         return x
 
-    def _forward_terms(self, x, states):
-        """Per synapse: the feed-forward term (pooled pre-activation or fc output) and the pool memo."""
+    def _forward_terms(self, x, states, memo_fixed=None, bias=True):
+        """Per synapse: the feed-forward term (pooled pre-activation or fc output) and the pool memo.
+
+        With ``memo_fixed`` the max pools select at those indices (a fixed linear map), and
+        ``bias=False`` drops the biases: together, the linear part of ``dPhi/ds`` used for
+        Hessian-vector products.
+        """
         xp = self.xp
         terms, memo = [], []
         inputs = [x] + states
         for k in range(self.n_conv):
-            pre = self._op(k).forward(inputs[k]) + self.params[k][1].reshape(1, -1, 1, 1)
-            if self.pools[k] == "m":
+            pre = self._op(k).forward(inputs[k])
+            if bias:
+                pre = pre + self.params[k][1].reshape(1, -1, 1, 1)
+            if self.pools[k] == "m" and memo_fixed is not None:
+                idx = memo_fixed[k]
+                n, c = pre.shape[:2]
+                pooled = xp.take_along_axis(pre.reshape(n, c, -1), idx.reshape(n, c, -1), axis=2).reshape(idx.shape)
+            elif self.pools[k] == "m":
                 pooled, idx = max_pool(pre, 2)
             elif self.pools[k] == "a":
                 pooled, idx = avg_pool(pre, 2), None
@@ -166,7 +177,7 @@ class ConvEBM:
             k = self.n_conv + j
             W, b = self.params[k]
             prev = inputs[k].reshape(inputs[k].shape[0], -1)
-            terms.append(prev @ W.T + b)
+            terms.append(prev @ W.T + b if bias else prev @ W.T)
             memo.append(None)
         return terms, memo
 
@@ -241,11 +252,12 @@ class ConvEBM:
             grads[-1] = grads[-1] - beta * self._loss_grad_output(states, y)
         return grads
 
-    def param_grads(self, x, states, y=None, beta=0.0):
-        """``dPhi/dtheta`` as batch means, same structure as ``params``."""
+    def param_grads(self, x, states, y=None, beta=0.0, memo=None):
+        """``dPhi/dtheta`` as batch means, same structure as ``params`` (``memo``: fixed pool indices)."""
         xp = self.xp
         x = self._check_x(x)
-        _, memo = self._forward_terms(x, states)
+        if memo is None:
+            _, memo = self._forward_terms(x, states)
         n = x.shape[0]
         inputs = [x] + states
         out = []

@@ -291,7 +291,7 @@ class _LCABase:
             all_ts = {k: [vals[k]] for k in self.return_vars}
         return {"states": u, "acts": a, "recons": recon, "recon_errors": resid, "input_drives": b, "inputs": inputs,
                 "n_iter": res.n_iter, "converged": res.converged, "metrics": metrics, "all": all_ts,
-                "energy_history": res.history}
+                "energy_history": res.history[1:]}  # energies at iterations check_every, 2*check_every, ...
 
     def forward(self, inputs, drive_scaling=None, initial_states=None):
         """Preprocess, encode, and return ``return_vars`` (one array, or a tuple)."""
