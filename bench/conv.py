@@ -1,7 +1,9 @@
 """Convolution pair (conv + conv_transpose) on the LCA workload, per engine.
 
 Workload (DESIGN.md §9): N=128, C=3, 32x32, K=64 features 9x9, stride 2,
-"same" padding, float32. Useful flops of the pair: 4*M*K*C*k^2, M = N*16*16.
+"same" padding, float32; codes in PyTorch's channels-first layout and in the
+channels-last layout the iterative solvers keep on the CPU (where the GEMM
+produces it and two transposes per pair are saved). Useful flops of the pair: 4*M*K*C*k^2, M = N*16*16.
 Rates are reported as a fraction of this machine's float32 GEMM rate measured
 in the same run. Also a sweep over kernel sizes and strides to validate the
 ``auto`` cost model's crossover.
@@ -18,16 +20,16 @@ from bench.common import backend_from_argv, gemm_rate, machine_info, median_time
 from sparsecoding.ops.conv import ConvOperator, choose_method
 
 
-def pair_time(xp, n, c, size, k_feats, k, stride, method, repeats=5):
+def pair_time(xp, n, c, size, k_feats, k, stride, method, repeats=5, channels_last=False):
     r = np.random.default_rng(0)
     x = xp.asarray(r.standard_normal((n, c, size, size)), dtype="float32")
     w = xp.asarray(r.standard_normal((k_feats, c, k, k)), dtype="float32")
     op = ConvOperator(w, (size, size), stride, "same", method=method)
-    y = op.forward(x)
+    y = op.forward(x, channels_last=channels_last)
 
     def pair():
-        op.forward(x)
-        op.adjoint(y)
+        op.forward(x, channels_last=channels_last)
+        op.adjoint(y, channels_last=channels_last)
 
     t = median_time(pair, repeats=repeats, xp=xp)
     m = n * int(np.prod(op.geometry.out_shape))
@@ -42,9 +44,12 @@ def main(argv=None):
     print(f"float32 GEMM rate: {g / 1e9:.1f} GFLOP/s")
     rows = []
     for method in ["im2col", "fft"]:
-        t, flops, op = pair_time(xp, 128, 3, 32, 64, 9, 2, method)
-        rows.append({"workload": "lca N128 C3 32x32 K64 k9 s2", "method": method, "ms": round(t * 1e3, 2),
-                     "GFLOP/s(useful)": round(flops / t / 1e9, 1), "frac_gemm": round(flops / t / g, 3)})
+        for cl in [False, True]:
+            t, flops, op = pair_time(xp, 128, 3, 32, 64, 9, 2, method, repeats=9, channels_last=cl)
+            rows.append({"workload": "lca N128 C3 32x32 K64 k9 s2", "method": method,
+                         "code_layout": "channels-last (solver)" if cl else "channels-first (PyTorch)",
+                         "ms": round(t * 1e3, 2), "GFLOP/s(useful)": round(flops / t / 1e9, 1),
+                         "frac_gemm": round(flops / t / g, 3)})
     print_table(rows, list(rows[0]))
     best = max(r["frac_gemm"] for r in rows)
     print(f"best engine reaches {best:.2f} x the GEMM rate (target >= 0.40)")

@@ -1,0 +1,110 @@
+"""EqProp benchmark: time per relaxation step and EP-gradient cost at equal quality.
+
+(a) Per synchronous relaxation step, float32, batch 128:
+    - seed 001's CIFAR-10 network: channels 3-64-128-256-512, 3x3, pools mmmm, paddings 1,
+      fc 10, softmax readout, my_hard_sig;
+    - an MNIST-sized CNN: 1-32-64, 5x5, pools mm, padding 1, fc 10.
+    Useful flops per step: the forward convolution of every layer and the transposed
+    convolution of every layer but the first; reported as a fraction of this machine's
+    float32 GEMM rate measured in the same run. Reference (issue): the autograd PyTorch
+    implementation takes 568 ms and 70 ms per step on this machine type (~65% of GEMM).
+
+(b) One training batch's EP gradient: the reference schedule (T1=250, T2=50, third phase,
+    synchronous) against the asynchronous schedule with convergence-based stopping
+    (tol on the largest state change), both compared by cosine similarity with the EP
+    gradient after a 1,000-step free phase (MNIST-sized network unless --full).
+
+Run: python -m bench.eqprop [--backend cupy] [--full] [--quick]
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+from bench.common import backend_from_argv, gemm_rate, machine_info, median_time, print_table, write_json
+from sparsecoding.backend import to_numpy
+from sparsecoding.eqprop import ConvEBM
+
+CIFAR = dict(in_size=32, channels=[3, 64, 128, 256, 512], kernels=[3] * 4, strides=[1] * 4, paddings=[1] * 4,
+             pools="mmmm", fc=[10], softmax=True, loss="cel")
+MNIST = dict(in_size=28, channels=[1, 32, 64], kernels=[5, 5], strides=[1, 1], paddings=[1, 1], pools="mm", fc=[10],
+             softmax=False, loss="mse")
+
+
+def useful_flops(net, batch):
+    total = 0.0
+    for k in range(net.n_conv):
+        W = net.params[k][0]
+        out = np.prod(net.conv_out_shapes[k])
+        f = 2.0 * batch * out * W.shape[0] * np.prod(W.shape[1:])
+        total += f if k == 0 else 2 * f
+    for k in range(net.n_conv, len(net.params)):
+        total += 4.0 * batch * np.prod(net.params[k][0].shape)
+    return total
+
+
+def step_time(xp, cfg, batch=128, repeats=5):
+    net = ConvEBM(**cfg, activation="my_hard_sig", seed=0, backend="numpy" if xp is np else "cupy")
+    r = np.random.default_rng(0)
+    x = xp.asarray(r.uniform(0, 1, (batch, cfg["channels"][0], cfg["in_size"], cfg["in_size"])), dtype=xp.float32)
+    s = net.relax(x, net.init_states(batch), 3)
+    t = median_time(lambda: net.step(x, s), repeats=repeats, xp=xp)
+    return net, t, useful_flops(net, batch)
+
+
+def cosine(a, b):
+    va = np.concatenate([to_numpy(g).ravel() for pair in a for g in pair])
+    vb = np.concatenate([to_numpy(g).ravel() for pair in b for g in pair])
+    return float(va @ vb / (np.linalg.norm(va) * np.linalg.norm(vb) + 1e-30))
+
+
+def gradient_quality(xp, cfg, batch, quick):
+    net = ConvEBM(**cfg, activation="my_hard_sig", seed=0, backend="numpy" if xp is np else "cupy")
+    r = np.random.default_rng(1)
+    x = xp.asarray(r.uniform(0, 1, (batch, cfg["channels"][0], cfg["in_size"], cfg["in_size"])), dtype=xp.float32)
+    y = r.integers(0, 10, batch)
+    gold, _ = net.ep_gradients(x, y, 1000 if not quick else 400, 100, (0.0, 0.5), third_phase=True)
+    rows = []
+    setups = [("reference: sync, T1=250, T2=50", dict(T1=250, T2=50, schedule="sync", tol=None)),
+              ("async, T1=250, T2=50", dict(T1=250, T2=50, schedule="async", tol=None)),
+              ("async + stop at tol 1e-3", dict(T1=250, T2=50, schedule="async", tol=1e-3)),
+              ("async + stop at tol 3e-3", dict(T1=250, T2=50, schedule="async", tol=3e-3))]
+    for name, kw in setups:
+        t0 = time.perf_counter()
+        g, _ = net.ep_gradients(x, y, kw["T1"], kw["T2"], (0.0, 0.5), third_phase=True, schedule=kw["schedule"],
+                                tol=kw["tol"])
+        if xp is not np:
+            xp.cuda.Device().synchronize()
+        rows.append({"schedule": name, "seconds": round(time.perf_counter() - t0, 2),
+                     "cosine_to_gold": round(cosine(g, gold), 4)})
+    base = rows[0]["seconds"]
+    for row in rows:
+        row["speedup"] = round(base / row["seconds"], 2)
+    return rows
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    xp = backend_from_argv(argv)
+    quick, full = "--quick" in argv, "--full" in argv
+    g = gemm_rate(xp)
+    print(f"float32 GEMM rate: {g / 1e9:.1f} GFLOP/s")
+    rows = []
+    for name, cfg, ref_ms in [("MNIST CNN 1-32-64 5x5", MNIST, 70), ("CIFAR CNN 64-128-256-512", CIFAR, 568)]:
+        net, t, flops = step_time(xp, cfg, repeats=3 if quick else 5)
+        rows.append({"network": name, "ms_per_step": round(t * 1e3, 1), "useful_GFLOP": round(flops / 1e9, 2),
+                     "frac_gemm": round(flops / t / g, 3), "reference_ms": ref_ms,
+                     "vs_reference": round(ref_ms / (t * 1e3), 2)})
+    print_table(rows, list(rows[0]))
+    quality = gradient_quality(xp, CIFAR if full else MNIST, 128 if full else 64, quick)
+    print(f"\nEP gradient of one batch ({'CIFAR' if full else 'MNIST-sized'} network), third phase, beta 0.5:")
+    print_table(quality, list(quality[0]))
+    path = write_json("eqprop" + ("" if xp is np else "_gpu"), {"machine": machine_info(xp), "gemm_flops": g,
+                                                                "steps": rows, "gradient_quality": quality})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
