@@ -160,3 +160,20 @@ def test_non_finite_input_detected_when_asked():
         conv_transpose(np.zeros((1, 1, 3)), np.ones((1, 1, 3)), stride=2, output_padding=2)
     with pytest.raises(ValueError, match="channel mismatch"):
         conv_transpose(np.zeros((1, 2, 3)), np.ones((1, 1, 3)))
+
+
+@pytest.mark.parametrize("method", ["im2col", "fft"])
+@given(prob=conv_problems(max_dims=2))
+def test_channels_last_layout_and_weight_gradient(xp, method, prob):
+    d, kernel, stride, pad, shape, n, c, kk, seed = prob
+    x, w, xd, wd = _arrays(xp, prob, np.float64)
+    op = ConvOperator(wd, shape, stride, pad, method=method)
+    y = op.forward(xd)
+    np.testing.assert_allclose(to_numpy(op.forward(xd, channels_last=True)), np.moveaxis(to_numpy(y), 1, -1), atol=1e-10)
+    yy = xp.asarray(np.random.default_rng(seed + 5).standard_normal(y.shape))
+    cl = xp.ascontiguousarray(xp.moveaxis(yy, 1, -1))
+    np.testing.assert_allclose(to_numpy(op.adjoint(cl, channels_last=True)), to_numpy(op.adjoint(yy)), atol=1e-10)
+    # weight gradient: <conv(x, w), y> is linear in w, so it equals <w, weight_grad(x, y)>
+    lhs = float(xp.sum(y * yy))
+    rhs = float(xp.sum(wd * op.weight_grad(xd, yy)))
+    assert abs(lhs - rhs) <= 1e-9 * max(1.0, abs(lhs))

@@ -94,7 +94,8 @@ def color_jitter(x, rng, brightness=0.4, contrast=0.4, saturation=0.4, p=0.8):
     if x.shape[1] == 3:
         gray = out.mean(axis=1, keepdims=True)
         out = (out - gray) * factor(saturation) + gray
-    return xp.clip(out, 0, 1)
+    keep = xp.asarray(apply == 0).reshape(-1, 1, 1, 1)
+    return xp.where(keep, x, xp.clip(out, 0, 1))
 
 
 def random_grayscale(x, rng, p=0.2):
