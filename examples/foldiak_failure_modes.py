@@ -39,8 +39,8 @@ for name, one_shot in [("bars_one_shot", True), ("bars_settled", False)]:
 
 for name, kw in [("patches_raw", dict(whitened=False, centred=False)), ("patches_whitened", {})]:
     P = natural_patches(20000, seed=0, **kw)
-    net = FoldiakNetwork(64, 64, p=0.05, seed=1)
-    net.fit(P, epochs=2, batch_size=16, warmup=500, progress=True)
+    net = FoldiakNetwork(64, 64, p=0.05, beta=0.005, seed=1)
+    net.fit(P, epochs=4, batch_size=16, warmup=500, progress=True)
     Q = np.asarray(net.Q)
     # similarity of the learned features to each other: near 1 means they all learned the same thing
     Qn = Q / np.linalg.norm(Q, axis=1, keepdims=True)

@@ -125,12 +125,12 @@ def build_parser():
     p.add_argument("--task", choices=["bars", "patches"], default="bars")
     p.add_argument("--out", default="runs/foldiak")
     p.add_argument("--units", type=int, default=None, help="default 16 (bars) or 64 (patches)")
-    p.add_argument("--n-samples", type=int, default=8000)
-    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--n-samples", type=int, default=None, help="default 8000 (bars), 20000 (patches)")
+    p.add_argument("--epochs", type=int, default=None, help="default 1 (bars), 4 (patches)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--p", type=float, default=None, help="target firing probability (default 1/8 bars, 0.05 patches)")
     p.add_argument("--alpha", type=float, default=0.1)
-    p.add_argument("--beta", type=float, default=0.02)
+    p.add_argument("--beta", type=float, default=None, help="default 0.02 (bars), 0.005 (patches)")
     p.add_argument("--gamma", type=float, default=0.02)
     p.add_argument("--one-shot", action="store_true", help="no settling: the seed notebook's failure mode")
     p.add_argument("--seed", type=int, default=0)
@@ -246,16 +246,17 @@ def _foldiak(args):
     os.makedirs(args.out, exist_ok=True)
     backend = _backend(args.device)
     if args.task == "bars":
-        X, T = bars(args.n_samples, seed=args.seed)
-        units, p = args.units or 16, args.p or 1 / 8
+        X, T = bars(args.n_samples or 8000, seed=args.seed)
+        units, p, beta, epochs = args.units or 16, args.p or 1 / 8, args.beta or 0.02, args.epochs or 1
     else:
-        X = natural_patches(args.n_samples, seed=args.seed)
+        # whitened, centred patches; a slower feed-forward rate averages over more inputs per unit
+        X = natural_patches(args.n_samples or 20000, seed=args.seed)
         T = None
-        units, p = args.units or 64, args.p or 0.05
-    net = FoldiakNetwork(X.shape[1], units, p=p, alpha=args.alpha, beta=args.beta, gamma=args.gamma,
+        units, p, beta, epochs = args.units or 64, args.p or 0.05, args.beta or 0.005, args.epochs or 4
+    net = FoldiakNetwork(X.shape[1], units, p=p, alpha=args.alpha, beta=beta, gamma=args.gamma,
                          one_shot=args.one_shot, seed=args.seed, backend=backend)
     t0 = time.perf_counter()
-    net.fit(X, epochs=args.epochs, batch_size=args.batch_size, warmup=200, progress=True)
+    net.fit(X, epochs=epochs, batch_size=args.batch_size, warmup=200, progress=True)
     elapsed = time.perf_counter() - t0
     y = to_numpy(net.transform(X[: min(len(X), 2000)]))
     co = (y.T @ y / len(y))[~np.eye(units, dtype=bool)].mean()

@@ -92,3 +92,37 @@ def test_runs_on_backend(xp):
     net = FoldiakNetwork(64, 16, seed=1, backend="numpy" if xp is np else "cupy")
     net.fit(xp.asarray(X), batch_size=8)
     assert net.Q.shape == (16, 64) and type(net.Q) is type(xp.zeros(1))
+
+
+def _localisation(Q):
+    """Mean fraction of each feature's energy in its 8 strongest pixels (of 64)."""
+    e = np.sort(np.asarray(Q) ** 2, axis=1)[:, ::-1]
+    return float((e[:, :8].sum(1) / e.sum(1)).mean())
+
+
+def _kurtosis(Q):
+    """Mean kurtosis of each feature's 64 weights (3 for Gaussian weights; heavy tails when localised)."""
+    Q = np.asarray(Q)
+    Q = Q - Q.mean(1, keepdims=True)
+    return float(((Q**4).mean(1) / (Q**2).mean(1) ** 2).mean())
+
+
+def test_natural_patches_whitened_learn_distinct_localised_features_raw_do_not():
+    from sparsecoding.data import natural_patches
+
+    def train(n=8000, epochs=3, **kw):
+        P = natural_patches(n, seed=0, **kw)
+        net = FoldiakNetwork(64, 32, p=0.05, beta=0.005, seed=1)
+        net.fit(P, epochs=epochs, batch_size=16, warmup=300)
+        Q = np.asarray(net.Q)
+        Qn = Q / np.linalg.norm(Q, axis=1, keepdims=True)
+        return np.abs(Qn @ Qn.T)[~np.eye(len(Q), dtype=bool)].mean(), Q
+
+    sim_raw, _ = train(3000, 1, whitened=False, centred=False)
+    sim_white, Q = train()
+    assert sim_raw > 0.95  # raw, non-centred patches: every unit learns the same mean patch
+    assert sim_white < 0.2  # whitened, centred: distinct features
+    gauss = np.random.default_rng(0).standard_normal((2000, 64))
+    # localised features: energy concentrated in few pixels, heavy-tailed weights (vs random Gaussian weights)
+    assert _localisation(Q) > _localisation(gauss) + 0.03
+    assert _kurtosis(Q) > _kurtosis(gauss) + 0.4

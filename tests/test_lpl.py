@@ -158,3 +158,20 @@ def test_bad_input():
     with pytest.raises(ValueError, match="mode"):
         lpl_delta_conv(np.ones((2, 1, 3, 3)), None, np.ones((2, 1, 5, 5)), np.ones((2, 2)), *ACTIVATIONS["tanh"],
                        mode="bogus")
+
+
+def test_toy_experiment_three_outcomes():
+    """LPL stays selective for the slow x feature at every sigma; Hebbian-only follows the
+    largest-variance direction y once sigma > 1; predictive-only collapses (weights -> 0)."""
+    from sparsecoding.plasticity.lpl import toy_selectivity
+
+    for sigma in (0.5, 2.0, 4.0):
+        sel, w_lpl = toy_selectivity(sigma, "lpl")
+        assert sel > 0.95
+    for sigma in (2.0, 4.0):
+        sel, _ = toy_selectivity(sigma, "hebbian")
+        assert sel < 0.2
+    _, w0 = toy_selectivity(2.0, "predictive", steps=0)
+    _, w = toy_selectivity(2.0, "predictive")
+    # no term holds the response up: the weights shrink towards zero (collapse)
+    assert np.linalg.norm(w) < 0.5 * np.linalg.norm(w0) and np.linalg.norm(w) < 0.01 * np.linalg.norm(w_lpl)

@@ -162,7 +162,7 @@ def lpl_delta_conv(W, b, x, z_prev, f, fprime, stride=1, padding=1, mode="pool",
     return dW, db, z
 
 
-def toy_selectivity(sigma_y, variant="lpl", steps=2000, batch=64, lr=0.01, lambda1=1.0, noise_x=0.1, seed=0):
+def toy_selectivity(sigma_y, variant="lpl", steps=1000, batch=64, lr=0.1, lambda1=1.0, noise_x=0.1, seed=0):
     """The two-dimensional toy experiment: one linear neuron ``z = w . x``.
 
     Inputs come in consecutive pairs: the x-component is a cluster centre
