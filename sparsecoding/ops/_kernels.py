@@ -60,3 +60,23 @@ def window_index(buffer_shape, kernel, stride, out_shape):
     grids_k = np.meshgrid(*(np.arange(k) for k in kernel), indexing="ij")
     coords = [go.reshape(-1, 1) + gk.reshape(1, -1) for gk, go in zip(grids_k, grids_o)]
     return np.ravel_multi_index(coords, tuple(buffer_shape)).astype(np.int64)
+
+
+@numba.njit(parallel=True, cache=True)
+def max_pool_2d(x, kh, kw, sh, sw, out, idx):  # pragma: no cover - compiled
+    """2-D max pool over (N*C, H, W) planes: values and flat argmax indices (first maximum)."""
+    planes, h, w = x.shape
+    oh, ow = out.shape[1], out.shape[2]
+    for p in numba.prange(planes):
+        for i in range(oh):
+            for j in range(ow):
+                best = x[p, i * sh, j * sw]
+                bi = (i * sh) * w + j * sw
+                for a in range(kh):
+                    for b in range(kw):
+                        v = x[p, i * sh + a, j * sw + b]
+                        if v > best:
+                            best = v
+                            bi = (i * sh + a) * w + j * sw + b
+                out[p, i, j] = best
+                idx[p, i, j] = bi

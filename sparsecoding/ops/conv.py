@@ -421,9 +421,10 @@ def choose_method(g) -> str:
     GEMM rate on CPU) and a ``C' x K`` complex product per frequency (about
     half the GEMM rate, with its small matrices). The constants come from
     ``bench/conv.py`` on the 2-core development machine, where the FFT's
-    transforms and layout transposes ran at about 1/8 of the GEMM rate: for
-    C=3, K=64 on 32x32 inputs the crossover is at about k=11 for stride 1,
-    and im2col wins at stride 2 up to k=11.
+    transforms and layout transposes ran at about 1/8 of the GEMM rate and its
+    small per-frequency complex products at about 1/16: for C=3, K=64 on
+    32x32 inputs the crossover is at about k=11 for stride 1, im2col wins at
+    stride 2 up to k=11, and with C >= 32 channels im2col wins throughout.
     """
     m = math.prod(g.out_shape)
     im2col = 2.0 * m * g.n_out * g.n_in * math.prod(g.kernel) + 4.0 * m * g.n_in * math.prod(g.kernel)
@@ -432,7 +433,7 @@ def choose_method(g) -> str:
     nfft = math.prod(q)
     cq = g.n_in * math.prod(g.stride)
     nfreq = nfft / 2 + 1
-    fft = 8.0 * 2.5 * nfft * math.log2(max(nfft, 2)) * (g.n_out + cq) + 4.0 * 8.0 * nfreq * g.n_out * cq
+    fft = 8.0 * 2.5 * nfft * math.log2(max(nfft, 2)) * (g.n_out + cq) + 16.0 * 8.0 * nfreq * g.n_out * cq
     return "fft" if fft < im2col else "im2col"
 
 
