@@ -34,10 +34,12 @@ def step_time(xp, c_in, c_out, batch=256, size=32, repeats=5):
     op = ConvOperator(W, (size, size), 1, 1)
 
     def step():
-        z1 = f(op.forward(x1) + b.reshape(1, -1, 1, 1))
-        p1 = z1.mean(axis=(2, 3))
-        dW, db, z2 = lpl_delta_conv(W, b, x2, p1, f, fp, 1, 1, op=op)
-        dW2, db2, _ = lpl_delta_conv(W, b, x1, z2.mean(axis=(2, 3)), f, fp, 1, 1, op=op)
+        a1 = op.forward(x1) + b.reshape(1, -1, 1, 1)
+        a2 = op.forward(x2) + b.reshape(1, -1, 1, 1)
+        p1, p2 = f(a1).mean(axis=(2, 3)), f(a2).mean(axis=(2, 3))
+        kw = dict(mode="mixed", op=op)
+        dW, db, _ = lpl_delta_conv(W, b, x2, p1, f, fp, 1, 1, a=a2, **kw)
+        dW2, db2, _ = lpl_delta_conv(W, b, x1, p2, f, fp, 1, 1, a=a1, **kw)
         return dW + dW2
 
     t = median_time(step, repeats=repeats, xp=xp)
@@ -47,6 +49,7 @@ def step_time(xp, c_in, c_out, batch=256, size=32, repeats=5):
 
 def digits_readout(epochs):
     from sparsecoding.data import load_digits
+    from sparsecoding.data.augment import digit_views
     from sparsecoding.plasticity.lpl_net import LPLConvNet
     from sparsecoding.readout import LogisticRegression
 
@@ -60,11 +63,11 @@ def digits_readout(epochs):
 
     rows = []
     for predictive in [True, False]:
-        net = LPLConvNet(1, (32, 64, 128), "mmi", lr=1e-3, predictive=predictive, seed=0)
+        net = LPLConvNet(1, (32, 64, 128), "mmi", lr=1e-3, predictive=predictive, seed=0, mode="mixed")
         if not rows:
             rows.append({"network": "random init", "accuracy_per_layer": readout(net), "train_seconds": 0})
         t0 = time.perf_counter()
-        net.fit(X[tr], epochs=epochs, batch_size=64, progress=False)
+        net.fit(X[tr], epochs=epochs, batch_size=64, progress=False, augment=digit_views)
         rows.append({"network": "LPL" if predictive else "Hebbian + decorrelation (no predictive)",
                      "accuracy_per_layer": readout(net), "train_seconds": round(time.perf_counter() - t0, 1)})
     return rows

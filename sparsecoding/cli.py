@@ -144,12 +144,12 @@ def build_parser():
     p.add_argument("--channels", type=int, nargs="+", default=[32, 64, 128])
     p.add_argument("--pools", default="mmi")
     p.add_argument("--act", default="relu", choices=["relu", "tanh", "sigmoid", "linear"])
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--mbs", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lambda1", type=float, default=1.0)
     p.add_argument("--lambda2", type=float, default=10.0)
-    p.add_argument("--mode", choices=["pool", "positions"], default="pool")
+    p.add_argument("--mode", choices=["pool", "positions", "mixed"], default="mixed")
     p.add_argument("--greedy", action="store_true", help="train layers one after another")
     p.add_argument("--compare", action="store_true", help="also train without the predictive term and plot both")
     p.add_argument("--n-train", type=int, default=None)
@@ -186,6 +186,7 @@ def _lpl_data(args):
 
 
 def _lpl(args):
+    from .data.augment import digit_views, lpl_views
     from .plasticity.lpl_net import LPLConvNet
     from .readout import LogisticRegression
 
@@ -206,7 +207,8 @@ def _lpl(args):
         if "random" not in results:
             results["random"] = readout(net)
         t0 = time.perf_counter()
-        net.fit(Xtr, epochs=args.epochs, batch_size=args.mbs, seed=args.seed, greedy=args.greedy)
+        net.fit(Xtr, epochs=args.epochs, batch_size=args.mbs, seed=args.seed, greedy=args.greedy,
+                augment=digit_views if args.data == "digits" else lpl_views, progress=True)
         name = "lpl" if predictive else "hebbian+decorrelation"
         results[name] = readout(net)
         results[name + "_seconds"] = time.perf_counter() - t0

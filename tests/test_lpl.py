@@ -59,7 +59,7 @@ def test_dense_delta_equals_finite_differences(act, term, b, m, n, seed):
     np.testing.assert_allclose(db, fdb, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("mode", ["pool", "positions"])
+@pytest.mark.parametrize("mode", ["pool", "positions", "mixed"])
 @pytest.mark.parametrize("act", ["tanh", "sigmoid"])
 def test_conv_delta_equals_finite_differences(mode, act):
     r = np.random.default_rng(1)
@@ -67,13 +67,15 @@ def test_conv_delta_equals_finite_differences(mode, act):
     x = r.standard_normal((4, 2, 5, 5))
     f, fp = ACTIVATIONS[act]
     z_shape = conv(x, W, 1, 1).shape
-    zp = r.standard_normal((4, 3) if mode == "pool" else z_shape)
+    zp = r.standard_normal(z_shape if mode == "positions" else (4, 3))
 
     def loss(W_, b_):
         z = f(conv(x, W_, 1, 1) + b_.reshape(1, -1, 1, 1))
+        flat = np.moveaxis(z, 1, -1).reshape(-1, 3)
         if mode == "pool":
             return total(z.mean(axis=(2, 3)), zp, 1.0, 10.0)
-        flat = np.moveaxis(z, 1, -1).reshape(-1, 3)
+        if mode == "mixed":
+            return total(z.mean(axis=(2, 3)), zp, 1.0, 10.0, ("pred",)) + total(flat, flat, 1.0, 10.0, ("hebb", "dec"))
         return total(flat, np.moveaxis(zp, 1, -1).reshape(-1, 3), 1.0, 10.0)
 
     dW, db, _ = lpl_delta_conv(W, bias, x, zp, f, fp, stride=1, padding=1, mode=mode)

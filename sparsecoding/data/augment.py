@@ -10,7 +10,7 @@ import numpy as np
 from ..backend import get_xp
 
 __all__ = ["random_crop", "horizontal_flip", "random_resized_crop", "color_jitter", "random_grayscale",
-           "lpl_views"]
+           "lpl_views", "digit_views"]
 
 
 def _check(x):
@@ -115,3 +115,9 @@ def lpl_views(x, rng):
     out = horizontal_flip(out, rng)
     out = color_jitter(out, rng)
     return random_grayscale(out, rng)
+
+
+def digit_views(x, rng):
+    """Mild views for small digit images: a resized crop of 60-100% of the area, no flip (mirrored
+    digits change identity) and no colour change."""
+    return random_resized_crop(x, rng, scale=(0.6, 1.0), ratio=(0.8, 1.25))

@@ -127,21 +127,26 @@ def lpl_delta(W, b, x, z_prev, f, fprime, lambda1=1.0, lambda2=10.0, eps=1e-4, w
 
 
 def lpl_delta_conv(W, b, x, z_prev, f, fprime, stride=1, padding=1, mode="pool", lambda1=1.0, lambda2=10.0,
-                   eps=1e-4, weight_decay=0.0, terms=("pred", "hebb", "dec"), op=None):
+                   eps=1e-4, weight_decay=0.0, terms=("pred", "hebb", "dec"), op=None, a=None):
     """LPL delta for a conv layer ``z = f(conv(x, W) + b)``.
 
     ``mode="pool"``: the losses act on the global average of ``z`` over positions
     (``z_prev`` then has shape (B, M)); ``mode="positions"``: every position is a
-    sample (``z_prev`` has the shape of ``z``, (B, M, *O)).
+    sample (``z_prev`` has the shape of ``z``, (B, M, *O)); ``mode="mixed"``: the
+    predictive loss on pooled features (``z_prev`` (B, M)) and the Hebbian and
+    decorrelation losses with positions as samples.
+
+    ``a`` may pass the pre-activation ``conv(x, W) + b`` when the caller has it.
 
     Returns (dW (M, C, *k), db (M,) or None, z).
     """
     xp = get_xp(x)
     if op is None:
         op = ConvOperator(W, x.shape[2:], stride, padding)
-    a = op.forward(x)
-    if b is not None:
-        a = a + b.reshape((1, -1) + (1,) * (a.ndim - 2))
+    if a is None:
+        a = op.forward(x)
+        if b is not None:
+            a = a + b.reshape((1, -1) + (1,) * (a.ndim - 2))
     z = f(a)
     n, m = z.shape[:2]
     if mode == "pool":
@@ -154,8 +159,22 @@ def lpl_delta_conv(W, b, x, z_prev, f, fprime, stride=1, padding=1, mode="pool",
         prev = xp.moveaxis(z_prev, 1, -1).reshape(-1, m)
         g = lpl_grad_z(flat, prev, lambda1, lambda2, eps, terms)
         gz = xp.moveaxis(g.reshape(n, *z.shape[2:], m), -1, 1)
+    elif mode == "mixed":
+        # predictive term on pooled features (views correspond as wholes, not position by position),
+        # Hebbian and decorrelation terms with every position as a sample
+        npos = int(np.prod(z.shape[2:]))
+        gz = xp.zeros_like(z)
+        if "pred" in terms:
+            feats = z.reshape(n, m, -1).mean(axis=2)
+            g = lpl_grad_z(feats, z_prev, lambda1, lambda2, eps, ("pred",))
+            gz = gz + (g / npos).reshape(n, m, *([1] * (z.ndim - 2)))
+        local = tuple(t for t in terms if t != "pred")
+        if local:
+            flat = xp.moveaxis(z, 1, -1).reshape(-1, m)
+            g = lpl_grad_z(flat, flat, lambda1, lambda2, eps, local)
+            gz = gz + xp.moveaxis(g.reshape(n, *z.shape[2:], m), -1, 1)
     else:
-        raise ValueError(f"mode must be 'pool' or 'positions', got {mode!r}")
+        raise ValueError(f"mode must be 'pool', 'positions' or 'mixed', got {mode!r}")
     delta = -gz * fprime(a)
     dW = op.weight_grad(x, xp.ascontiguousarray(delta)) - weight_decay * W
     db = None if b is None else delta.sum(axis=tuple(i for i in range(delta.ndim) if i != 1))

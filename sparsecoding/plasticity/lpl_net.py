@@ -40,19 +40,20 @@ class LPLConvNet:
     activation : "relu", "tanh", "sigmoid" or "linear"
     lambda1, lambda2, eps : LPL coefficients (Hebbian, decorrelation) and variance epsilon
     predictive : include the predictive term (False: Hebbian + decorrelation only)
-    mode : "pool" (losses on globally pooled features) or "positions"
+    mode : "pool" (losses on globally pooled features), "positions" (every position a sample) or
+        "mixed" (predictive on pooled features, Hebbian and decorrelation over positions)
     lr, optimizer, weight_decay : per-layer optimiser ("adam" or "sgd")
     """
 
     def __init__(self, in_channels, channels=(32, 64), pools="mm", activation="relu", kernel_size=3, lambda1=1.0,
-                 lambda2=10.0, eps=1e-4, predictive=True, mode="pool", lr=1e-3, optimizer="adam", weight_decay=0.0,
+                 lambda2=10.0, eps=1e-4, predictive=True, mode="mixed", lr=1e-3, optimizer="adam", weight_decay=0.0,
                  seed=None, dtype="float32", backend=None):
         if len(pools) != len(channels) or set(pools) - {"m", "i"}:
             raise ValueError(f"pools must have one 'm' or 'i' per layer ({len(channels)}), got {pools!r}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
-        if mode not in ("pool", "positions"):
-            raise ValueError(f"mode must be 'pool' or 'positions', got {mode!r}")
+        if mode not in ("pool", "positions", "mixed"):
+            raise ValueError(f"mode must be 'pool', 'positions' or 'mixed', got {mode!r}")
         self.xp = xp = _module(backend or get_backend())
         self.f, self.fprime = ACTIVATIONS[activation]
         self.pools, self.kernel_size = pools, kernel_size
@@ -79,12 +80,13 @@ class LPLConvNet:
         op.update_weights(self.params[layer][0])
         return op
 
-    def layer_forward(self, layer, h):
-        """``(z, h_next)``: the layer's activation map and its pooled output."""
+    def layer_forward(self, layer, h, return_pre=False):
+        """``(z, h_next)``: the layer's activation map and its pooled output (and the pre-activation)."""
         W, b = self.params[layer]
-        z = self.f(self._op(layer, h.shape[2:]).forward(h) + b.reshape(1, -1, 1, 1))
+        a = self._op(layer, h.shape[2:]).forward(h) + b.reshape(1, -1, 1, 1)
+        z = self.f(a)
         h_next = max_pool(z, 2)[0] if self.pools[layer] == "m" and min(z.shape[2:]) >= 2 else z
-        return z, h_next
+        return (z, h_next, a) if return_pre else (z, h_next)
 
     def forward(self, x):
         """List of every layer's activation map ``z_l`` for inputs ``x`` (N, C, H, W)."""
@@ -103,7 +105,7 @@ class LPLConvNet:
         return [np.concatenate(o) for o in out]
 
     def _pooled(self, z):
-        return z.reshape(z.shape[0], z.shape[1], -1).mean(axis=2) if self.mode == "pool" else z
+        return z if self.mode == "positions" else z.reshape(z.shape[0], z.shape[1], -1).mean(axis=2)
 
     def train_step(self, x1, x2, layers=None):
         """One layer-local LPL step on two views (N, C, H, W) of the same images.
@@ -116,19 +118,23 @@ class LPLConvNet:
         grads, report = [], []
         for layer in range(max(layers) + 1):
             W, b = self.params[layer]
-            z1, n1 = self.layer_forward(layer, h1)
-            z2, n2 = self.layer_forward(layer, h2)
+            z1, n1, a1 = self.layer_forward(layer, h1, return_pre=True)
+            z2, n2, a2 = self.layer_forward(layer, h2, return_pre=True)
             if layer in layers:
                 op = self._op(layer, h1.shape[2:])
                 p1, p2 = self._pooled(z1), self._pooled(z2)
                 kw = dict(stride=1, padding=self.kernel_size // 2, mode=self.mode, lambda1=self.lambda1,
                           lambda2=self.lambda2, eps=self.eps, weight_decay=self.weight_decay, terms=self.terms, op=op)
-                dW1, db1, _ = lpl_delta_conv(W, b, h2, p1, self.f, self.fprime, **kw)  # view 2 predicts from view 1
-                dW2, db2, _ = lpl_delta_conv(W, b, h1, p2, self.f, self.fprime, **kw)
+                dW1, db1, _ = lpl_delta_conv(W, b, h2, p1, self.f, self.fprime, a=a2, **kw)  # view 2 from view 1
+                dW2, db2, _ = lpl_delta_conv(W, b, h1, p2, self.f, self.fprime, a=a1, **kw)
                 grads.append((layer, -0.5 * (dW1 + dW2), -0.5 * (db1 + db2)))
                 flat2 = p2 if p2.ndim == 2 else xp.moveaxis(p2, 1, -1).reshape(-1, p2.shape[1])
                 flat1 = p1 if p1.ndim == 2 else xp.moveaxis(p1, 1, -1).reshape(-1, p1.shape[1])
                 report.append(tuple(float(v) for v in lpl_losses(flat2, flat1, self.eps)))
+                if self.mode == "mixed":  # Hebbian / decorrelation are measured over positions
+                    pos = xp.moveaxis(z2, 1, -1).reshape(-1, z2.shape[1])
+                    local = lpl_losses(pos, pos, self.eps)
+                    report[-1] = (report[-1][0], float(local[1]), float(local[2]))
             h1, h2 = n1, n2
         full = []
         for layer, (W, b) in enumerate(self.params):
