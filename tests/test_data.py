@@ -51,3 +51,17 @@ def test_file_loaders_read_standard_formats(tmp_path):
     np.testing.assert_allclose(X[0, 0], imgs[0] / 255)
     with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
         load_mnist(tmp_path / "nowhere")
+
+
+def test_stl10_reader(tmp_path):
+    from sparsecoding.data import load_stl10
+
+    folder = tmp_path / "stl10_binary"
+    folder.mkdir()
+    img = np.arange(3 * 96 * 96, dtype=np.uint32).astype(np.uint8).reshape(1, 3, 96, 96)
+    # the files store each channel column-major
+    img.transpose(0, 1, 3, 2).tofile(folder / "test_X.bin")
+    np.array([3], dtype=np.uint8).tofile(folder / "test_y.bin")
+    X, y = load_stl10(tmp_path, "test")
+    assert X.shape == (1, 3, 96, 96) and list(y) == [2]
+    np.testing.assert_allclose(X[0], img[0] / 255.0, atol=1e-7)

@@ -143,26 +143,61 @@ class LPLConvNet:
         self.optimizer.step(full)
         return report
 
-    def fit(self, X, epochs=1, batch_size=128, augment=None, seed=0, greedy=False, progress=True, callback=None):
-        """Train on images ``X`` (N, C, H, W) with two augmented views per image per step."""
+    def fit(self, X, epochs=1, batch_size=128, augment=None, seed=0, greedy=False, progress=True, callback=None,
+            checkpoint=None):
+        """Train on images ``X`` (N, C, H, W) with two augmented views per image per step.
+
+        ``checkpoint``: a .npz path written atomically after every epoch; an existing one
+        is resumed exactly (the randomness of epoch ``e`` of stage ``k`` is
+        ``default_rng([seed, k, e])``). Returns the per-step loss reports.
+        """
         from tqdm.auto import tqdm  # noqa: PLC0415
 
+        from ..checkpoint import load_checkpoint, save_checkpoint  # noqa: PLC0415
         from ..data.augment import lpl_views  # noqa: PLC0415
 
         augment = augment or lpl_views
-        rng = np.random.default_rng(seed)
         n = X.shape[0]
         stages = [[layer] for layer in range(len(self.params))] if greedy else [None]
-        history = []
-        for stage in stages:
-            bar = tqdm(range(epochs), disable=not progress, desc=f"LPL layers {stage or 'all'}")
-            for epoch in bar:
-                perm = rng.permutation(n)
-                for i in range(0, n - batch_size + 1, batch_size):
-                    xb = X[perm[i:i + batch_size]]
-                    rep = self.train_step(augment(xb, rng), augment(xb, rng), layers=stage)
-                    history.append(rep)
-                    if callback is not None:
-                        callback(len(history), rep)
-                bar.set_postfix(loss=f"{sum(sum(r) for r in history[-1]):.4g}")
+        history, done = [], 0
+        if checkpoint is not None:
+            try:
+                arrays, meta = load_checkpoint(checkpoint)
+            except FileNotFoundError:
+                pass
+            else:
+                for k, (W, b) in enumerate(self.params):
+                    W[...] = self.xp.asarray(arrays[f"W{k}"])
+                    b[...] = self.xp.asarray(arrays[f"b{k}"])
+                state = meta["optimizer"]
+                state["buffers"] = {name: [arrays[f"opt_{name}_{i}"] for i in range(cnt)]
+                                    for name, cnt in state["buffers"].items()}
+                self.optimizer.load_state_dict(state)
+                history, done = meta["history"], meta["epochs_done"]
+        total = len(stages) * epochs
+        bar = tqdm(total=total, initial=done, disable=not progress, desc="LPL epochs")
+        for e_all in range(done, total):
+            k, epoch = divmod(e_all, epochs)
+            rng = np.random.default_rng([seed, k, epoch])
+            perm = rng.permutation(n)
+            for i in range(0, n - batch_size + 1, batch_size):
+                xb = X[perm[i:i + batch_size]]
+                rep = self.train_step(augment(xb, rng), augment(xb, rng), layers=stages[k])
+                history.append([list(r) for r in rep])
+                if callback is not None:
+                    callback(len(history), rep)
+            bar.update(1)
+            bar.set_postfix(loss=f"{sum(sum(r) for r in history[-1]):.4g}")
+            if checkpoint is not None:
+                arrays = {}
+                for j, (W, b) in enumerate(self.params):
+                    arrays[f"W{j}"], arrays[f"b{j}"] = to_numpy(W), to_numpy(b)
+                state = self.optimizer.state_dict()
+                for name, bufs in state["buffers"].items():
+                    for i, buf in enumerate(bufs):
+                        arrays[f"opt_{name}_{i}"] = buf
+                state["buffers"] = {name: len(v) for name, v in state["buffers"].items()}
+                save_checkpoint(checkpoint, arrays, {"epochs_done": e_all + 1, "history": history,
+                                                     "optimizer": state})
+        bar.close()
         return history
