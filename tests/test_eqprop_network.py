@@ -105,3 +105,19 @@ def test_bad_input():
         net.phi(np.zeros((2, 3, 8, 8)), net.init_states(2))
     with pytest.raises(ValueError, match="labels"):
         net.state_grads(np.zeros((2, 1, 8, 8)), net.init_states(2), beta=0.5)
+
+
+@pytest.mark.parametrize("pools", ["mm", "ai", "im"])
+def test_partial_state_grads_equal_full(pools):
+    r = np.random.default_rng(5)
+    net = make_net(pools)
+    x, y = r.uniform(0, 1, (2, 2, 8, 8)), np.array([1, 2])
+    states = random_states(net, 2, r)
+    full = net.state_grads(x, states, y, 0.3)
+    for layers in ([0, 2], [1, 3], [3]):
+        part = net.state_grads(x, states, y, 0.3, layers=layers)
+        for k in range(net.n_states):
+            if k in layers:
+                np.testing.assert_allclose(part[k], full[k], atol=1e-12)
+            else:
+                assert part[k] is None

@@ -84,7 +84,7 @@ def build_model(args, in_shape, backend):
 
 def run(args):
     from ..cli import _backend
-    from ..checkpoint import load_checkpoint
+    from ..checkpoint import load_checkpoint, unpack_params
     from .train import evaluate, train
 
     backend = _backend(args.device)
@@ -98,9 +98,7 @@ def run(args):
         if not save or not os.path.exists(os.path.join(save, "checkpoint.npz")):
             raise SystemExit("--todo evaluate needs --save-dir of a trained run")
         arrays, _ = load_checkpoint(os.path.join(save, "checkpoint.npz"))
-        for k, (W, b) in enumerate(net.params):
-            W[...] = net.xp.asarray(arrays[f"W{k}"])
-            b[...] = net.xp.asarray(arrays[f"b{k}"])
+        unpack_params(net.params, arrays)
         print(json.dumps({"test_error": evaluate(net, Xte, yte, args.T1, schedule=args.schedule, tol=args.tol)}))
         return 0
     if args.todo == "gducheck":

@@ -146,17 +146,21 @@ class ConvEBM:
             raise ValueError(f"x must have shape (N, {', '.join(map(str, expect))}), got {tuple(x.shape)}")
         return x
 
-    def _forward_terms(self, x, states, memo_fixed=None, bias=True):
+    def _forward_terms(self, x, states, memo_fixed=None, bias=True, which=None):
         """Per synapse: the feed-forward term (pooled pre-activation or fc output) and the pool memo.
 
         With ``memo_fixed`` the max pools select at those indices (a fixed linear map), and
         ``bias=False`` drops the biases: together, the linear part of ``dPhi/ds`` used for
-        Hessian-vector products.
+        Hessian-vector products. ``which`` limits the work to a set of synapses (others: None).
         """
         xp = self.xp
         terms, memo = [], []
         inputs = [x] + states
         for k in range(self.n_conv):
+            if which is not None and k not in which:
+                terms.append(None)
+                memo.append(None)
+                continue
             pre = self._op(k).forward(inputs[k])
             if bias:
                 pre = pre + self.params[k][1].reshape(1, -1, 1, 1)
@@ -175,6 +179,10 @@ class ConvEBM:
         n_fc_states = self.n_states - self.n_conv
         for j in range(n_fc_states):
             k = self.n_conv + j
+            if which is not None and k not in which:
+                terms.append(None)
+                memo.append(None)
+                continue
             W, b = self.params[k]
             prev = inputs[k].reshape(inputs[k].shape[0], -1)
             terms.append(prev @ W.T + b if bias else prev @ W.T)
@@ -232,13 +240,21 @@ class ConvEBM:
             val = val - beta * self.loss_value(states, y)
         return val
 
-    def state_grads(self, x, states, y=None, beta=0.0, _terms=None):
-        """``dPhi/ds_k`` for every state (same shapes as ``states``)."""
+    def state_grads(self, x, states, y=None, beta=0.0, _terms=None, layers=None):
+        """``dPhi/ds_k`` for every state (same shapes as ``states``); with ``layers`` only those
+        (the others are None), computing only the convolutions they need."""
         x = self._check_x(x)
-        terms, memo = self._forward_terms(x, states) if _terms is None else _terms
+        which = None
+        if layers is not None:
+            layers = set(layers)
+            # own feed-forward term; feedback from the layer above (whose max-pool indices need its forward)
+            which = set(layers) | {k + 1 for k in layers if k + 1 < self.n_conv and self.pools[k + 1] == "m"}
+        terms, memo = self._forward_terms(x, states, which=which) if _terms is None else _terms
         grads = list(terms)
         n = x.shape[0]
         for k in range(1, self.n_states):
+            if layers is not None and k - 1 not in layers:
+                continue
             # feedback from synapse k (between state k-1 and state k) into state k-1
             if k < self.n_conv:
                 fb = self._op(k).adjoint(self._unpool(k, states[k], memo[k]))
@@ -246,7 +262,7 @@ class ConvEBM:
                 W = self.params[k][0]
                 fb = (states[k] @ W).reshape(states[k - 1].shape)
             grads[k - 1] = grads[k - 1] + fb
-        if beta != 0.0:
+        if beta != 0.0 and (layers is None or self.n_states - 1 in layers):
             if y is None:
                 raise ValueError("beta != 0 needs the labels y")
             grads[-1] = grads[-1] - beta * self._loss_grad_output(states, y)
@@ -287,8 +303,9 @@ class ConvEBM:
             raise ValueError(f"schedule must be 'sync' or 'async', got {schedule!r}")
         states = list(states)
         for parity in (0, 1):  # layers 1, 3, 5 ... then 2, 4, ... (0-based even, odd)
-            g = self.state_grads(x, states, y, beta)
-            for k in range(parity, self.n_states, 2):
+            half = range(parity, self.n_states, 2)
+            g = self.state_grads(x, states, y, beta, layers=half)
+            for k in half:
                 states[k] = self.sigma(g[k])
         return states
 

@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from ..backend import to_numpy
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import load_checkpoint, pack_optimizer, pack_params, save_checkpoint, unpack_optimizer, unpack_params
 from ..data.augment import horizontal_flip, random_crop
 from ..optim import SGD, Adam, cosine_lr
 
@@ -69,13 +69,8 @@ def train(net, Xtr, ytr, Xte=None, yte=None, epochs=1, mbs=128, T1=30, T2=10, be
                 json.dump(args, f, indent=2, default=str)
         if os.path.exists(ck):
             arrays, meta = load_checkpoint(ck)
-            for k, (W, b) in enumerate(net.params):
-                W[...] = xp.asarray(arrays[f"W{k}"])
-                b[...] = xp.asarray(arrays[f"b{k}"])
-            state = meta["optimizer"]
-            state["buffers"] = {name: [arrays[f"opt_{name}_{i}"] for i in range(cnt)]
-                                for name, cnt in state["buffers"].items()}
-            opt.load_state_dict(state)
+            unpack_params(net.params, arrays)
+            unpack_optimizer(opt, arrays, meta["optimizer"])
             history, start = meta["history"], meta["epoch"]
     n = len(Xtr)
     for epoch in range(start, epochs):
@@ -109,14 +104,8 @@ def train(net, Xtr, ytr, Xte=None, yte=None, epochs=1, mbs=128, T1=30, T2=10, be
 
 
 def _save_run(save, ck, net, opt, history, epoch):
-    arrays = {}
-    for k, (W, b) in enumerate(net.params):
-        arrays[f"W{k}"], arrays[f"b{k}"] = to_numpy(W), to_numpy(b)
-    state = opt.state_dict()
-    for name, bufs in state["buffers"].items():
-        for i, b in enumerate(bufs):
-            arrays[f"opt_{name}_{i}"] = b
-    state["buffers"] = {name: len(v) for name, v in state["buffers"].items()}
+    arrays = pack_params(net.params, {})
+    state = pack_optimizer(opt, arrays)
     save_checkpoint(ck, arrays, {"epoch": epoch, "history": history, "optimizer": state})
     with open(os.path.join(save, "metrics.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(history[-1]))

@@ -18,6 +18,7 @@ import os
 import numpy as np
 
 from ..backend import get_backend, get_xp, to_numpy, _module
+from ..data.preprocessing import standardize
 from ..ops.conv import conv_output_shape
 from ..ops.threshold import get_transfer
 from ..solvers.lasso import check_lambda, fista
@@ -25,16 +26,6 @@ from ..solvers.operators import ConvDictionary, DenseDictionary, power_iteration
 from .dynamics import RETURN_VARS, check_tau, run_lca
 
 __all__ = ["LCA", "LCAConv1D", "LCAConv2D", "LCAConv3D"]
-
-
-def _standardize(xp, x, zero_mean, unit_var, eps=1e-8):
-    """Per-sample zero mean / unit variance over all non-batch axes."""
-    axes = tuple(range(1, x.ndim))
-    if zero_mean:
-        x = x - x.mean(axis=axes, keepdims=True)
-    if unit_var:
-        x = x / (x.std(axis=axes, keepdims=True) + eps)
-    return x
 
 
 class _LCABase:
@@ -205,7 +196,7 @@ class _LCABase:
     def preprocess(self, inputs):
         """Per-sample zero mean / unit variance as configured (``input_zero_mean``, ``input_unit_var``)."""
         inputs = self._check_inputs(inputs)
-        return _standardize(self.xp, inputs, self.input_zero_mean, self.input_unit_var)
+        return standardize(inputs, self.input_zero_mean, self.input_unit_var)
 
     def energy(self, inputs, acts):
         """Per-sample energy ``1/2||s - Phi^T a||^2 + lambda||a||_1`` for preprocessed inputs."""

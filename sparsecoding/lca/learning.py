@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import to_numpy
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import load_checkpoint, pack_optimizer, save_checkpoint, unpack_optimizer
 
 __all__ = ["fit"]
 
@@ -62,22 +62,14 @@ def fit(layer, X, n_epochs=1, batch_size=128, optimizer=None, lambda_schedule=No
             step, history = meta["step"], meta["history"]
             layer.eta, layer.lambda_, layer.forward_pass = meta["eta"], meta["lambda_"], meta["forward_pass"]
             if optimizer is not None and "optimizer" in meta:
-                state = meta["optimizer"]
-                state["buffers"] = {k: [arrays[f"opt_{k}_{i}"] for i in range(n)]
-                                    for k, n in state["buffers"].items()}
-                optimizer.load_state_dict(state)
+                unpack_optimizer(optimizer, arrays, meta["optimizer"])
 
     def save():
         arrays = {"weights": to_numpy(layer.weights)}
         meta = {"step": step, "history": history, "eta": layer.eta, "lambda_": layer.lambda_,
                 "forward_pass": layer.forward_pass}
         if optimizer is not None:
-            state = optimizer.state_dict()
-            for k, bufs in state["buffers"].items():
-                for i, b in enumerate(bufs):
-                    arrays[f"opt_{k}_{i}"] = b
-            state["buffers"] = {k: len(v) for k, v in state["buffers"].items()}
-            meta["optimizer"] = state
+            meta["optimizer"] = pack_optimizer(optimizer, arrays)
         save_checkpoint(checkpoint, arrays, meta)
 
     bar = tqdm(total=total, initial=step, disable=not progress, desc="dictionary learning")

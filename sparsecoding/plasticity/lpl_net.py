@@ -153,7 +153,8 @@ class LPLConvNet:
         """
         from tqdm.auto import tqdm  # noqa: PLC0415
 
-        from ..checkpoint import load_checkpoint, save_checkpoint  # noqa: PLC0415
+        from ..checkpoint import (  # noqa: PLC0415
+            load_checkpoint, pack_optimizer, pack_params, save_checkpoint, unpack_optimizer, unpack_params)
         from ..data.augment import lpl_views  # noqa: PLC0415
 
         augment = augment or lpl_views
@@ -166,13 +167,8 @@ class LPLConvNet:
             except FileNotFoundError:
                 pass
             else:
-                for k, (W, b) in enumerate(self.params):
-                    W[...] = self.xp.asarray(arrays[f"W{k}"])
-                    b[...] = self.xp.asarray(arrays[f"b{k}"])
-                state = meta["optimizer"]
-                state["buffers"] = {name: [arrays[f"opt_{name}_{i}"] for i in range(cnt)]
-                                    for name, cnt in state["buffers"].items()}
-                self.optimizer.load_state_dict(state)
+                unpack_params(self.params, arrays)
+                unpack_optimizer(self.optimizer, arrays, meta["optimizer"])
                 history, done = meta["history"], meta["epochs_done"]
         total = len(stages) * epochs
         bar = tqdm(total=total, initial=done, disable=not progress, desc="LPL epochs")
@@ -189,14 +185,8 @@ class LPLConvNet:
             bar.update(1)
             bar.set_postfix(loss=f"{sum(sum(r) for r in history[-1]):.4g}")
             if checkpoint is not None:
-                arrays = {}
-                for j, (W, b) in enumerate(self.params):
-                    arrays[f"W{j}"], arrays[f"b{j}"] = to_numpy(W), to_numpy(b)
-                state = self.optimizer.state_dict()
-                for name, bufs in state["buffers"].items():
-                    for i, buf in enumerate(bufs):
-                        arrays[f"opt_{name}_{i}"] = buf
-                state["buffers"] = {name: len(v) for name, v in state["buffers"].items()}
+                arrays = pack_params(self.params, {})
+                state = pack_optimizer(self.optimizer, arrays)
                 save_checkpoint(checkpoint, arrays, {"epochs_done": e_all + 1, "history": history,
                                                      "optimizer": state})
         bar.close()
