@@ -266,6 +266,8 @@ class ConvEBM:
             if y is None:
                 raise ValueError("beta != 0 needs the labels y")
             grads[-1] = grads[-1] - beta * self._loss_grad_output(states, y)
+        if layers is not None:
+            grads = [g if k in layers else None for k, g in enumerate(grads)]
         return grads
 
     def param_grads(self, x, states, y=None, beta=0.0, memo=None):
