@@ -188,14 +188,19 @@ def _lpl_data(args):
 def _lpl(args):
     from .data.augment import digit_views, lpl_views
     from .plasticity.lpl_net import LPLConvNet
-    from .readout import LogisticRegression
+    from .readout import LogisticRegression, participation_ratio
 
     os.makedirs(args.out, exist_ok=True)
     backend = _backend(args.device)
     Xtr, ytr, Xte, yte = _lpl_data(args)
 
-    def readout(net):
+    stats = {}
+
+    def readout(net, name=None):
         ftr, fte = net.features(Xtr, grid=1), net.features(Xte, grid=1)
+        if name is not None:
+            stats[name] = {"participation_ratio": [round(participation_ratio(f), 2) for f in ftr],
+                           "mean_activity": [round(float(f.mean()), 4) for f in ftr]}
         return [LogisticRegression(l2=1e-2).fit(a, ytr).score(b, yte) for a, b in zip(ftr, fte)]
 
     results = {}
@@ -205,18 +210,20 @@ def _lpl(args):
                          lambda2=args.lambda2, predictive=predictive, mode=args.mode, lr=args.lr, seed=args.seed,
                          backend=backend)
         if "random" not in results:
-            results["random"] = readout(net)
+            results["random"] = readout(net, "random")
         t0 = time.perf_counter()
         net.fit(Xtr, epochs=args.epochs, batch_size=args.mbs, seed=args.seed, greedy=args.greedy,
                 augment=digit_views if args.data == "digits" else lpl_views, progress=True)
         name = "lpl" if predictive else "hebbian+decorrelation"
-        results[name] = readout(net)
         results[name + "_seconds"] = time.perf_counter() - t0
+        results[name] = readout(net, name)
     with open(os.path.join(args.out, "readout.json"), "w") as f:
-        json.dump(results, f, indent=2)
+        json.dump(results | {"feature_stats": stats}, f, indent=2)
     _plot_layers(results, os.path.join(args.out, "readout.png"))
     for k, v in results.items():
         print(k, [round(a, 4) for a in v] if isinstance(v, list) else round(v, 1))
+    for k, v in stats.items():
+        print(k, "participation ratio per layer", v["participation_ratio"], "mean activity", v["mean_activity"])
     return 0
 
 

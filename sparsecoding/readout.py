@@ -12,7 +12,19 @@ import numpy as np
 
 from .backend import get_xp, to_numpy
 
-__all__ = ["LogisticRegression", "softmax"]
+__all__ = ["LogisticRegression", "softmax", "participation_ratio"]
+
+
+def participation_ratio(F):
+    """Participation ratio ``(sum_i l_i)^2 / sum_i l_i^2`` of the covariance eigenvalues of features F (N, D).
+
+    1 when one direction carries all the variance, D when the variance is spread evenly.
+    """
+    F = np.asarray(to_numpy(F), dtype=np.float64).reshape(F.shape[0], -1)
+    Fc = F - F.mean(axis=0)
+    lam = np.linalg.eigvalsh(Fc.T @ Fc / max(F.shape[0] - 1, 1))
+    lam = np.clip(lam, 0, None)
+    return float(lam.sum() ** 2 / max((lam**2).sum(), 1e-300))
 
 
 def softmax(z, axis=-1):

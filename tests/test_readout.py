@@ -29,3 +29,16 @@ def test_separable_classes_are_learned_and_softmax_normalised():
     np.testing.assert_allclose(softmax(r.standard_normal((5, 3))).sum(1), 1)
     with pytest.raises(ValueError, match="labels"):
         LogisticRegression().fit(X, y[:10])
+
+
+def test_participation_ratio_closed_forms():
+    from sparsecoding.readout import participation_ratio
+
+    r = np.random.default_rng(2)
+    iso = r.standard_normal((20000, 5))
+    assert abs(participation_ratio(iso) - 5) < 0.1  # equal variances: PR = D
+    one = np.outer(r.standard_normal(500), r.standard_normal(5))
+    assert abs(participation_ratio(one) - 1) < 1e-6  # rank one: PR = 1
+    # variances (1, 1, 4): (6)^2 / (1 + 1 + 16) = 2
+    F = r.standard_normal((20000, 3)) * np.array([1.0, 1.0, 2.0])
+    assert abs(participation_ratio(F) - 2.0) < 0.05
