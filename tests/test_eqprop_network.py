@@ -121,3 +121,17 @@ def test_partial_state_grads_equal_full(pools):
                 np.testing.assert_allclose(part[k], full[k], atol=1e-12)
             else:
                 assert part[k] is None
+
+
+def test_relax_with_cached_input_term_equals_plain_steps():
+    r = np.random.default_rng(6)
+    net = make_net("mm")
+    x, y = r.uniform(0, 1, (3, 2, 8, 8)), np.array([0, 1, 2])
+    s = net.init_states(3)
+    manual = s
+    for _ in range(6):
+        manual = net.step(x, manual, y, 0.2)
+    relaxed = net.relax(x, s, 6, y, 0.2)
+    for a, b in zip(manual, relaxed):
+        np.testing.assert_array_equal(a, b)
+    assert net._input_term is None  # the cache does not outlive the relaxation

@@ -156,10 +156,16 @@ class ConvEBM:
         xp = self.xp
         terms, memo = [], []
         inputs = [x] + states
+        cached = getattr(self, "_input_term", None)
         for k in range(self.n_conv):
             if which is not None and k not in which:
                 terms.append(None)
                 memo.append(None)
+                continue
+            if k == 0 and cached is not None and memo_fixed is None and bias and cached[0] is x:
+                # the input is static during a relaxation: its pooled pre-activation is computed once
+                terms.append(cached[1])
+                memo.append(cached[2])
                 continue
             pre = self._op(k).forward(inputs[k])
             if bias:
@@ -320,6 +326,18 @@ class ConvEBM:
         x = self._check_x(x)
         if len(states) != self.n_states:
             raise ValueError(f"need {self.n_states} state arrays, got {len(states)}")
+        self._input_term = None
+        if self.n_conv:
+            term, memo = self._forward_terms(x, states, which={0})
+            self._input_term = (x, term[0], memo[0])
+        try:
+            states = self._relax_loop(x, states, T, y, beta, schedule, tol, check_every)
+        finally:
+            self._input_term = None
+        return states
+
+    def _relax_loop(self, x, states, T, y, beta, schedule, tol, check_every):
+        xp = self.xp
         t = 0
         for t in range(1, T + 1):
             new = self.step(x, states, y, beta, schedule)
