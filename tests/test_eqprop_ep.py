@@ -39,7 +39,7 @@ def _small_net(seed=0):
 def _errors(net, x, y, betas, T, truth, third_phase):
     errs = []
     for beta in betas:
-        g, _ = net.ep_gradients(x, y, T1=T, T2=T, betas=(0.0, beta), third_phase=third_phase)
+        g = net.ep_gradients(x, y, T1=T, T2=T, betas=(0.0, beta), third_phase=third_phase)
         errs.append(sum(np.abs(gk[0] - tk).sum() for gk, tk in zip(g, truth)) / sum(np.abs(t).sum() for t in truth))
     return np.array(errs)
 
@@ -66,7 +66,7 @@ def test_ep_on_conv_net_with_max_pool_approaches_true_gradient():
     T = 200
     which = [[(0, 0, 1, 1), (1, 0, 0, 2), (2, 0, 2, 2)], [(0, 1), (2, 5), (1, 11)]]
     truth = true_gradient(net, x, y, T, which=which)
-    g, _ = net.ep_gradients(x, y, T1=T, T2=T, betas=(0.0, 0.01), third_phase=True)
+    g = net.ep_gradients(x, y, T1=T, T2=T, betas=(0.0, 0.01), third_phase=True)
     for k, idx in enumerate(which):
         for j in idx:
             assert abs(g[k][0][j] - truth[k][j]) <= 1e-4 + 1e-3 * abs(truth[k][j])
@@ -77,9 +77,9 @@ def test_symmetric_estimate_is_mean_of_two_one_sided(softmax):
     r = np.random.default_rng(3)
     net = MLPEBM([6, 5, 4, 3], softmax=softmax, loss="cel", dtype="float64", seed=1)
     x, y = r.uniform(0, 1, (3, 6)), np.array([2, 0, 1])
-    sym, _ = net.ep_gradients(x, y, 50, 20, (0.0, 0.3), third_phase=True)
-    plus, _ = net.ep_gradients(x, y, 50, 20, (0.0, 0.3))
-    minus, _ = net.ep_gradients(x, y, 50, 20, (0.0, -0.3))
+    sym = net.ep_gradients(x, y, 50, 20, (0.0, 0.3), third_phase=True)
+    plus = net.ep_gradients(x, y, 50, 20, (0.0, 0.3))
+    minus = net.ep_gradients(x, y, 50, 20, (0.0, -0.3))
     for s, p, m in zip(sym, plus, minus):
         np.testing.assert_allclose(s[0], 0.5 * (p[0] + m[0]), atol=1e-12)
         np.testing.assert_allclose(s[1], 0.5 * (p[1] + m[1]), atol=1e-12)
@@ -89,11 +89,11 @@ def test_random_sign_flips_beta():
     r = np.random.default_rng(4)
     net = MLPEBM([4, 3, 2], dtype="float64", seed=0)
     x, y = r.uniform(0, 1, (2, 4)), np.array([0, 1])
-    plus, _ = net.ep_gradients(x, y, 30, 10, (0.0, 0.2))
-    minus, _ = net.ep_gradients(x, y, 30, 10, (0.0, -0.2))
+    plus = net.ep_gradients(x, y, 30, 10, (0.0, 0.2))
+    minus = net.ep_gradients(x, y, 30, 10, (0.0, -0.2))
     seen = set()
     rng = np.random.default_rng(0)
     for _ in range(10):
-        g, _ = net.ep_gradients(x, y, 30, 10, (0.0, 0.2), random_sign=True, rng=rng)
+        g = net.ep_gradients(x, y, 30, 10, (0.0, 0.2), random_sign=True, rng=rng)
         seen.add("+" if np.allclose(g[0][0], plus[0][0]) else "-" if np.allclose(g[0][0], minus[0][0]) else "?")
     assert seen == {"+", "-"}

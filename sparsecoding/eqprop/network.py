@@ -358,7 +358,8 @@ class ConvEBM:
         Free phase ``T1`` steps at ``betas[0]`` from zero states, nudged phase ``T2`` steps at
         ``betas[1]`` from the free fixed point:
         ``-(dPhi/dtheta(s^b2) - dPhi/dtheta(s^b1)) / (b2 - b1)``; with ``third_phase``:
-        ``-(dPhi/dtheta(s^+b) - dPhi/dtheta(s^-b)) / (2 b)``. Returns ``(grads, free_states)``.
+        ``-(dPhi/dtheta(s^+b) - dPhi/dtheta(s^-b)) / (2 b)``. Returns the gradients (same
+        structure as ``params``); the free fixed point is kept in ``self.last_free_states``.
         """
         beta1, beta2 = float(betas[0]), float(betas[1])
         if beta1 == beta2:
@@ -376,8 +377,8 @@ class ConvEBM:
         else:
             gp, gm = self.param_grads(x, plus, y, beta2), self.param_grads(x, free, y, beta1)
             denom = beta2 - beta1
-        grads = [(-(a[0] - b[0]) / denom, -(a[1] - b[1]) / denom) for a, b in zip(gp, gm)]
-        return grads, free
+        self.last_free_states = free
+        return [(-(a[0] - b[0]) / denom, -(a[1] - b[1]) / denom) for a, b in zip(gp, gm)]
 
     def predict(self, x, T, schedule="sync", tol=None):
         """Class predictions after a free phase of ``T`` steps."""
