@@ -14,8 +14,6 @@ import statistics
 import sys
 import time
 
-import numpy as np
-
 from bench.common import machine_info, print_table, write_json
 from sparsecoding.data import bars
 from sparsecoding.plasticity import FoldiakNetwork

@@ -26,7 +26,6 @@ import warnings
 import numpy as np
 
 from bench.common import backend_from_argv, gemm_rate, machine_info, median_time, print_table, write_json
-from sparsecoding.backend import to_numpy
 from sparsecoding.data import extract_patches, natural_images, random_crops
 from sparsecoding.lca import LCAConv2D
 from sparsecoding.solvers import ConvDictionary, DenseDictionary, coordinate_descent, fista, lasso_energy

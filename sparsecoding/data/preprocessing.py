@@ -8,7 +8,6 @@ from ..backend import get_xp
 
 def standardize(x, zero_mean=True, unit_var=True, eps=1e-8):
     """Per-sample zero mean and/or unit variance over all non-batch axes."""
-    xp = get_xp(x)
     axes = tuple(range(1, x.ndim))
     if zero_mean:
         x = x - x.mean(axis=axes, keepdims=True)

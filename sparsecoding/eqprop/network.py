@@ -29,7 +29,7 @@ import math
 
 import numpy as np
 
-from ..backend import get_backend, get_xp, _module
+from ..backend import get_backend, _module
 from ..ops.conv import ConvOperator, conv_output_shape
 from ..ops.pool import avg_pool, avg_pool_adjoint, max_pool, max_unpool, pool_output_shape
 from ..readout import softmax
@@ -83,7 +83,7 @@ class ConvEBM:
         self.act_name = activation
         self.sigma, self.dsigma = get_activation(activation)
         self.softmax, self.loss = bool(softmax), loss
-        self.xp = xp = _module(backend or get_backend())
+        self.xp = _module(backend or get_backend())
         self.dtype = np.dtype(dtype)
         self.pools = pools
         self.strides, self.paddings = list(strides), list(paddings)
@@ -257,7 +257,6 @@ class ConvEBM:
             which = set(layers) | {k + 1 for k in layers if k + 1 < self.n_conv and self.pools[k + 1] == "m"}
         terms, memo = self._forward_terms(x, states, which=which) if _terms is None else _terms
         grads = list(terms)
-        n = x.shape[0]
         for k in range(1, self.n_states):
             if layers is not None and k - 1 not in layers:
                 continue
@@ -322,7 +321,6 @@ class ConvEBM:
 
         Returns the final states (and sets ``self.last_steps``).
         """
-        xp = self.xp
         x = self._check_x(x)
         if len(states) != self.n_states:
             raise ValueError(f"need {self.n_states} state arrays, got {len(states)}")

@@ -12,12 +12,11 @@ Energy per sample (DESIGN.md §5)::
 from __future__ import annotations
 
 import csv
-import math
 import os
 
 import numpy as np
 
-from ..backend import get_backend, get_xp, to_numpy, _module
+from ..backend import get_backend, to_numpy, _module
 from ..data.preprocessing import standardize
 from ..ops.conv import conv_output_shape
 from ..ops.threshold import get_transfer

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import get_backend, get_xp, _module
+from ..backend import get_backend, _module
 
 __all__ = ["FoldiakNetwork"]
 

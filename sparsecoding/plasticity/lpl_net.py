@@ -13,7 +13,7 @@ import numpy as np
 
 from ..backend import get_backend, to_numpy, _module
 from ..ops.conv import ConvOperator
-from ..ops.pool import avg_pool, max_pool
+from ..ops.pool import max_pool
 from ..optim import Adam, SGD
 from .lpl import ACTIVATIONS, lpl_delta_conv, lpl_losses
 
