@@ -42,3 +42,14 @@ def xp(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+def central_difference(f, x, eps=1e-6):
+    """Central-difference gradient of the scalar function ``f`` at the array ``x`` (float64 reference)."""
+    g = np.zeros_like(x, dtype=np.float64)
+    for idx in np.ndindex(x.shape):
+        xp_, xm_ = x.copy(), x.copy()
+        xp_[idx] += eps
+        xm_[idx] -= eps
+        g[idx] = (f(xp_) - f(xm_)) / (2 * eps)
+    return g

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from conftest import central_difference
 from sparsecoding.backend import to_numpy
 from sparsecoding.lca import LCA, LCAConv1D, LCAConv2D, LCAConv3D
 from sparsecoding.solvers import ConvDictionary, fista
@@ -122,16 +123,7 @@ def test_dictionary_gradient_equals_finite_differences(kind):
     w0 = layer.weights.copy()
     grad = layer.dictionary_gradient(a, s - layer.compute_recon(a, in_shape=s.shape[2:] if s.ndim > 2 else None))
 
-    def mean_energy(w):
-        return _energy(layer, s, a, w)
-
-    fd = np.zeros_like(w0)
-    eps = 1e-6
-    for idx in np.ndindex(w0.shape):
-        wp, wm = w0.copy(), w0.copy()
-        wp[idx] += eps
-        wm[idx] -= eps
-        fd[idx] = (mean_energy(wp) - mean_energy(wm)) / (2 * eps)
+    fd = central_difference(lambda w: _energy(layer, s, a, w), w0)
     np.testing.assert_allclose(grad, fd, atol=1e-7)
 
 

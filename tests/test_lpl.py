@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from conftest import central_difference
 from sparsecoding.ops.conv import conv
 from sparsecoding.plasticity.lpl import ACTIVATIONS, lpl_delta, lpl_delta_conv, lpl_grad_z, lpl_losses
 
@@ -47,14 +48,8 @@ def test_dense_delta_equals_finite_differences(act, term, b, m, n, seed):
         bias = bias + np.where(np.abs(a).min(0) < 0.05, 0.2, 0)
     dW, db = lpl_delta(W, bias, x, zp, f, fp, lambda1=1.3, lambda2=7.0, terms=terms)
     loss = lambda W_, b_: total(f(x @ W_.T + b_), zp, 1.3, 7.0, terms)  # noqa: E731
-    eps = 1e-6
-    fdW = np.zeros_like(W)
-    for idx in np.ndindex(W.shape):
-        Wp, Wm = W.copy(), W.copy()
-        Wp[idx] += eps
-        Wm[idx] -= eps
-        fdW[idx] = -(loss(Wp, bias) - loss(Wm, bias)) / (2 * eps)
-    fdb = np.array([-(loss(W, bias + eps * e) - loss(W, bias - eps * e)) / (2 * eps) for e in np.eye(m)])
+    fdW = -central_difference(lambda W_: loss(W_, bias), W)
+    fdb = -central_difference(lambda b_: loss(W, b_), bias)
     np.testing.assert_allclose(dW, fdW, atol=1e-6, rtol=1e-5)
     np.testing.assert_allclose(db, fdb, atol=1e-6, rtol=1e-5)
 
@@ -79,15 +74,9 @@ def test_conv_delta_equals_finite_differences(mode, act):
         return total(flat, np.moveaxis(zp, 1, -1).reshape(-1, 3), 1.0, 10.0)
 
     dW, db, _ = lpl_delta_conv(W, bias, x, zp, f, fp, stride=1, padding=1, mode=mode)
-    eps = 1e-6
-    fdW = np.zeros_like(W)
-    for idx in np.ndindex(W.shape):
-        Wp, Wm = W.copy(), W.copy()
-        Wp[idx] += eps
-        Wm[idx] -= eps
-        fdW[idx] = -(loss(Wp, bias) - loss(Wm, bias)) / (2 * eps)
+    fdW = -central_difference(lambda W_: loss(W_, bias), W)
     np.testing.assert_allclose(dW, fdW, atol=1e-7, rtol=1e-5)
-    fdb = np.array([-(loss(W, bias + eps * e) - loss(W, bias - eps * e)) / (2 * eps) for e in np.eye(3)])
+    fdb = -central_difference(lambda b_: loss(W, b_), bias)
     np.testing.assert_allclose(db, fdb, atol=1e-7, rtol=1e-5)
 
 
@@ -104,14 +93,7 @@ def test_batch_mean_as_constant_gives_same_gradient():
         C = zc.T @ zc / 5
         return -np.mean(np.log(var + 1e-4)) + 10.0 * (np.sum(C**2) - np.sum(np.diag(C) ** 2)) / 12
 
-    eps = 1e-6
-    fd = np.zeros_like(z)
-    for idx in np.ndindex(z.shape):
-        zp_, zm_ = z.copy(), z.copy()
-        zp_[idx] += eps
-        zm_[idx] -= eps
-        fd[idx] = (loss_const_mean(zp_) - loss_const_mean(zm_)) / (2 * eps)
-    np.testing.assert_allclose(g, fd, atol=1e-7)
+    np.testing.assert_allclose(g, central_difference(loss_const_mean, z), atol=1e-7)
 
 
 def test_predictive_delta_zero_when_frames_equal():
