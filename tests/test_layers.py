@@ -193,3 +193,18 @@ def test_dense_gram_lateral_equals_recon_form():
     a = LCA(20, 8, lateral="recon", **kw)(x)
     b = LCA(20, 8, lateral="gram", **kw)(x)
     np.testing.assert_allclose(a, b, atol=1e-10)
+
+
+@pytest.mark.parametrize("cls,shape,stride", [(LCAConv1D, (2, 3, 15), 2), (LCAConv2D, (2, 3, 9, 11), 1),
+                                              (LCAConv2D, (2, 3, 11, 10), 3)])
+def test_conv_gram_lateral_equals_recon_form_for_valid_padding(cls, shape, stride):
+    """Precomputed lateral tensor G = Phi * Phi (opt-in) gives the same trajectory as the re-encoded form."""
+    x = np.random.default_rng(3).standard_normal(shape)
+    kw = dict(kernel_size=5, stride=stride, pad="valid", tau=30, lca_iters=150, dtype="float64", seed=2,
+              return_vars=("states", "acts"))
+    u1, a1 = cls(4, 3, lateral="recon", **kw)(x)
+    u2, a2 = cls(4, 3, lateral="gram", **kw)(x)
+    np.testing.assert_allclose(u2, u1, atol=1e-10)
+    np.testing.assert_allclose(a2, a1, atol=1e-10)
+    with pytest.raises(ValueError, match="valid"):
+        cls(4, 3, 5, lateral="gram", pad="same")

@@ -103,6 +103,18 @@ def run_lca(op, s, lambda_, tau, transfer, n_iter, initial_states=None, drive_sc
             u = u + eta * (c + a - u)
         else:
             u = u + eta * (b - u - lateral(a))
+            if not (track_metrics or record_all):
+                # the Gram form needs the reconstruction only for the energy checks
+                a = transfer(u)
+                if it % check_every == 0 or it == n_iter:
+                    recon = op.synthesis(a)
+                    resid = s - recon
+                    stop = _check(xp, history, u, u_check, resid, a, lambda_, tol, it)
+                    u_check = u
+                    if stop:
+                        converged = True
+                        break
+                continue
         if track_metrics or record_all:
             _track(xp, tracks, all_ts, lambda_, s, b, u, a, recon, resid)
         a = transfer(u)
@@ -114,6 +126,9 @@ def run_lca(op, s, lambda_, tau, transfer, n_iter, initial_states=None, drive_sc
             if stop:
                 converged = True
                 break
+    if lateral is not None:
+        recon = op.synthesis(a)
+        resid = s - recon
     metrics = None
     if track_metrics:
         metrics = {k: np.asarray([float(v) for v in xp.stack(vals).tolist()]) if vals else np.zeros(0)

@@ -216,7 +216,8 @@ class _LCABase:
         if self.solver == "lca":
             self.lipschitz(inputs.shape[2:] if inputs.ndim > 2 else None)
         # solvers run channels-last where the CPU im2col engine produces that layout
-        cl = isinstance(op, ConvDictionary) and op.op.method == "im2col" and xp.__name__ == "numpy"
+        cl = (isinstance(op, ConvDictionary) and op.op.method == "im2col" and xp.__name__ == "numpy"
+              and not (self.solver == "lca" and self.lateral == "gram"))
         if cl:
             op = op.with_layout("channels_last")
             drive_scaling = None if drive_scaling is None else xp.ascontiguousarray(xp.moveaxis(drive_scaling, 1, -1))
@@ -243,10 +244,12 @@ class _LCABase:
             check_tau(self.tau, self._L)
             lateral = None
             if self.lateral == "gram":
-                if not isinstance(op, DenseDictionary):
-                    raise ValueError("lateral='gram' is offered for the dense LCA only")
-                G = op.gram() - xp.eye(self.out_neurons, dtype=self.dtype)
-                lateral = lambda a: a @ G  # noqa: E731  (G symmetric)
+                if isinstance(op, DenseDictionary):
+                    G = op.gram() - xp.eye(self.out_neurons, dtype=self.dtype)
+                    lateral = lambda a: a @ G  # noqa: E731  (G symmetric)
+                else:
+                    gop = lateral_operator(self._weights, self.stride, op.out_shape)
+                    lateral = lambda a: gop.forward(a) - a  # noqa: E731
             soft = (self.lambda_, self.nonneg) if self.transfer_func == "soft_threshold" else None
             return run_lca(op, inputs, self.lambda_, self.tau, self.transfer, self.lca_iters,
                            initial_states=initial_states, drive_scaling=drive_scaling, tol=self.tol,
@@ -409,12 +412,27 @@ def _checked_array(xp, x, dtype):
     return x.astype(dtype, copy=False)
 
 
+def lateral_operator(phi, stride, code_shape):
+    """The precomputed lateral tensor ``G = Phi * Phi`` as a stride-1 convolution on the code grid.
+
+    ``G[k1, k2, d] = sum_{c, j} Phi[k1, c, j + s d] Phi[k2, c, j]`` for offsets ``|s d| <= k - 1``;
+    then ``(Phi Phi^T a) = conv(a, G, padding=D)``. Exact when the reconstruction is not
+    cropped ("valid" padding). Per step it costs ``2 M K^2 (2D+1)^d`` flops against
+    ``4 M K C k^d`` for the re-encoded reconstruction: cheaper only when C is much larger than K.
+    """
+    kernel = phi.shape[2:]
+    D = tuple((k - 1) // s for k, s in zip(kernel, stride))
+    # conv of the atoms with the atoms, stride s, padding s*D: output (K, K, 2D+1, ...)
+    G = ConvDictionary(phi, kernel, stride, tuple(s * dd for s, dd in zip(stride, D))).op.forward(phi)
+    return ConvDictionary(G, tuple(code_shape), 1, D).op
+
+
 class _LCAConv(_LCABase):
     def __init__(self, out_neurons, in_neurons, kernel_size=7, stride=1, lambda_=0.25, tau=100, eta=0.01,
                  lca_iters=1000, pad="same", return_vars=("acts",), return_all_ts=False, nonneg=True,
                  track_metrics=False, transfer_func="soft_threshold", input_zero_mean=True, input_unit_var=True,
                  d_update_clip=np.inf, lr_schedule=None, seed=None, dtype="float32", tol=None, solver="lca",
-                 check_every=10, result_dir=None, backend=None, conv_method="auto"):
+                 check_every=10, result_dir=None, backend=None, conv_method="auto", lateral="recon"):
         d = self._spatial_dims
         self.kernel_size = _tuple(kernel_size, d, "kernel_size")
         self.stride = _tuple(stride, d, "stride")
@@ -422,10 +440,13 @@ class _LCAConv(_LCABase):
             raise ValueError(f"pad must be 'same' or 'valid', got {pad!r}")
         if pad == "same" and any(k % 2 == 0 for k in self.kernel_size):
             raise ValueError(f"pad='same' needs odd kernel sizes, got kernel_size={self.kernel_size}")
+        if lateral == "gram" and pad != "valid":
+            raise ValueError("lateral='gram' (the precomputed lateral tensor) is exact only for pad='valid'; "
+                             "with 'same' it is not the gradient of the cropped objective at the borders")
         super().__init__(out_neurons, in_neurons, kernel_size, stride, lambda_, tau, eta, lca_iters, pad,
                          return_vars, return_all_ts, nonneg, track_metrics, transfer_func, input_zero_mean,
                          input_unit_var, d_update_clip, lr_schedule, seed, dtype, tol, solver, check_every,
-                         result_dir, backend, "recon", conv_method)
+                         result_dir, backend, lateral, conv_method)
 
     @property
     def weight_shape(self):
@@ -521,6 +542,8 @@ class LCAConv2D(_LCAConv):
     seed, dtype, backend : initialisation, float32/float64, "numpy"/"cupy"
     tol : early stop on the relative energy change (checked every ``check_every`` steps)
     solver : "lca" (the dynamics) or "fista" (same minimiser, far fewer iterations)
+    lateral : "recon" (re-encode the reconstruction: two convolutions a step, exact for any padding)
+        or "gram" (lca-pytorch's precomputed lateral tensor; pad="valid" only; cheaper when C >> K)
 
     Shapes: inputs (N, C, H, W); drives, states, acts (N, K, H_out, W_out);
     recons, recon_errors (N, C, H, W); weights (K, C, kh, kw).
