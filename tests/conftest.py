@@ -11,6 +11,8 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from sparsecoding.backend import BackendUnavailable, _load_cupy
+from sparsecoding.backend import to_numpy as _to_numpy
+from sparsecoding.solvers import lasso_energy as _lasso_energy
 
 settings.register_profile(
     "ci", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
@@ -53,3 +55,17 @@ def central_difference(f, x, eps=1e-6):
         xm_[idx] -= eps
         g[idx] = (f(xp_) - f(xm_)) / (2 * eps)
     return g
+
+
+def duality_gap(op, s, a, lam, nonneg):
+    """Per-sample P(a) - D(theta) with the dual-feasible theta = scaled residual (a certificate:
+    P(a) - P* <= gap). D(theta) = 1/2||s||^2 - 1/2||s - theta||^2 with Phi theta <= lam
+    (|Phi theta| <= lam when signed)."""
+    n = s.shape[0]
+    r = _to_numpy(s - op.synthesis(a)).reshape(n, -1)
+    c = _to_numpy(op.analysis(s - op.synthesis(a))).reshape(n, -1)
+    worst = c.max(1) if nonneg else np.abs(c).max(1)
+    theta = r * np.minimum(1.0, lam / np.maximum(worst, 1e-300))[:, None]
+    ss = _to_numpy(s).reshape(n, -1)
+    dual = 0.5 * (ss**2).sum(1) - 0.5 * ((ss - theta) ** 2).sum(1)
+    return _to_numpy(_lasso_energy(op, s, a, lam)) - dual

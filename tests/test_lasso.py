@@ -4,6 +4,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from conftest import duality_gap
 from sparsecoding.backend import to_numpy
 from sparsecoding.solvers import ConvDictionary, DenseDictionary, coordinate_descent, fista, ista, lasso_energy
 
@@ -70,20 +71,6 @@ def test_dense_solvers_agree_and_satisfy_kkt(prob):
     if phi.shape[0] <= phi.shape[1]:  # full column rank: strictly convex, the code is unique
         res = fista(op, s, lam, nonneg=nonneg, max_iter=50000, tol=1e-15)
         np.testing.assert_allclose(to_numpy(res.codes), to_numpy(ref.codes), atol=1e-5)
-
-
-def duality_gap(op, s, a, lam, nonneg):
-    """Per-sample P(a) - D(theta) with the dual-feasible theta = scaled residual (a certificate:
-    P(a) - P* <= gap). D(theta) = 1/2||s||^2 - 1/2||s - theta||^2 with Phi theta <= lam
-    (|Phi theta| <= lam when signed)."""
-    n = s.shape[0]
-    r = to_numpy(s - op.synthesis(a)).reshape(n, -1)
-    c = to_numpy(op.analysis(s - op.synthesis(a))).reshape(n, -1)
-    worst = c.max(1) if nonneg else np.abs(c).max(1)
-    theta = r * np.minimum(1.0, lam / np.maximum(worst, 1e-300))[:, None]
-    ss = to_numpy(s).reshape(n, -1)
-    dual = 0.5 * (ss**2).sum(1) - 0.5 * ((ss - theta) ** 2).sum(1)
-    return to_numpy(lasso_energy(op, s, a, lam)) - dual
 
 
 @given(conv_problems())
