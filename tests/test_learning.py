@@ -29,12 +29,13 @@ def test_fit_lowers_energy_and_keeps_unit_norm(use_adam):
     np.testing.assert_allclose(np.array(norms), 1.0, atol=1e-9)
 
 
-@pytest.mark.parametrize("use_adam", [False, True])
-def test_checkpoint_resume_is_exact(tmp_path, use_adam):
+@pytest.mark.parametrize("use_adam,solver", [(False, "fista"), (True, "fista"), (False, "lca")])
+def test_checkpoint_resume_is_exact(tmp_path, use_adam, solver):
     X = np.random.default_rng(3).standard_normal((40, 1, 10, 10))
 
     def make():
-        layer = LCAConv2D(4, 1, 3, 1, lambda_=0.2, solver="fista", lca_iters=30, eta=0.05, seed=2, dtype="float64")
+        layer = LCAConv2D(4, 1, 3, 1, lambda_=0.2, solver=solver, lca_iters=30, eta=0.05, seed=2, dtype="float64",
+                          tau=10)
         return layer, (Adam([layer.weights], lr=0.01) if use_adam else None)
 
     full, opt = make()

@@ -21,7 +21,7 @@ from ..data.preprocessing import standardize
 from ..ops.conv import conv_output_shape
 from ..ops.threshold import get_transfer
 from ..solvers.lasso import check_lambda, fista
-from ..solvers.operators import ConvDictionary, DenseDictionary, power_iteration
+from ..solvers.operators import ConvDictionary, DenseDictionary
 from .dynamics import RETURN_VARS, check_tau, run_lca
 
 __all__ = ["LCA", "LCAConv1D", "LCAConv2D", "LCAConv3D"]
@@ -80,8 +80,6 @@ class _LCABase:
         self.forward_pass = 1
         self.metrics = None
         self._ops = {}
-        self._L = None
-        self._power_vec = None
         xp = _module(backend or get_backend())
         self.xp = xp
         self._weights = xp.asarray(self._init_weights(np.random.default_rng(seed)), dtype=self.dtype)
@@ -134,16 +132,8 @@ class _LCABase:
         self._weights_changed()
 
     def _weights_changed(self):
-        self._L = None
         for op in self._ops.values():
-            op_update = getattr(op, "op", None)
-            if op_update is not None:
-                op_update.update_weights(self._weights)
-                op.phi = self._weights
-                op._L = None
-            else:
-                op.phi = self._weights
-                op._L = None
+            op.set_weights(self._weights)
 
     # ------------------------------------------------------------ operator
     def _check_inputs(self, inputs):
@@ -154,17 +144,7 @@ class _LCABase:
 
     def lipschitz(self, in_shape=None):
         """Largest eigenvalue ``L`` of ``Phi Phi^T`` (code space of inputs of spatial shape ``in_shape``)."""
-        op = self._operator(in_shape)
-        if self._L is None:
-            if isinstance(op, DenseDictionary):
-                self._L = op.lipschitz()
-            else:
-                v0 = self._power_vec if self._power_vec is not None and self._power_vec.shape == op.code_shape(1) else None
-                lam, self._power_vec = power_iteration(lambda v: op.analysis(op.synthesis(v)), op.code_shape(1),
-                                                       self.xp, self.dtype, 60 if v0 is None else 20, v0=v0)
-                self._L = 1.01 * lam
-            op._L = self._L
-        return self._L
+        return self._operator(in_shape).lipschitz()
 
     # ------------------------------------------------------- lca-pytorch API
     def transfer(self, states):
@@ -213,8 +193,10 @@ class _LCABase:
         for name, arr in (("drive_scaling", drive_scaling), ("initial_states", initial_states)):
             if arr is not None and tuple(arr.shape) != tuple(code_shape):
                 raise ValueError(f"{name} must have the code shape {code_shape}, got {tuple(arr.shape)}")
+        # before any layout copy below, so the copy shares the estimate
+        L = op.lipschitz()
         if self.solver == "lca":
-            self.lipschitz(inputs.shape[2:] if inputs.ndim > 2 else None)
+            check_tau(self.tau, L)
         # solvers run channels-last where the CPU im2col engine produces that layout
         cl = (isinstance(op, ConvDictionary) and op.op.method == "im2col" and xp.__name__ == "numpy"
               and not (self.solver == "lca" and self.lateral == "gram"))
@@ -241,7 +223,6 @@ class _LCABase:
     def _encode_with(self, op, inputs, drive_scaling, initial_states):
         xp = self.xp
         if self.solver == "lca":
-            check_tau(self.tau, self._L)
             lateral = None
             if self.lateral == "gram":
                 if isinstance(op, DenseDictionary):
@@ -261,7 +242,6 @@ class _LCABase:
         if drive_scaling is not None:
             raise ValueError("drive_scaling is defined for solver='lca' only")
         xp = self.xp
-        self.lipschitz(inputs.shape[2:] if inputs.ndim > 2 else None)
         a0 = None if initial_states is None else self._transfer(initial_states, self.lambda_)
         res = fista(op, inputs, self.lambda_, nonneg=self.nonneg, max_iter=self.lca_iters, tol=self.tol, a0=a0,
                     check_every=self.check_every)
@@ -468,10 +448,6 @@ class _LCAConv(_LCABase):
             if len(self._ops) > 8:
                 self._ops.clear()
             self._ops[key] = ConvDictionary(self._weights, key, self.stride, self.pad, self.conv_method)
-            self._L = None
-        if self._L is not None and getattr(self, "_L_shape", None) != key:
-            self._L = None
-        self._L_shape = key
         return self._ops[key]
 
     def _fresh_operator(self, in_shape, weights):

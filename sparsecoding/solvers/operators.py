@@ -61,6 +61,11 @@ class DenseDictionary:
         self.n_atoms, self.n_features = phi.shape
         self._L = None
 
+    def set_weights(self, phi):
+        """Use new atoms of the same shape (the Lipschitz constant is recomputed on demand)."""
+        self.phi = phi
+        self._L = None
+
     def analysis(self, s):
         return s @ self.phi.T
 
@@ -105,7 +110,12 @@ class ConvDictionary:
         self.n_atoms, self.n_channels = g.n_out, g.n_in
         self.in_shape, self.out_shape = g.in_shape, g.out_shape
         self._L = None
-        self._v = None
+
+    def set_weights(self, phi):
+        """Use new atoms of the same shape: the plan is updated, the Lipschitz constant recomputed on demand."""
+        self.op.update_weights(phi)
+        self.phi = phi
+        self._L = None
 
     def analysis(self, s):
         return self.op.forward(s, channels_last=self.channels_last)
@@ -128,11 +138,13 @@ class ConvDictionary:
         return other
 
     def lipschitz(self, n_iter=60):
-        """Largest eigenvalue of ``Phi Phi^T`` on the code space (power iteration, +1% margin)."""
+        """Largest eigenvalue of ``Phi Phi^T`` on the code space (power iteration, +1% margin).
+
+        Always from the same seeded start vector, so the estimate (and the FISTA step) is a
+        function of the weights alone and resumed training reproduces an uninterrupted run.
+        """
         if self._L is None:
-            dtype = self.phi.dtype
-            lam, self._v = power_iteration(
-                lambda v: self.analysis(self.synthesis(v)), self.code_shape(1), self.xp, dtype, n_iter
-            )
+            lam, _ = power_iteration(lambda v: self.analysis(self.synthesis(v)), self.code_shape(1), self.xp,
+                                     self.phi.dtype, n_iter)
             self._L = 1.01 * lam
         return self._L
