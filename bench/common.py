@@ -5,6 +5,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -61,6 +62,22 @@ def write_json(name, payload):
     return path
 
 
+def begin(argv):
+    """Common start of a benchmark: ``(argv, xp, gemm_rate)``, the rate printed."""
+    argv = sys.argv[1:] if argv is None else argv
+    xp = backend_from_argv(argv)
+    g = gemm_rate(xp)
+    print(f"float32 GEMM rate: {g / 1e9:.1f} GFLOP/s")
+    return argv, xp, g
+
+
+def finish(name, xp, g, payload):
+    """Write ``payload`` with the machine and GEMM rate to ``results/<name>[_gpu].json`` and say where."""
+    path = write_json(name + ("" if xp is np else "_gpu"), {"machine": machine_info(xp), "gemm_flops": g, **payload})
+    print(f"wrote {path}")
+    return path
+
+
 def print_table(rows, columns):
     widths = [max(len(c), *(len(f"{r[c]}") for r in rows)) for c in columns]
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
@@ -80,4 +97,5 @@ def backend_from_argv(argv):
     return _load_cupy()
 
 
-__all__ = ["median_time", "gemm_rate", "machine_info", "write_json", "print_table", "get_xp", "sync", "backend_from_argv"]
+__all__ = ["median_time", "gemm_rate", "machine_info", "write_json", "print_table", "get_xp", "sync", "backend_from_argv",
+           "begin", "finish"]

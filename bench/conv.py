@@ -12,11 +12,10 @@ Run: python -m bench.conv [--backend cupy]
 """
 from __future__ import annotations
 
-import sys
 
 import numpy as np
 
-from bench.common import backend_from_argv, gemm_rate, machine_info, median_time, print_table, write_json
+from bench.common import begin, finish, median_time, print_table
 from sparsecoding.ops.conv import ConvOperator, choose_method
 
 
@@ -38,10 +37,7 @@ def pair_time(xp, n, c, size, k_feats, k, stride, method, repeats=5, channels_la
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    xp = backend_from_argv(argv)
-    g = gemm_rate(xp)
-    print(f"float32 GEMM rate: {g / 1e9:.1f} GFLOP/s")
+    argv, xp, g = begin(argv)
     rows = []
     for method in ["im2col", "fft"]:
         for cl in [False, True]:
@@ -66,9 +62,7 @@ def main(argv=None):
                           "auto_loss": round(times[chosen] / times[faster], 2)})
     print("\ncost-model validation (N=64, C=3, 32x32, K=64, 'same'):")
     print_table(sweep, list(sweep[0]))
-    path = write_json("conv" + ("" if xp is np else "_gpu"), {"machine": machine_info(xp), "gemm_flops": g,
-                                                              "lca_pair": rows, "sweep": sweep})
-    print(f"wrote {path}")
+    finish("conv", xp, g, {"lca_pair": rows, "sweep": sweep})
 
 
 if __name__ == "__main__":

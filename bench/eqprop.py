@@ -19,12 +19,11 @@ Run: python -m bench.eqprop [--backend cupy] [--full] [--quick]
 """
 from __future__ import annotations
 
-import sys
 import time
 
 import numpy as np
 
-from bench.common import backend_from_argv, gemm_rate, machine_info, median_time, print_table, write_json
+from bench.common import begin, finish, median_time, print_table
 from sparsecoding.backend import to_numpy
 from sparsecoding.eqprop import ConvEBM
 
@@ -94,11 +93,8 @@ def gradient_quality(xp, cfg, batch, quick):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    xp = backend_from_argv(argv)
+    argv, xp, g = begin(argv)
     quick, full = "--quick" in argv, "--full" in argv
-    g = gemm_rate(xp)
-    print(f"float32 GEMM rate: {g / 1e9:.1f} GFLOP/s")
     rows = []
     for name, cfg, ref_ms in [("MNIST CNN 1-32-64 5x5", MNIST, 70), ("CIFAR CNN 64-128-256-512", CIFAR, 568)]:
         net, t, flops, executed = step_time(xp, cfg, repeats=3 if quick else 5)
@@ -109,9 +105,7 @@ def main(argv=None):
     quality = gradient_quality(xp, CIFAR if full else MNIST, 128 if full else 64, quick)
     print(f"\nEP gradient of one batch ({'CIFAR' if full else 'MNIST-sized'} network), third phase, beta 0.5:")
     print_table(quality, list(quality[0]))
-    path = write_json("eqprop" + ("" if xp is np else "_gpu"), {"machine": machine_info(xp), "gemm_flops": g,
-                                                                "steps": rows, "gradient_quality": quality})
-    print(f"wrote {path}")
+    finish("eqprop", xp, g, {"steps": rows, "gradient_quality": quality})
 
 
 if __name__ == "__main__":

@@ -19,13 +19,13 @@ Run: python -m bench.lca [--backend cupy] [--quick]
 """
 from __future__ import annotations
 
-import sys
+import json
 import time
 import warnings
 
 import numpy as np
 
-from bench.common import backend_from_argv, gemm_rate, machine_info, median_time, print_table, write_json
+from bench.common import RESULTS, begin, finish, median_time, print_table, write_json
 from sparsecoding.data import extract_patches, natural_images, random_crops
 from sparsecoding.lca import LCAConv2D
 from sparsecoding.solvers import ConvDictionary, DenseDictionary, coordinate_descent, fista, lasso_energy
@@ -124,43 +124,28 @@ def dense_workload(quick=False):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    xp = backend_from_argv(argv)
+    argv, xp, g = begin(argv)
     quick = "--quick" in argv
-    g = gemm_rate(xp)
-    print(f"float32 GEMM rate: {g / 1e9:.1f} GFLOP/s")
-    if "--dense-only" in argv:  # refresh the dense rows of an existing result file
-        import json
-
-        from bench.common import RESULTS
-
+    # --dense-only / --conv-only refresh one part and keep the other from the existing result file
+    previous = json.loads((RESULTS / "lca.json").read_text()) if (RESULTS / "lca.json").exists() else {}
+    if "--dense-only" in argv:
         rows = dense_workload(quick)
         print_table(rows, list(rows[0]))
-        payload = json.loads((RESULTS / "lca.json").read_text())
-        payload["dense"] = rows
-        print(f"wrote {write_json('lca', payload)}")
+        print(f"wrote {write_json('lca', previous | {'dense': rows})}")
         return
     conv_rows, e_star, curves = conv_workload(xp, quick)
     print("\nconvolutional LCA, N=128 RGB 32x32, K=64 9x9 stride 2 'same', lambda 0.25, non-negative, float32")
     print_table(conv_rows, list(conv_rows[0]))
     print("reference lca-pytorch on this machine type: 413 ms/iteration, >1,600 iterations to 3e-3 (tau=100)")
-    if "--conv-only" in argv:  # refresh the convolutional rows, keep the dense ones
-        import json
-
-        from bench.common import RESULTS
-
-        old = RESULTS / "lca.json"
-        dense_rows = json.loads(old.read_text()).get("dense", []) if old.exists() else []
+    if "--conv-only" in argv:
+        dense_rows = previous.get("dense", [])
     else:
         dense_rows = dense_workload(quick) if xp is np else []
     if dense_rows:
         print("\ndense LASSO, 1,024 8x8 patches, 256 atoms, lambda 0.1 (energy = sum over samples)")
         print_table(dense_rows, list(dense_rows[0]))
-    path = write_json("lca" + ("" if xp is np else "_gpu"), {"machine": machine_info(xp), "gemm_flops": g,
-                                                            "conv": conv_rows, "conv_optimum_energy": e_star,
-                                                            "conv_gap_curves": curves,
-                                                            "dense": dense_rows})
-    print(f"wrote {path}")
+    finish("lca", xp, g, {"conv": conv_rows, "conv_optimum_energy": e_star, "conv_gap_curves": curves,
+                          "dense": dense_rows})
 
 
 if __name__ == "__main__":

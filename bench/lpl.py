@@ -14,12 +14,11 @@ Run: python -m bench.lpl [--backend cupy] [--quick]
 """
 from __future__ import annotations
 
-import sys
 import time
 
 import numpy as np
 
-from bench.common import backend_from_argv, gemm_rate, machine_info, median_time, print_table, write_json
+from bench.common import begin, finish, median_time, print_table
 from sparsecoding.ops.conv import ConvOperator
 from sparsecoding.plasticity.lpl import ACTIVATIONS, lpl_delta_conv
 
@@ -74,11 +73,8 @@ def digits_readout(epochs):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    xp = backend_from_argv(argv)
+    argv, xp, g = begin(argv)
     quick = "--quick" in argv
-    g = gemm_rate(xp)
-    print(f"float32 GEMM rate: {g / 1e9:.1f} GFLOP/s")
     rows = []
     for c_in, c_out in [(3, 64), (64, 64)]:
         t, flops = step_time(xp, c_in, c_out, batch=64 if quick else 256, repeats=3 if quick else 5)
@@ -89,9 +85,7 @@ def main(argv=None):
     if readout:
         print("\nDIGITS linear readout (test accuracy, globally pooled features per layer):")
         print_table(readout, list(readout[0]))
-    path = write_json("lpl" + ("" if xp is np else "_gpu"), {"machine": machine_info(xp), "gemm_flops": g,
-                                                            "steps": rows, "digits_readout": readout})
-    print(f"wrote {path}")
+    finish("lpl", xp, g, {"steps": rows, "digits_readout": readout})
 
 
 if __name__ == "__main__":
