@@ -437,6 +437,22 @@ def choose_method(g) -> str:
     return "fft" if fft < im2col else "im2col"
 
 
+def _check_operands(a, w, name, letter, n_channels, expected, check_finite):
+    """Rank, channel count and (optionally) finiteness of ``a`` against the weights ``w``."""
+    _check_weights(w)
+    if a.ndim != w.ndim:
+        raise ValueError(
+            f"{name} must have shape (N, {letter}, *spatial) with {w.ndim - 2} spatial dims to match w "
+            f"{tuple(w.shape)}, got shape {tuple(a.shape)}"
+        )
+    if a.shape[1] != n_channels:
+        raise ValueError(f"channel mismatch: {name} has {a.shape[1]} channels, {expected}")
+    if check_finite:
+        xp = get_xp(a, w)
+        _check_finite(xp, a, name)
+        _check_finite(xp, w, "w")
+
+
 def conv(x, w, stride=1, padding=0, method="auto", check_finite=False):
     """N-d cross-correlation, ``torch.nn.functional.conv{1,2,3}d`` semantics.
 
@@ -454,18 +470,7 @@ def conv(x, w, stride=1, padding=0, method="auto", check_finite=False):
     -------
     y : array (N, K, *O), ``O = floor((L + 2p - k)/s) + 1``
     """
-    _check_weights(w)
-    if x.ndim != w.ndim:
-        raise ValueError(
-            f"x must have shape (N, C, *spatial) with {w.ndim - 2} spatial dims to match w "
-            f"{tuple(w.shape)}, got shape {tuple(x.shape)}"
-        )
-    if x.shape[1] != w.shape[1]:
-        raise ValueError(f"channel mismatch: x has {x.shape[1]} channels, w expects {w.shape[1]}")
-    if check_finite:
-        xp = get_xp(x, w)
-        _check_finite(xp, x, "x")
-        _check_finite(xp, w, "w")
+    _check_operands(x, w, "x", "C", w.shape[1], f"w expects {w.shape[1]}", check_finite)
     return ConvOperator(w, x.shape[2:], stride, padding, method).forward(x)
 
 
@@ -484,15 +489,8 @@ def conv_transpose(y, w, stride=1, padding=0, output_padding=0, method="auto", c
     -------
     x : array (N, C, *L), ``L = (O - 1)s - 2p + k + output_padding``
     """
-    _check_weights(w)
+    _check_operands(y, w, "y", "K", w.shape[0], f"w has {w.shape[0]} filters", check_finite)
     d = w.ndim - 2
-    if y.ndim != w.ndim:
-        raise ValueError(
-            f"y must have shape (N, K, *spatial) with {d} spatial dims to match w "
-            f"{tuple(w.shape)}, got shape {tuple(y.shape)}"
-        )
-    if y.shape[1] != w.shape[0]:
-        raise ValueError(f"channel mismatch: y has {y.shape[1]} channels, w has {w.shape[0]} filters")
     stride_t = _as_tuple(stride, d, "stride", 1)
     pad = resolve_padding(padding, w.shape[2:])
     opad = _as_tuple(output_padding, d, "output_padding", 0)
@@ -503,8 +501,4 @@ def conv_transpose(y, w, stride=1, padding=0, output_padding=0, method="auto", c
     )
     if any(v < 1 for v in in_shape):
         raise ValueError(f"conv_transpose output shape {in_shape} is empty: padding {pad} too large")
-    if check_finite:
-        xp = get_xp(y, w)
-        _check_finite(xp, y, "y")
-        _check_finite(xp, w, "w")
     return ConvOperator(w, in_shape, stride_t, pad, method).adjoint(y)
