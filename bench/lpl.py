@@ -47,18 +47,16 @@ def step_time(xp, c_in, c_out, batch=256, size=32, repeats=5):
 
 
 def digits_readout(epochs):
-    from sparsecoding.data import load_digits
+    from sparsecoding.data import digits_split
     from sparsecoding.data.augment import digit_views
     from sparsecoding.plasticity.lpl_net import LPLConvNet
     from sparsecoding.readout import LogisticRegression
 
-    X, y = load_digits()
-    perm = np.random.default_rng(0).permutation(len(X))
-    tr, te = perm[:1300], perm[1300:]
+    Xtr, ytr, Xte, yte = digits_split(1300, seed=0)
 
     def readout(net):
-        ftr, fte = net.features(X[tr], grid=1), net.features(X[te], grid=1)
-        return [round(LogisticRegression(l2=1e-2).fit(a, y[tr]).score(b, y[te]), 4) for a, b in zip(ftr, fte)]
+        ftr, fte = net.features(Xtr, grid=1), net.features(Xte, grid=1)
+        return [round(LogisticRegression(l2=1e-2).fit(a, ytr).score(b, yte), 4) for a, b in zip(ftr, fte)]
 
     rows = []
     for predictive in [True, False]:
@@ -66,7 +64,7 @@ def digits_readout(epochs):
         if not rows:
             rows.append({"network": "random init", "accuracy_per_layer": readout(net), "train_seconds": 0})
         t0 = time.perf_counter()
-        net.fit(X[tr], epochs=epochs, batch_size=64, progress=False, augment=digit_views)
+        net.fit(Xtr, epochs=epochs, batch_size=64, progress=False, augment=digit_views)
         rows.append({"network": "LPL" if predictive else "Hebbian + decorrelation (no predictive)",
                      "accuracy_per_layer": readout(net), "train_seconds": round(time.perf_counter() - t0, 1)})
     return rows

@@ -165,13 +165,10 @@ def build_parser():
 
 
 def _lpl_data(args):
-    from .data import load_cifar10, load_digits, load_stl10
+    from .data import digits_split, load_cifar10, load_stl10
 
     if args.data == "digits":
-        X, y = load_digits()
-        perm = np.random.default_rng(args.seed).permutation(len(X))
-        tr, te = perm[:1300], perm[1300:]
-        return X[tr], y[tr], X[te], y[te]
+        return digits_split(1300, seed=args.seed)
     if args.data_dir is None:
         raise SystemExit(f"--data {args.data} needs --data-dir with the standard files")
     if args.data == "cifar10":

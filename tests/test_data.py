@@ -65,3 +65,18 @@ def test_stl10_reader(tmp_path):
     X, y = load_stl10(tmp_path, "test")
     assert X.shape == (1, 3, 96, 96) and list(y) == [2]
     np.testing.assert_allclose(X[0], img[0] / 255.0, atol=1e-7)
+
+
+def test_digits_split_is_a_seeded_partition():
+    from sparsecoding.data import digits_split, load_digits
+
+    Xtr, ytr, Xte, yte = digits_split(1300, seed=0)
+    X, y = load_digits()
+    assert len(Xtr) == 1300 and len(Xte) == len(X) - 1300
+    # together the two parts are the whole set, each image once
+    both = np.concatenate([Xtr, Xte]).reshape(len(X), -1)
+    assert sorted(map(bytes, both)) == sorted(map(bytes, X.reshape(len(X), -1)))
+    np.testing.assert_array_equal(digits_split(1300, seed=0)[1], ytr)
+    assert not np.array_equal(digits_split(1300, seed=1)[1], ytr)
+    with pytest.raises(ValueError, match="n_train"):
+        digits_split(0)

@@ -5,9 +5,9 @@ scikit-learn (handwritten digits) and scikit-image (photographs); CIFAR-10 and
 MNIST are read from the standard files in a folder the user already has.
 """
 from .bars import bars
-from .bundled import load_digits, natural_images
+from .bundled import digits_split, load_digits, natural_images
 from .files import load_cifar10, load_mnist, load_stl10
 from .preprocessing import extract_patches, natural_patches, random_crops, standardize, whiten, whiten_images, zca_whitening_matrix
 
-__all__ = ["bars", "load_digits", "natural_images", "load_cifar10", "load_mnist", "load_stl10", "extract_patches",
+__all__ = ["bars", "digits_split", "load_digits", "natural_images", "load_cifar10", "load_mnist", "load_stl10", "extract_patches",
            "random_crops", "standardize", "whiten", "zca_whitening_matrix", "natural_patches", "whiten_images"]

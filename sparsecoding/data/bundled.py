@@ -29,6 +29,19 @@ def load_digits(dtype="float32"):
     return X, d.target.astype(np.int64)
 
 
+def digits_split(n_train, seed=0, dtype="float32"):
+    """The digits split into ``n_train`` training images and the rest for testing (seeded permutation).
+
+    Returns ``(X_train, y_train, X_test, y_test)``.
+    """
+    X, y = load_digits(dtype)
+    if not 0 < n_train < len(X):
+        raise ValueError(f"n_train must be between 1 and {len(X) - 1}, got {n_train}")
+    perm = np.random.default_rng(seed).permutation(len(X))
+    tr, te = perm[:n_train], perm[n_train:]
+    return X[tr], y[tr], X[te], y[te]
+
+
 def natural_images(color=True, names=None, dtype="float32", downsample=1):
     """scikit-image's bundled photographs as float arrays in [0, 1].
 

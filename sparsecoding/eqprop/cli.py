@@ -55,13 +55,10 @@ def add_arguments(p):
 
 
 def load_task(args):
-    from ..data import load_cifar10, load_digits, load_mnist
+    from ..data import digits_split, load_cifar10, load_mnist
 
     if args.task == "DIGITS":
-        X, y = load_digits()
-        perm = np.random.default_rng(12345).permutation(len(X))
-        tr, te = perm[:1400], perm[1400:]
-        return X[tr], y[tr], X[te], y[te]
+        return digits_split(1400, seed=12345)
     if args.data_dir is None:
         raise SystemExit(f"--task {args.task} reads the standard files from --data-dir (nothing is downloaded)")
     load = load_mnist if args.task == "MNIST" else load_cifar10
