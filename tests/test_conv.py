@@ -1,4 +1,5 @@
 """conv / conv_transpose against explicit sums written here (PyTorch's definitions)."""
+import importlib
 import itertools
 
 import numpy as np
@@ -44,7 +45,7 @@ def conv_problems(draw, max_dims=3):
     pad = tuple(draw(st.integers(0, k)) for k in kernel)
     lmax = {1: 20, 2: 9, 3: 6}[d]
     shape = tuple(draw(st.integers(max(1, k - 2 * p), max(lmax, k))) for k, p in zip(kernel, pad))
-    n, c, kk = draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    n, c, kk = draw(st.integers(1, 5)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
     seed = draw(st.integers(0, 2**31))
     return d, kernel, stride, pad, shape, n, c, kk, seed
 
@@ -177,3 +178,47 @@ def test_channels_last_layout_and_weight_gradient(xp, method, prob):
     lhs = float(xp.sum(y * yy))
     rhs = float(xp.sum(wd * op.weight_grad(xd, yy)))
     assert abs(lhs - rhs) <= 1e-9 * max(1.0, abs(lhs))
+
+
+@pytest.mark.parametrize("method", ["im2col", "fft"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@given(prob=conv_problems(), chunk=st.sampled_from([None, 64]))
+def test_channels_last_operator_matches_direct_sums(xp, method, dtype, prob, chunk):
+    # layout="channels_last": x (N, *L, C) -> y (N, *O, K) and back, against the explicit sums;
+    # chunk=64 bytes forces the batch to be processed a sample pair at a time
+    conv_module = importlib.import_module("sparsecoding.ops.conv")  # the package re-exports the function `conv`
+
+    saved = conv_module.CHUNK_BYTES
+    conv_module.CHUNK_BYTES = chunk or saved
+    try:
+        _check_channels_last(xp, method, dtype, prob)
+    finally:
+        conv_module.CHUNK_BYTES = saved
+
+
+def _check_channels_last(xp, method, dtype, prob):
+    d, kernel, stride, pad, shape, n, c, kk, seed = prob
+    x, w, xd, wd = _arrays(xp, prob, dtype)
+    tol = TOL[dtype]
+    op = ConvOperator(wd, shape, stride, pad, method=method, layout="channels_last")
+    xl = xp.ascontiguousarray(xp.moveaxis(xd, 1, -1))
+    ref = ref_conv(x, w, stride, pad)
+    y = to_numpy(op.forward(xl))
+    np.testing.assert_allclose(y, np.moveaxis(ref, 1, -1), atol=tol * (1 + np.abs(ref).max()))
+    v = np.random.default_rng(seed + 7).standard_normal(ref.shape)
+    vl = xp.asarray(np.ascontiguousarray(np.moveaxis(v, 1, -1)), dtype=dtype)
+    refT = ref_conv_transpose(v, w, stride, pad, [L - ((o - 1) * s - 2 * p + k) for L, o, s, p, k in
+                                                  zip(shape, ref.shape[2:], stride, pad, kernel)])
+    np.testing.assert_allclose(to_numpy(op.adjoint(vl)), np.moveaxis(refT, 1, -1), atol=tol * (1 + np.abs(refT).max()))
+    # weight gradient: <conv(x, w), v> is linear in w, so it equals <w, weight_grad(x, v)>
+    lhs = float(np.sum(ref * v))
+    rhs = float(np.sum(w * to_numpy(op.weight_grad(xl, vl))))
+    assert abs(lhs - rhs) <= tol * 10 * max(1.0, np.abs(ref * v).sum())
+
+
+def test_channels_last_shape_errors():
+    op = ConvOperator(np.ones((4, 3, 3, 3)), (8, 8), layout="channels_last")
+    with pytest.raises(ValueError, match=r"x must have shape \(N, 8, 8, 3\)"):
+        op.forward(np.zeros((2, 3, 8, 8)))
+    with pytest.raises(ValueError, match="layout must be one of"):
+        ConvOperator(np.ones((4, 3, 3, 3)), (8, 8), layout="nhwc")

@@ -86,3 +86,29 @@ def test_pool_bad_input():
         avg_pool(np.zeros((1, 1, 4, 4)), (2, 2, 2))
     with pytest.raises(ValueError, match="does not pool"):
         avg_pool_adjoint(np.zeros((1, 1, 2, 2)), (8, 8), 2)
+
+
+@given(pool_problems())
+def test_channels_last_pools_match_window_loop(xp, prob):
+    # (N, *L, C) arrays: values against the window loop, indices point at the maxima, adjoints hold
+    k, s, x, seed = prob
+    xl = xp.asarray(np.ascontiguousarray(np.moveaxis(x, 1, -1)))
+    y, idx = max_pool(xl, k, s, channels_last=True)
+    a = to_numpy(avg_pool(xl, k, s, channels_last=True))
+    y, idx = to_numpy(y), to_numpy(idx)
+    flat = x.reshape(2, 2, -1)
+    for o, sl in _windows(x.shape[2:], k, s):
+        win = x[(slice(None), slice(None), *sl)].reshape(2, 2, -1)
+        at = (slice(None), *o, slice(None))
+        np.testing.assert_array_equal(y[at], win.max(-1))
+        np.testing.assert_allclose(a[at], win.mean(-1))
+        np.testing.assert_array_equal(np.take_along_axis(flat, idx[at][..., None], -1)[..., 0], win.max(-1))
+    r = np.random.default_rng(seed + 5)
+    z = r.standard_normal(xl.shape)
+    v = r.standard_normal(y.shape)
+    u = to_numpy(max_unpool(xp.asarray(v), xp.asarray(idx), x.shape[2:], channels_last=True))
+    taken = np.take_along_axis(np.moveaxis(z, -1, 1).reshape(2, 2, -1), np.moveaxis(idx, -1, 1).reshape(2, 2, -1), -1)
+    assert abs(np.sum(taken * np.moveaxis(v, -1, 1).reshape(2, 2, -1)) - np.sum(z * u)) < 1e-10 * (1 + np.abs(z * u).sum())
+    w = to_numpy(avg_pool_adjoint(xp.asarray(v), x.shape[2:], k, s, channels_last=True))
+    lhs = np.sum(to_numpy(avg_pool(xp.asarray(z), k, s, channels_last=True)) * v)
+    assert abs(lhs - np.sum(z * w)) < 1e-10 * (1 + abs(lhs))

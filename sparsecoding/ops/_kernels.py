@@ -6,6 +6,10 @@ positions in the padded input plane, so one kernel serves 1-, 2- and 3-D.
 Columns are laid out ``(N, M, C, J)`` so that both GEMMs are single large
 2-D products ``(N*M, C*J) x (C*J, K)``; samples are independent, so the
 scatter-add is race-free under ``prange`` over samples.
+
+The ``*_cl`` kernels are the channels-last forms: planes ``(N, P, C)`` and
+columns ``(N, M, J, C)``, so every window element is one contiguous run of
+``C`` values (the layout the EqProp networks keep on the CPU).
 """
 from __future__ import annotations
 
@@ -46,6 +50,32 @@ def scatter_add_columns(src, idx, out):  # pragma: no cover - compiled
 
 
 @numba.njit(parallel=True, cache=True)
+def gather_columns_cl(src, idx, out):  # pragma: no cover - compiled
+    """out[n, m, j, :] = src[n, idx[m, j], :]; src (N, P, C), out (N, M, J, C)."""
+    nn, nc = src.shape[0], src.shape[2]
+    nm, nj = idx.shape
+    for n in numba.prange(nn):
+        for m in range(nm):
+            for j in range(nj):
+                p = idx[m, j]
+                for c in range(nc):
+                    out[n, m, j, c] = src[n, p, c]
+
+
+@numba.njit(parallel=True, cache=True)
+def scatter_add_columns_cl(src, idx, out):  # pragma: no cover - compiled
+    """out[n, idx[m, j], :] += src[n, m, j, :]; src (N, M, J, C), out (N, P, C)."""
+    nn, nc = out.shape[0], out.shape[2]
+    nm, nj = idx.shape
+    for n in numba.prange(nn):
+        for m in range(nm):
+            for j in range(nj):
+                p = idx[m, j]
+                for c in range(nc):
+                    out[n, p, c] += src[n, m, j, c]
+
+
+@numba.njit(parallel=True, cache=True)
 def swap_last_two(a, out):  # pragma: no cover - compiled
     """out[n, j, i] = a[n, i, j] (a batched transpose, parallel over n)."""
     for n in numba.prange(a.shape[0]):
@@ -80,3 +110,36 @@ def max_pool_2d(x, kh, kw, sh, sw, out, idx):  # pragma: no cover - compiled
                             bi = (i * sh + a) * w + j * sw + b
                 out[p, i, j] = best
                 idx[p, i, j] = bi
+
+
+@numba.njit(parallel=True, cache=True)
+def max_pool_2d_cl(x, kh, kw, sh, sw, out, idx):  # pragma: no cover - compiled
+    """Channels-last 2-D max pool: x (N, H, W, C) -> out, idx (N, OH, OW, C); idx is the flat
+    spatial index ``h * W + w`` of the first maximum, as in the channels-first kernel."""
+    nn, h, w, nc = x.shape
+    oh, ow = out.shape[1], out.shape[2]
+    for n in numba.prange(nn):
+        for i in range(oh):
+            for j in range(ow):
+                for c in range(nc):
+                    out[n, i, j, c] = x[n, i * sh, j * sw, c]
+                    idx[n, i, j, c] = (i * sh) * w + j * sw
+                for a in range(kh):
+                    for b in range(kw):
+                        r = i * sh + a
+                        q = j * sw + b
+                        for c in range(nc):
+                            v = x[n, r, q, c]
+                            if v > out[n, i, j, c]:
+                                out[n, i, j, c] = v
+                                idx[n, i, j, c] = r * w + q
+
+
+@numba.njit(parallel=True, cache=True)
+def max_unpool_cl(y, idx, out):  # pragma: no cover - compiled
+    """out[n, idx[n, m, c], c] += y[n, m, c]; y, idx (N, M, C), out (N, P, C) zeroed."""
+    nn, nm, nc = y.shape
+    for n in numba.prange(nn):
+        for m in range(nm):
+            for c in range(nc):
+                out[n, idx[n, m, c], c] += y[n, m, c]

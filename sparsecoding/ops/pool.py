@@ -1,5 +1,9 @@
 """Pooling over the spatial dims of channels-first arrays, and the adjoints.
 
+Every function takes ``channels_last=True`` for ``(N, *L, C)`` arrays (the
+indices then have the same layout and the same meaning: flat spatial position
+within the ``(n, c)`` plane).
+
 ``max_pool`` returns PyTorch-style flat spatial indices (``return_indices=True``);
 ``max_unpool`` scatters values back to them and is the adjoint of "pick the
 values at those indices". ``avg_pool_adjoint`` is the adjoint of ``avg_pool``.
@@ -16,10 +20,11 @@ from ..backend import capabilities, get_xp
 __all__ = ["max_pool", "max_unpool", "avg_pool", "avg_pool_adjoint", "pool_output_shape"]
 
 
-def _params(x, kernel_size, stride, name="x"):
+def _params(x, kernel_size, stride, name="x", channels_last=False):
     d = x.ndim - 2
     if d < 1:
-        raise ValueError(f"{name} must have shape (N, C, *spatial), got shape {tuple(x.shape)}")
+        layout = "(N, *spatial, C)" if channels_last else "(N, C, *spatial)"
+        raise ValueError(f"{name} must have shape {layout}, got shape {tuple(x.shape)}")
     k = (kernel_size,) * d if isinstance(kernel_size, int) else tuple(kernel_size)
     s = k if stride is None else ((stride,) * d if isinstance(stride, int) else tuple(stride))
     if len(k) != d or len(s) != d:
@@ -42,47 +47,73 @@ def _offsets(k, s, out):
         yield off, tuple(slice(j, j + (o - 1) * si + 1, si) for j, o, si in zip(off, out, s))
 
 
-def avg_pool(x, kernel_size=2, stride=None):
-    """Average pool: (N, C, *L) -> (N, C, *O)."""
-    d, k, s = _params(x, kernel_size, stride)
-    out = pool_output_shape(x.shape[2:], k, s)
+def _spatial(a, channels_last):
+    return tuple(a.shape[1:-1]) if channels_last else tuple(a.shape[2:])
+
+
+def _index(sl, channels_last):
+    """Index tuple selecting the spatial slices ``sl`` in either layout."""
+    return (slice(None), *sl, slice(None)) if channels_last else (slice(None), slice(None), *sl)
+
+
+def _with_spatial(a, spatial, channels_last):
+    return (a.shape[0], *spatial, a.shape[-1]) if channels_last else (*a.shape[:2], *spatial)
+
+
+def avg_pool(x, kernel_size=2, stride=None, channels_last=False):
+    """Average pool: (N, C, *L) -> (N, C, *O) (or (N, *L, C) -> (N, *O, C))."""
+    d, k, s = _params(x, kernel_size, stride, channels_last=channels_last)
+    out = pool_output_shape(_spatial(x, channels_last), k, s)
     xp = get_xp(x)
-    y = xp.zeros((*x.shape[:2], *out), dtype=x.dtype)
+    y = xp.zeros(_with_spatial(x, out, channels_last), dtype=x.dtype)
     for _, sl in _offsets(k, s, out):
-        y += x[(slice(None), slice(None), *sl)]
+        y += x[_index(sl, channels_last)]
     return y * (1.0 / math.prod(k))
 
 
-def avg_pool_adjoint(y, output_size, kernel_size=2, stride=None):
+def avg_pool_adjoint(y, output_size, kernel_size=2, stride=None, channels_last=False):
     """Adjoint of :func:`avg_pool`: spread each value over its window / prod(k).
 
     ``output_size`` is the spatial shape of the pooled input.
     """
-    d, k, s = _params(y, kernel_size, stride, "y")
+    d, k, s = _params(y, kernel_size, stride, "y", channels_last)
     output_size = tuple(output_size)
-    if pool_output_shape(output_size, k, s) != tuple(y.shape[2:]):
-        raise ValueError(f"output_size {output_size} does not pool to y's spatial shape {tuple(y.shape[2:])}")
+    if pool_output_shape(output_size, k, s) != _spatial(y, channels_last):
+        raise ValueError(
+            f"output_size {output_size} does not pool to y's spatial shape {_spatial(y, channels_last)}"
+        )
     xp = get_xp(y)
-    x = xp.zeros((*y.shape[:2], *output_size), dtype=y.dtype)
+    x = xp.zeros(_with_spatial(y, output_size, channels_last), dtype=y.dtype)
     yk = y * (1.0 / math.prod(k))
-    for _, sl in _offsets(k, s, y.shape[2:]):
-        x[(slice(None), slice(None), *sl)] += yk
+    for _, sl in _offsets(k, s, _spatial(y, channels_last)):
+        x[_index(sl, channels_last)] += yk
     return x
 
 
-def max_pool(x, kernel_size=2, stride=None):
+def max_pool(x, kernel_size=2, stride=None, channels_last=False):
     """Max pool with indices.
 
     Returns
     -------
-    y : array (N, C, *O)
-    indices : int64 array (N, C, *O)
+    y : array (N, C, *O)  ((N, *O, C) with ``channels_last``)
+    indices : int64 array, same shape as ``y``
         Flat index of each maximum within its ``(n, c)`` spatial plane (first
         maximum on ties), as ``torch.nn.functional.max_pool{d}d(return_indices=True)``.
     """
-    d, k, s = _params(x, kernel_size, stride)
-    out = pool_output_shape(x.shape[2:], k, s)
+    d, k, s = _params(x, kernel_size, stride, channels_last=channels_last)
     xp = get_xp(x)
+    if channels_last:
+        if d == 2 and xp.__name__ == "numpy":
+            from ._kernels import max_pool_2d_cl  # noqa: PLC0415
+
+            out = pool_output_shape(x.shape[1:3], k, s)
+            y = xp.empty((x.shape[0], *out, x.shape[3]), dtype=x.dtype)
+            idx = xp.empty(y.shape, dtype=xp.int64)
+            max_pool_2d_cl(xp.ascontiguousarray(x), k[0], k[1], s[0], s[1], y, idx)
+            return y, idx
+        y, idx = max_pool(xp.moveaxis(x, -1, 1), k, s)
+        return xp.ascontiguousarray(xp.moveaxis(y, 1, -1)), xp.ascontiguousarray(xp.moveaxis(idx, 1, -1))
+    out = pool_output_shape(x.shape[2:], k, s)
     if d == 2 and xp.__name__ == "numpy":
         from ._kernels import max_pool_2d  # noqa: PLC0415
 
@@ -109,7 +140,7 @@ def max_pool(x, kernel_size=2, stride=None):
     return y, flat
 
 
-def max_unpool(y, indices, output_size):
+def max_unpool(y, indices, output_size, channels_last=False):
     """Place ``y`` at ``indices`` in zeros of spatial shape ``output_size`` (summing duplicates).
 
     The adjoint of ``x -> take(x, indices)`` for fixed indices.
@@ -117,6 +148,17 @@ def max_unpool(y, indices, output_size):
     if y.shape != indices.shape:
         raise ValueError(f"y shape {tuple(y.shape)} and indices shape {tuple(indices.shape)} differ")
     xp = get_xp(y)
+    if channels_last:
+        n, c = y.shape[0], y.shape[-1]
+        if xp.__name__ == "numpy":
+            from ._kernels import max_unpool_cl  # noqa: PLC0415
+
+            out = xp.zeros((n, math.prod(output_size), c), dtype=y.dtype)
+            max_unpool_cl(xp.ascontiguousarray(y).reshape(n, -1, c),
+                          xp.ascontiguousarray(indices).reshape(n, -1, c), out)
+            return out.reshape(n, *output_size, c)
+        x = max_unpool(xp.moveaxis(y, -1, 1), xp.moveaxis(indices, -1, 1), output_size)
+        return xp.ascontiguousarray(xp.moveaxis(x, 1, -1))
     n, c = y.shape[:2]
     plane = math.prod(output_size)
     base = (xp.arange(n * c, dtype=xp.int64) * plane).reshape(n, c, *([1] * (y.ndim - 2)))
