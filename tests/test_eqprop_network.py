@@ -7,9 +7,12 @@ from hypothesis import strategies as st
 from sparsecoding.eqprop.network import ConvEBM, MLPEBM
 
 
-def make_net(pools="ma", softmax=False, loss="mse", act="my_hard_sig", seed=0, fc=(5, 3)):
+def make_net(pools="ma", softmax=False, loss="mse", act="my_hard_sig", seed=0, fc=(5, 3), layout="auto"):
     return ConvEBM(8, [2, 3, 4], [3, 3], [1, 1], [1, 0], pools, list(fc), activation=act, softmax=softmax, loss=loss,
-                   dtype="float64", seed=seed)
+                   dtype="float64", seed=seed, layout=layout)
+
+
+LAYOUTS = ["channels_first", "channels_last"]
 
 
 def random_states(net, n, rng):
@@ -19,11 +22,12 @@ def random_states(net, n, rng):
 CONFIGS = [("mm", False, "mse"), ("ma", False, "cel"), ("ai", True, "cel"), ("im", True, "mse")]
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("pools,softmax,loss", CONFIGS)
 @given(seed=st.integers(0, 2**31), beta=st.sampled_from([0.0, 0.3, -0.7]))
-def test_state_grads_equal_finite_differences(pools, softmax, loss, seed, beta):
+def test_state_grads_equal_finite_differences(pools, softmax, loss, layout, seed, beta):
     r = np.random.default_rng(seed)
-    net = make_net(pools, softmax, loss, seed=seed % 100)
+    net = make_net(pools, softmax, loss, seed=seed % 100, layout=layout)
     x, y = r.uniform(0, 1, (2, 2, 8, 8)), r.integers(0, 3, 2)
     states = random_states(net, 2, r)
     grads = net.state_grads(x, states, y, beta)
@@ -39,10 +43,11 @@ def test_state_grads_equal_finite_differences(pools, softmax, loss, seed, beta):
             np.testing.assert_allclose(grads[k].reshape(2, -1)[:, j], fd, atol=1e-6)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("pools,softmax,loss", CONFIGS)
-def test_param_grads_equal_finite_differences(pools, softmax, loss):
+def test_param_grads_equal_finite_differences(pools, softmax, loss, layout):
     r = np.random.default_rng(7)
-    net = make_net(pools, softmax, loss)
+    net = make_net(pools, softmax, loss, layout=layout)
     x, y = r.uniform(0, 1, (3, 2, 8, 8)), r.integers(0, 3, 3)
     states = random_states(net, 3, r)
     beta = 0.4
@@ -82,9 +87,10 @@ def test_mlp_derivatives_and_shapes():
             np.testing.assert_allclose(g[k][:, j], fd, atol=1e-7)
 
 
-def test_free_phase_reaches_fixed_point():
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_free_phase_reaches_fixed_point(layout):
     r = np.random.default_rng(2)
-    net = make_net("mm", act="my_hard_sig", seed=3)
+    net = make_net("mm", act="my_hard_sig", seed=3, layout=layout)
     x = r.uniform(0, 1, (4, 2, 8, 8))
     s = net.relax(x, net.init_states(4), 200)
     s2 = net.step(x, s)
@@ -100,17 +106,21 @@ def test_bad_input():
         ConvEBM(8, [1, 2], [3], [1], [1], "m", [3], loss="hinge")
     with pytest.raises(ValueError, match="activation"):
         ConvEBM(8, [1, 2], [3], [1], [1], "m", [3], activation="relu6")
+    with pytest.raises(ValueError, match="layout"):
+        ConvEBM(8, [1, 2], [3], [1], [1], "m", [3], layout="nhwc")
     net = ConvEBM(8, [1, 2], [3], [1], [1], "m", [3])
+    assert net.state_shapes[0] == (4, 4, 2)  # "auto" is channels-last on the CPU
     with pytest.raises(ValueError, match="shape"):
         net.phi(np.zeros((2, 3, 8, 8)), net.init_states(2))
     with pytest.raises(ValueError, match="labels"):
         net.state_grads(np.zeros((2, 1, 8, 8)), net.init_states(2), beta=0.5)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("pools", ["mm", "ai", "im"])
-def test_partial_state_grads_equal_full(pools):
+def test_partial_state_grads_equal_full(pools, layout):
     r = np.random.default_rng(5)
-    net = make_net(pools)
+    net = make_net(pools, layout=layout)
     x, y = r.uniform(0, 1, (2, 2, 8, 8)), np.array([1, 2])
     states = random_states(net, 2, r)
     full = net.state_grads(x, states, y, 0.3)
@@ -123,9 +133,10 @@ def test_partial_state_grads_equal_full(pools):
                 assert part[k] is None
 
 
-def test_relax_with_cached_input_term_equals_plain_steps():
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_relax_with_cached_input_term_equals_plain_steps(layout):
     r = np.random.default_rng(6)
-    net = make_net("mm")
+    net = make_net("mm", layout=layout)
     x, y = r.uniform(0, 1, (3, 2, 8, 8)), np.array([0, 1, 2])
     s = net.init_states(3)
     manual = s

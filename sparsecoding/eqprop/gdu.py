@@ -31,10 +31,10 @@ __all__ = ["hessian_vector", "bptt_gradients", "ep_step_gradients", "gdu_check"]
 
 def hessian_vector(net, x, states, w, memo, y=None, beta=0.0):
     """``H w``: Hessian of ``Phi`` (loss term included) in the states, at fixed pool indices."""
-    xp = net.xp
-    zero_x = xp.zeros_like(x)
+    x = net._check_x(x)
+    zero_x = net.xp.zeros_like(x)
     terms, _ = net._forward_terms(zero_x, w, memo_fixed=memo, bias=False)
-    hw = net.state_grads(zero_x, w, _terms=(terms, memo))
+    hw = net.state_grads(x, w, _terms=(terms, memo))
     if beta != 0.0:
         hw[-1] = hw[-1] - beta * _loss_hessian_vector(net, states, w[-1], y)
     return hw
@@ -44,9 +44,9 @@ def _loss_hessian_vector(net, states, v, y):
     if net.softmax:
         W = net.params[-1][0]
         p = softmax(net._readout(states[-1]))
-        u = v.reshape(v.shape[0], -1) @ W.T
+        u = net._flat(v) @ W.T
         hu = p * u - p * (p * u).sum(axis=1, keepdims=True)
-        return (hu @ W).reshape(v.shape)
+        return net._unflat(hu @ W, v)
     if net.loss == "mse":
         return v
     p = softmax(states[-1])
@@ -63,6 +63,7 @@ def bptt_gradients(net, x, y, trajectory, K):
     Returns a list (t = 1..K) of per-parameter gradients (same structure as ``params``).
     """
     xp = net.xp
+    x = net._check_x(x)
     n = x.shape[0]
     s_final = trajectory[-1]
     lam = [xp.zeros_like(s) for s in s_final]
@@ -71,7 +72,7 @@ def bptt_gradients(net, x, y, trajectory, K):
     if net.softmax:  # the loss depends on the readout directly
         t = _onehot(xp, y, net.n_classes, net.dtype)
         g = (softmax(net._readout(s_final[-1])) - t) / n
-        direct[-1] = (g.T @ s_final[-1].reshape(n, -1), g.sum(axis=0))
+        direct[-1] = (g.T @ net._flat(s_final[-1]), g.sum(axis=0))
     acc = [(a.copy(), b.copy()) for a, b in direct]
     out = []
     for step in range(1, K + 1):
@@ -91,6 +92,7 @@ def bptt_gradients(net, x, y, trajectory, K):
 
 def ep_step_gradients(net, x, y, s_star, K, beta):
     """EP estimates after each of the first ``K`` nudged steps from the free fixed point ``s_star``."""
+    x = net._check_x(x)
     g0 = net.param_grads(x, s_star, y, 0.0)
     s = s_star
     out = []

@@ -60,6 +60,11 @@ class ConvEBM:
     loss : "mse" or "cel"
     scale : optional factor multiplying the default (PyTorch-like uniform) initialisation
     seed, dtype, backend
+    layout : "auto", "channels_first" or "channels_last"
+        Layout of the conv states: ``(N, C, H, W)`` or ``(N, H, W, C)``. "auto" keeps them
+        channels-last on the CPU, where the convolutions then gather contiguous channel runs
+        (bench/eqprop: about 1.5x faster per step), and channels-first on the GPU. Inputs
+        ``x`` are always ``(N, C, H, W)``; ``state_shapes`` lists the shapes in use.
 
     Attributes
     ----------
@@ -67,7 +72,8 @@ class ConvEBM:
     """
 
     def __init__(self, in_size, channels, kernels, strides, paddings, pools, fc, activation="my_hard_sig",
-                 softmax=False, loss="mse", scale=None, seed=None, dtype="float32", backend=None):
+                 softmax=False, loss="mse", scale=None, seed=None, dtype="float32", backend=None,
+                 layout="auto"):
         n_conv = len(channels) - 1
         if not (len(kernels) == len(strides) == len(paddings) == n_conv):
             raise ValueError(f"kernels, strides and paddings need one entry per conv layer ({n_conv}); got "
@@ -84,6 +90,13 @@ class ConvEBM:
         self.sigma, self.dsigma = get_activation(activation)
         self.softmax, self.loss = bool(softmax), loss
         self.xp = _module(backend or get_backend())
+        if layout not in ("auto", "channels_first", "channels_last"):
+            raise ValueError(f"layout must be 'auto', 'channels_first' or 'channels_last', got {layout!r}")
+        if layout == "auto":
+            layout = "channels_last" if self.xp.__name__ == "numpy" else "channels_first"
+        self.layout = layout
+        self.cl = layout == "channels_last"
+        self._prepared = None
         self.dtype = np.dtype(dtype)
         self.pools = pools
         self.strides, self.paddings = list(strides), list(paddings)
@@ -98,7 +111,7 @@ class ConvEBM:
             out = conv_output_shape(size, (kernels[k], kernels[k]), strides[k], paddings[k])
             self.conv_out_shapes.append(out)
             size = pool_output_shape(out, (2, 2), (2, 2)) if pools[k] != "i" else out
-            self.state_shapes.append((channels[k + 1], *size))
+            self.state_shapes.append((*size, channels[k + 1]) if self.cl else (channels[k + 1], *size))
             self.params.append(self._init(rng, (channels[k + 1], channels[k], kernels[k], kernels[k]), scale))
         self.n_conv = n_conv
         prev = int(np.prod(self.state_shapes[-1])) if n_conv else int(np.prod((channels[0], in_size, in_size)))
@@ -125,26 +138,45 @@ class ConvEBM:
         return len(self.state_shapes)
 
     def init_states(self, batch):
-        """Zero states, one array per layer: conv (N, C, H, W), fc (N, size)."""
+        """Zero states, one array per layer: conv (N, C, H, W) (channels-last: (N, H, W, C)), fc (N, size)."""
         return [self.xp.zeros((batch, *s), dtype=self.dtype) for s in self.state_shapes]
 
     def _op(self, k):
         op = self._ops.get(k)
         W = self.params[k][0]
         if op is None:
-            op = ConvOperator(W, self.conv_in_shapes[k], self.strides[k], self.paddings[k])
+            op = ConvOperator(W, self.conv_in_shapes[k], self.strides[k], self.paddings[k], layout=self.layout)
             self._ops[k] = op
         elif op.w is not W:
             op.update_weights(W)
         return op
 
     def _check_x(self, x):
+        """Checked input in the network's layout; an array this method returned passes unchanged."""
+        if x is self._prepared:
+            return x
         xp = self.xp
         x = xp.asarray(x, dtype=self.dtype)
         expect = (self.params[0][0].shape[1], *self.conv_in_shapes[0]) if self.n_conv else None
         if self.n_conv and tuple(x.shape[1:]) != tuple(expect):
             raise ValueError(f"x must have shape (N, {', '.join(map(str, expect))}), got {tuple(x.shape)}")
+        if self.cl and self.n_conv:
+            x = xp.ascontiguousarray(xp.moveaxis(x, 1, -1))
+        self._prepared = x
         return x
+
+    def _flat(self, s):
+        """(N, features) in PyTorch's (C, H, W) order whatever the state layout."""
+        if self.cl and s.ndim == 4:
+            s = s.transpose(0, 3, 1, 2)
+        return s.reshape(s.shape[0], -1)
+
+    def _unflat(self, v, like):
+        """Inverse of :meth:`_flat` onto the shape of ``like``."""
+        if self.cl and like.ndim == 4:
+            n, h, w, c = like.shape
+            return self.xp.ascontiguousarray(v.reshape(n, c, h, w).transpose(0, 2, 3, 1))
+        return v.reshape(like.shape)
 
     def _forward_terms(self, x, states, memo_fixed=None, bias=True, which=None):
         """Per synapse: the feed-forward term (pooled pre-activation or fc output) and the pool memo.
@@ -169,15 +201,21 @@ class ConvEBM:
                 continue
             pre = self._op(k).forward(inputs[k])
             if bias:
-                pre = pre + self.params[k][1].reshape(1, -1, 1, 1)
+                pre = pre + self.params[k][1].reshape((1, 1, 1, -1) if self.cl else (1, -1, 1, 1))
             if self.pools[k] == "m" and memo_fixed is not None:
                 idx = memo_fixed[k]
-                n, c = pre.shape[:2]
-                pooled = xp.take_along_axis(pre.reshape(n, c, -1), idx.reshape(n, c, -1), axis=2).reshape(idx.shape)
+                n = pre.shape[0]
+                if self.cl:
+                    c = pre.shape[-1]
+                    flat = xp.take_along_axis(pre.reshape(n, -1, c), idx.reshape(n, -1, c), axis=1)
+                else:
+                    c = pre.shape[1]
+                    flat = xp.take_along_axis(pre.reshape(n, c, -1), idx.reshape(n, c, -1), axis=2)
+                pooled = flat.reshape(idx.shape)
             elif self.pools[k] == "m":
-                pooled, idx = max_pool(pre, 2)
+                pooled, idx = max_pool(pre, 2, channels_last=self.cl)
             elif self.pools[k] == "a":
-                pooled, idx = avg_pool(pre, 2), None
+                pooled, idx = avg_pool(pre, 2, channels_last=self.cl), None
             else:
                 pooled, idx = pre, None
             terms.append(pooled)
@@ -190,7 +228,7 @@ class ConvEBM:
                 memo.append(None)
                 continue
             W, b = self.params[k]
-            prev = inputs[k].reshape(inputs[k].shape[0], -1)
+            prev = self._flat(inputs[k])
             terms.append(prev @ W.T + b if bias else prev @ W.T)
             memo.append(None)
         return terms, memo
@@ -198,14 +236,14 @@ class ConvEBM:
     def _unpool(self, k, s_next, memo_k):
         """``U_k(s_k)``: adjoint of layer k's pool at its current pre-activation."""
         if self.pools[k] == "m":
-            return max_unpool(s_next, memo_k, self.conv_out_shapes[k])
+            return max_unpool(s_next, memo_k, self.conv_out_shapes[k], channels_last=self.cl)
         if self.pools[k] == "a":
-            return avg_pool_adjoint(s_next, self.conv_out_shapes[k], 2)
+            return avg_pool_adjoint(s_next, self.conv_out_shapes[k], 2, channels_last=self.cl)
         return s_next
 
     def _readout(self, s_last):
         W, b = self.params[-1]
-        return s_last.reshape(s_last.shape[0], -1) @ W.T + b
+        return self._flat(s_last) @ W.T + b
 
     def _loss_grad_output(self, states, y):
         """d loss / d (last state), per sample (N, ...)."""
@@ -213,7 +251,7 @@ class ConvEBM:
         t = _onehot(xp, y, self.n_classes, self.dtype)
         if self.softmax:
             p = softmax(self._readout(states[-1]))
-            return ((p - t) @ self.params[-1][0]).reshape(states[-1].shape)
+            return self._unflat((p - t) @ self.params[-1][0], states[-1])
         if self.loss == "mse":
             return states[-1] - t
         return softmax(states[-1]) - t
@@ -265,7 +303,7 @@ class ConvEBM:
                 fb = self._op(k).adjoint(self._unpool(k, states[k], memo[k]))
             else:
                 W = self.params[k][0]
-                fb = (states[k] @ W).reshape(states[k - 1].shape)
+                fb = self._unflat(states[k] @ W, states[k - 1])
             grads[k - 1] = grads[k - 1] + fb
         if beta != 0.0 and (layers is None or self.n_states - 1 in layers):
             if y is None:
@@ -286,14 +324,15 @@ class ConvEBM:
         out = []
         for k in range(self.n_conv):
             u = self._unpool(k, states[k], memo[k])
-            out.append((self._op(k).weight_grad(inputs[k], xp.ascontiguousarray(u)) / n, u.sum(axis=(0, 2, 3)) / n))
+            axes = (0, 1, 2) if self.cl else (0, 2, 3)
+            out.append((self._op(k).weight_grad(inputs[k], xp.ascontiguousarray(u)) / n, u.sum(axis=axes) / n))
         for k in range(self.n_conv, self.n_states):
-            prev = inputs[k].reshape(n, -1)
+            prev = self._flat(inputs[k])
             out.append((states[k].T @ prev / n, states[k].sum(axis=0) / n))
         if self.softmax:
             if beta != 0.0:
                 t = _onehot(xp, y, self.n_classes, self.dtype)
-                s_last = states[-1].reshape(n, -1)
+                s_last = self._flat(states[-1])
                 g = -beta * (softmax(self._readout(states[-1])) - t)
                 out.append((g.T @ s_last / n, g.sum(axis=0) / n))
             else:
