@@ -6,8 +6,11 @@
     - an MNIST-sized CNN: 1-32-64, 5x5, pools mm, padding 1, fc 10.
     Useful flops per step: the forward convolution of every layer and the transposed
     convolution of every layer but the first; reported as a fraction of this machine's
-    float32 GEMM rate measured in the same run. Reference (issue): the autograd PyTorch
-    implementation takes 568 ms and 70 ms per step on this machine type (~65% of GEMM).
+    float32 GEMM rate measured in the same run (useful: the first layer's forward counted every
+    step, as the autograd reference computes it; executed: it is computed once per phase here),
+    and against the bare GEMMs of the same shapes (the bound for im2col at these shapes: thin
+    GEMMs run below the square rate). Reference (issue): the autograd PyTorch implementation
+    takes 568 ms and 70 ms per step on this machine type.
 
 (b) One training batch's EP gradient: the reference schedule (T1=250, T2=50, third phase,
     synchronous) against the asynchronous schedule with convergence-based stopping
@@ -45,6 +48,26 @@ def useful_flops(net, batch, first_forward=True):
         total += (f if first_forward else 0.0) if k == 0 else 2 * f
     for k in range(net.n_conv, len(net.params)):
         total += 4.0 * batch * np.prod(net.params[k][0].shape)
+    return total
+
+
+def gemm_bound(xp, net, batch, repeats=3):
+    """Seconds that the bare GEMMs of one step take at their own shapes: for each conv layer the
+    forward ``(N*M, C*J) x (C*J, K)`` and (all but the first) the adjoint ``(N*M, K) x (K, C*J)``
+    with full-batch operands. Thin GEMMs (K or C*J ~ 64) run well below the square GEMM rate;
+    this is the bound for an im2col implementation at these shapes."""
+    r = np.random.default_rng(0)
+    total = 0.0
+    for k in range(net.n_conv):
+        W = net.params[k][0]
+        m = batch * int(np.prod(net.conv_out_shapes[k]))
+        cj, kk = int(np.prod(W.shape[1:])), W.shape[0]
+        a = xp.asarray(r.standard_normal((m, cj)), dtype=xp.float32)
+        w = xp.asarray(r.standard_normal((cj, kk)), dtype=xp.float32)
+        if k > 0:  # the first layer's forward reads the static input: computed once per phase
+            total += median_time(lambda: a @ w, repeats=repeats, xp=xp)
+            y = xp.asarray(r.standard_normal((m, kk)), dtype=xp.float32)
+            total += median_time(lambda: y @ w.T, repeats=repeats, xp=xp)
     return total
 
 
@@ -98,8 +121,11 @@ def main(argv=None):
     rows = []
     for name, cfg, ref_ms in [("MNIST CNN 1-32-64 5x5", MNIST, 70), ("CIFAR CNN 64-128-256-512", CIFAR, 568)]:
         net, t, flops, executed = step_time(xp, cfg, repeats=3 if quick else 5)
+        bound = gemm_bound(xp, net, 128)
         rows.append({"network": name, "ms_per_step": round(t * 1e3, 1), "useful_GFLOP": round(flops / 1e9, 2),
-                     "executed_GFLOP": round(executed / 1e9, 2), "frac_gemm_executed": round(executed / t / g, 3),
+                     "executed_GFLOP": round(executed / 1e9, 2), "frac_gemm_useful": round(flops / t / g, 3),
+                     "frac_gemm_executed": round(executed / t / g, 3),
+                     "bare_gemm_ms": round(bound * 1e3, 1), "frac_of_bare_gemm": round(bound / t, 3),
                      "reference_ms": ref_ms, "vs_reference": round(ref_ms / (t * 1e3), 2)})
     print_table(rows, list(rows[0]))
     quality = gradient_quality(xp, CIFAR if full else MNIST, 128 if full else 64, quick)

@@ -200,8 +200,8 @@ class ConvEBM:
                 memo.append(cached[2])
                 continue
             pre = self._op(k).forward(inputs[k])
-            if bias:
-                pre = pre + self.params[k][1].reshape((1, 1, 1, -1) if self.cl else (1, -1, 1, 1))
+            # the bias is constant over each channel's pool window: adding it after the pool gives
+            # the same values and argmaxes (max(z + b) = max(z) + b) on a 4x smaller array
             if self.pools[k] == "m" and memo_fixed is not None:
                 idx = memo_fixed[k]
                 n = pre.shape[0]
@@ -218,6 +218,8 @@ class ConvEBM:
                 pooled, idx = avg_pool(pre, 2, channels_last=self.cl), None
             else:
                 pooled, idx = pre, None
+            if bias:
+                pooled = pooled + self.params[k][1].reshape((1, 1, 1, -1) if self.cl else (1, -1, 1, 1))
             terms.append(pooled)
             memo.append(idx)
         n_fc_states = self.n_states - self.n_conv

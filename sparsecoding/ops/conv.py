@@ -179,7 +179,7 @@ class ConvOperator:
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         self.layout = layout
-        self._scratch = None
+        self._scratch = self._pad_buf = None  # reused channels-last work buffers
         if method == "auto":
             method = choose_method(self.geometry)
         self.method = method
@@ -380,10 +380,7 @@ class ConvOperator:
         g, np_ = self.geometry, self.xp
         n, c = x.shape[0], g.n_in
         m, nj = self._idx.shape
-        buf = np_.zeros((n, *self._buffer, c), dtype=self.dtype)
-        bsl, xsl = _embed_slices(g, self._buffer, channels_last=True)
-        buf[bsl] = x[xsl]
-        buf = buf.reshape(n, -1, c)
+        buf = self._padded_input(x)
         out = np_.empty((n * m, g.n_out), dtype=self.dtype)
         chunks, scratch = self._chunks(n, m * nj * c)
         for a, b in chunks:
@@ -391,6 +388,18 @@ class ConvOperator:
             gather_columns_cl(buf[a:b], self._idx, cols)
             np_.matmul(cols.reshape((b - a) * m, -1), self._w2cl.T, out=out[a * m:b * m])
         return out.reshape(n, *g.out_shape, g.n_out)
+
+    def _padded_input(self, x):
+        """x (N, *L, C) in the zero-padded buffer, flattened to (N, P, C). The buffer is kept between
+        calls: only its interior is written, so the padding stays zero without clearing it."""
+        g = self.geometry
+        n, c = x.shape[0], g.n_in
+        shape = (n, *self._buffer, c)
+        if self._pad_buf is None or self._pad_buf.shape != shape:
+            self._pad_buf = self.xp.zeros(shape, dtype=self.dtype)
+        bsl, xsl = _embed_slices(g, self._buffer, channels_last=True)
+        self._pad_buf[bsl] = x[xsl]
+        return self._pad_buf.reshape(n, -1, c)
 
     def _adjoint_cl_cpu(self, y):
         # per chunk: one (b*M, K) x (K, J*C) GEMM into columns, contiguous-run scatter-add (col2im)
@@ -406,9 +415,12 @@ class ConvOperator:
             cols = scratch[:(b - a) * m * nj * c]
             np_.matmul(yf[a * m:b * m], self._w2cl, out=cols.reshape((b - a) * m, nj * c))
             scatter_add_columns_cl(cols.reshape(b - a, m, nj, c), self._idx, buf[a:b])
-        out = np_.zeros((n, *g.in_shape, c), dtype=self.dtype)
         bsl, xsl = _embed_slices(g, self._buffer, channels_last=True)
-        out[xsl] = buf.reshape(n, *self._buffer, c)[bsl]
+        inner = buf.reshape(n, *self._buffer, c)[bsl]
+        if tuple(inner.shape[1:-1]) == tuple(g.in_shape):
+            return inner  # the buffer covers the whole input: a view, no copy
+        out = np_.zeros((n, *g.in_shape, c), dtype=self.dtype)
+        out[xsl] = inner
         return out
 
     def _forward_im2col_cpu(self, buf, channels_last=False):
@@ -517,10 +529,7 @@ class ConvOperator:
         g, np_ = self.geometry, self.xp
         n, c = x.shape[0], g.n_in
         m, nj = self._idx.shape
-        buf = np_.zeros((n, *self._buffer, c), dtype=self.dtype)
-        bsl, xsl = _embed_slices(g, self._buffer, channels_last=True)
-        buf[bsl] = x.astype(self.dtype, copy=False)[xsl]
-        buf = buf.reshape(n, -1, c)
+        buf = self._padded_input(x.astype(self.dtype, copy=False))
         yf = np_.ascontiguousarray(y, dtype=self.dtype).reshape(n * m, g.n_out)
         dw = np_.zeros((g.n_out, nj * c), dtype=self.dtype)
         chunks, scratch = self._chunks(n, m * nj * c)
