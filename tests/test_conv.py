@@ -222,3 +222,36 @@ def test_channels_last_shape_errors():
         op.forward(np.zeros((2, 3, 8, 8)))
     with pytest.raises(ValueError, match="layout must be one of"):
         ConvOperator(np.ones((4, 3, 3, 3)), (8, 8), layout="nhwc")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@given(prob=conv_problems(), l2=st.sampled_from([None, 64]), threads=st.sampled_from(["1", "2", "3"]))
+def test_forward_residual_matches_two_direct_sums(xp, dtype, prob, l2, threads):
+    # c = conv(s - conv_transpose(a)) and the residual itself, against the explicit sums; the fused
+    # CPU path splits the batch over worker threads and (l2=64 bytes) one sample per chunk
+    import os
+
+    par = importlib.import_module("sparsecoding.ops.parallel")
+    saved, env = par.L2_CHUNK_BYTES, os.environ.get("SPARSECODING_THREADS")
+    par.L2_CHUNK_BYTES = l2 or saved
+    os.environ["SPARSECODING_THREADS"] = threads
+    try:
+        d, kernel, stride, pad, shape, n, c, kk, seed = prob
+        x, w, xd, wd = _arrays(xp, prob, dtype)
+        op = ConvOperator(wd, shape, stride, pad, method="im2col")
+        out_shape = conv_output_shape(shape, kernel, stride, pad)
+        a = np.random.default_rng(seed + 11).standard_normal((n, *out_shape, kk))
+        opad = [L - ((o - 1) * s - 2 * p + k) for L, o, s, p, k in zip(shape, out_shape, stride, pad, kernel)]
+        r_ref = x - ref_conv_transpose(np.moveaxis(a, -1, 1), w, stride, pad, opad)
+        c_ref = np.moveaxis(ref_conv(r_ref, w, stride, pad), 1, -1)
+        resid = xp.zeros(x.shape, dtype=dtype)
+        c_out = to_numpy(op.forward_residual(op.residual_plan(xd), xp.asarray(a, dtype=dtype), resid=resid))
+        tol = TOL[dtype]
+        np.testing.assert_allclose(to_numpy(resid), r_ref, atol=tol * (1 + np.abs(r_ref).max()))
+        np.testing.assert_allclose(c_out, c_ref, atol=tol * 10 * (1 + np.abs(c_ref).max()))
+    finally:
+        par.L2_CHUNK_BYTES = saved
+        if env is None:
+            os.environ.pop("SPARSECODING_THREADS", None)
+        else:
+            os.environ["SPARSECODING_THREADS"] = env

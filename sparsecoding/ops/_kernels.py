@@ -37,6 +37,39 @@ def gather_columns(src, idx, out):  # pragma: no cover - compiled
                     out[n, m, c, j] = src[n, c, idx[m, j]]
 
 
+# Single-threaded, GIL-free kernels for the per-core workers of ops.parallel (a parallel=True
+# kernel must not be entered from two threads at once under the workqueue layer).
+@numba.njit(nogil=True, cache=True)
+def gather_columns_1t(src, idx, out):  # pragma: no cover - compiled
+    """:func:`gather_columns` in the calling thread."""
+    nn, nc = src.shape[0], src.shape[1]
+    nm, nj = idx.shape
+    for n in range(nn):
+        for m in range(nm):
+            for c in range(nc):
+                for j in range(nj):
+                    out[n, m, c, j] = src[n, c, idx[m, j]]
+
+
+@numba.njit(nogil=True, cache=True)
+def scatter_residual_1t(cols, idx, s_buf, mask, out):  # pragma: no cover - compiled
+    """``out = (s_buf - col2im(cols)) * mask``: the residual ``s - Phi^T a`` in the padded buffer,
+    zero on the padding (the cropped objective ignores it). cols (N, M, C, J); s_buf, out (N, C, P)."""
+    nn, nc, npos = out.shape
+    nm, nj = idx.shape
+    for n in range(nn):
+        for c in range(nc):
+            for p in range(npos):
+                out[n, c, p] = 0.0
+        for m in range(nm):
+            for c in range(nc):
+                for j in range(nj):
+                    out[n, c, idx[m, j]] += cols[n, m, c, j]
+        for c in range(nc):
+            for p in range(npos):
+                out[n, c, p] = (s_buf[n, c, p] - out[n, c, p]) * mask[p]
+
+
 @numba.njit(parallel=True, cache=True)
 def scatter_add_columns(src, idx, out):  # pragma: no cover - compiled
     """out[n, c, idx[m, j]] += src[n, m, c, j]; src (N, M, C, J), out (N, C, P)."""

@@ -309,6 +309,75 @@ class ConvOperator:
         y = self._forward_im2col(buf) if self.method == "im2col" else self._forward_fft(buf)
         return self.xp.ascontiguousarray(self.xp.moveaxis(y, 1, -1)) if channels_last else y
 
+    # ------------------------------------------------ fused residual analysis
+    def _fused_residual(self, channels_last):
+        return (channels_last and self.layout == "channels_first" and self.method == "im2col"
+                and self.xp.__name__ == "numpy")
+
+    def residual_plan(self, s, channels_last=True):
+        """``s`` (N, C, *L) prepared for repeated :meth:`forward_residual` calls (on the CPU path,
+        embedded once in the zero-padded buffer, with the mask of the unpadded region)."""
+        g = self.geometry
+        self._check_input(s, g.n_in, g.in_shape, "s")
+        s = s.astype(self.dtype, copy=False)
+        if not self._fused_residual(channels_last):
+            return {"s": s}
+        n = s.shape[0]
+        buf = self.xp.zeros((n, g.n_in, *self._buffer), dtype=self.dtype)
+        bsl, xsl = _embed_slices(g, self._buffer)
+        buf[bsl] = s[xsl]
+        mask = self.xp.zeros(self._buffer, dtype=self.dtype)
+        mask[bsl[2:]] = 1
+        return {"s": s, "s_buf": buf.reshape(n, g.n_in, -1), "mask": mask.reshape(-1)}
+
+    def forward_residual(self, plan, a, channels_last=True, resid=None):
+        """``forward(s - adjoint(a))``, the LCA drive and the negative LASSO gradient.
+
+        ``plan`` comes from :meth:`residual_plan`; ``a`` are codes (N, *O, K) with
+        ``channels_last`` (else (N, K, *O)). With ``resid`` (N, C, *L) the residual
+        ``s - adjoint(a)`` is also written there. On the CPU im2col engine with
+        channels-last codes the two convolutions run fused per core and per
+        cache-sized chunk of samples (:mod:`sparsecoding.ops.parallel`), so the
+        columns never leave the core's cache.
+        """
+        xp = self.xp
+        if "s_buf" not in plan:
+            r = plan["s"] - self.adjoint(a, channels_last=channels_last)
+            if resid is not None:
+                resid[...] = r
+            return self.forward(r, channels_last=channels_last)
+        from ._kernels import gather_columns_1t, scatter_residual_1t  # noqa: PLC0415
+        from .parallel import L2_CHUNK_BYTES, run_split  # noqa: PLC0415
+
+        g = self.geometry
+        n, c = plan["s"].shape[0], g.n_in
+        if tuple(a.shape) != (n, *g.out_shape, g.n_out):
+            raise ValueError(f"a must have shape {(n, *g.out_shape, g.n_out)}, got {tuple(a.shape)}")
+        m, nj = self._idx.shape
+        af = xp.ascontiguousarray(a, dtype=self.dtype).reshape(n * m, g.n_out)
+        out = xp.empty((n * m, g.n_out), dtype=self.dtype)
+        s_buf, mask, w2 = plan["s_buf"], plan["mask"], self._w2
+        nb = max(1, L2_CHUNK_BYTES // (m * c * nj * self.dtype.itemsize))
+        bsl, xsl = _embed_slices(g, self._buffer)
+        if resid is not None and tuple(sl.stop - sl.start for sl in xsl[2:]) != tuple(g.in_shape):
+            resid[...] = plan["s"]  # inputs no window reaches: nothing reconstructs them
+
+        def work(lo, hi):
+            cols = xp.empty((min(nb, hi - lo), m, c, nj), dtype=self.dtype)
+            rb = xp.empty((cols.shape[0], c, s_buf.shape[2]), dtype=self.dtype)
+            for i in range(lo, hi, nb):
+                j = min(hi, i + nb)
+                cv, rv = cols[:j - i], rb[:j - i]
+                xp.matmul(af[i * m:j * m], w2, out=cv.reshape((j - i) * m, -1))  # Phi^T a, as columns
+                scatter_residual_1t(cv, self._idx, s_buf[i:j], mask, rv)  # r = s - col2im(columns)
+                if resid is not None:
+                    resid[i:j][xsl] = rv.reshape(j - i, c, *self._buffer)[bsl]
+                gather_columns_1t(rv, self._idx, cv)  # im2col(r)
+                xp.matmul(cv.reshape((j - i) * m, -1), w2.T, out=out[i * m:j * m])  # Phi r
+
+        run_split(work, n)
+        return out.reshape(n, *g.out_shape, g.n_out)
+
     def _forward_im2col(self, buf):
         g, xp = self.geometry, self.xp
         n = buf.shape[0]

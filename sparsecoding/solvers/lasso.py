@@ -132,8 +132,9 @@ def _proximal_gradient(op, s, lambda_, nonneg, max_iter, tol, a0, step, check_ev
     history = [float(xp.sum(lasso_energy(op, s, a, lam)))]
     converged = False
     it = 0
+    plan = op.residual_plan(s)
     for it in range(1, max_iter + 1):
-        c = op.analysis(s - op.synthesis(y))  # minus the gradient at y
+        c = op.residual_analysis(plan, y)  # Phi (s - Phi^T y): minus the gradient at y
         if accelerate:
             a_new, dots = prox_step(y, c, a, step, step * lam, nonneg)
             # restart momentum for samples where it points uphill: <y - a_new, a_new - a> > 0

@@ -4,6 +4,8 @@ Every solver sees a dictionary through two maps:
 
 * ``analysis(s)``  = ``Phi s``   (input drive; dense: ``s @ Phi.T``; conv: ``conv(s, Phi)``)
 * ``synthesis(a)`` = ``Phi^T a`` (reconstruction; dense: ``a @ Phi``; conv: ``conv_transpose(a, Phi)``)
+* ``residual_analysis(s, a)`` = ``Phi (s - Phi^T a)``, the LCA drive and minus the
+  gradient of the smooth part (fused on the CPU for convolutions)
 
 and the Lipschitz constant ``L = ||Phi||_2^2``, the largest eigenvalue of
 ``Phi Phi^T`` (power iteration for convolutions).
@@ -72,6 +74,17 @@ class DenseDictionary:
     def synthesis(self, a):
         return a @ self.phi
 
+    def residual_plan(self, s):
+        """``s`` prepared for :meth:`residual_analysis` (for a solve's duration)."""
+        return {"s": s}
+
+    def residual_analysis(self, plan, a, resid=None):
+        """``Phi (s - Phi^T a)``; with ``resid`` the residual ``s - Phi^T a`` is also written there."""
+        r = plan["s"] - self.synthesis(a)
+        if resid is not None:
+            resid[...] = r
+        return self.analysis(r)
+
     def code_shape(self, n):
         return (n, self.n_atoms)
 
@@ -116,6 +129,16 @@ class ConvDictionary:
         self.op.update_weights(phi)
         self.phi = phi
         self._L = None
+
+    def residual_plan(self, s):
+        """``s`` prepared for :meth:`residual_analysis` (for a solve's duration: the plan holds a
+        padded copy, so a later in-place change of ``s`` needs a new plan)."""
+        return self.op.residual_plan(s, self.channels_last)
+
+    def residual_analysis(self, plan, a, resid=None):
+        """``Phi (s - Phi^T a)`` (fused per core on the CPU with channels-last codes); with ``resid``
+        the residual ``s - Phi^T a`` is also written there."""
+        return self.op.forward_residual(plan, a, self.channels_last, resid)
 
     def analysis(self, s):
         return self.op.forward(s, channels_last=self.channels_last)
