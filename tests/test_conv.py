@@ -255,3 +255,17 @@ def test_forward_residual_matches_two_direct_sums(xp, dtype, prob, l2, threads):
             os.environ.pop("SPARSECODING_THREADS", None)
         else:
             os.environ["SPARSECODING_THREADS"] = env
+
+
+@given(prob=conv_problems())
+def test_residual_alone_matches_direct_sum(xp, prob):
+    d, kernel, stride, pad, shape, n, c, kk, seed = prob
+    x, w, xd, wd = _arrays(xp, prob, np.float64)
+    op = ConvOperator(wd, shape, stride, pad, method="im2col")
+    out_shape = conv_output_shape(shape, kernel, stride, pad)
+    a = np.random.default_rng(seed + 13).standard_normal((n, *out_shape, kk))
+    opad = [L - ((o - 1) * s - 2 * p + k) for L, o, s, p, k in zip(shape, out_shape, stride, pad, kernel)]
+    r_ref = x - ref_conv_transpose(np.moveaxis(a, -1, 1), w, stride, pad, opad)
+    resid = xp.full(x.shape, np.nan)
+    assert op.residual(op.residual_plan(xd), xp.asarray(a), resid) is None
+    np.testing.assert_allclose(to_numpy(resid), r_ref, atol=1e-10 * (1 + np.abs(r_ref).max()))

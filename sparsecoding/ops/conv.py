@@ -330,7 +330,11 @@ class ConvOperator:
         mask[bsl[2:]] = 1
         return {"s": s, "s_buf": buf.reshape(n, g.n_in, -1), "mask": mask.reshape(-1)}
 
-    def forward_residual(self, plan, a, channels_last=True, resid=None):
+    def residual(self, plan, a, resid, channels_last=True):
+        """Write ``s - adjoint(a)`` into ``resid`` (N, C, *L) (fused per core like :meth:`forward_residual`)."""
+        return self.forward_residual(plan, a, channels_last, resid, analysis=False)
+
+    def forward_residual(self, plan, a, channels_last=True, resid=None, analysis=True):
         """``forward(s - adjoint(a))``, the LCA drive and the negative LASSO gradient.
 
         ``plan`` comes from :meth:`residual_plan`; ``a`` are codes (N, *O, K) with
@@ -345,7 +349,7 @@ class ConvOperator:
             r = plan["s"] - self.adjoint(a, channels_last=channels_last)
             if resid is not None:
                 resid[...] = r
-            return self.forward(r, channels_last=channels_last)
+            return self.forward(r, channels_last=channels_last) if analysis else None
         from ._kernels import gather_columns_1t, scatter_residual_1t  # noqa: PLC0415
         from .parallel import L2_CHUNK_BYTES, run_split  # noqa: PLC0415
 
@@ -372,11 +376,13 @@ class ConvOperator:
                 scatter_residual_1t(cv, self._idx, s_buf[i:j], mask, rv)  # r = s - col2im(columns)
                 if resid is not None:
                     resid[i:j][xsl] = rv.reshape(j - i, c, *self._buffer)[bsl]
+                if not analysis:
+                    continue
                 gather_columns_1t(rv, self._idx, cv)  # im2col(r)
                 xp.matmul(cv.reshape((j - i) * m, -1), w2.T, out=out[i * m:j * m])  # Phi r
 
         run_split(work, n)
-        return out.reshape(n, *g.out_shape, g.n_out)
+        return out.reshape(n, *g.out_shape, g.n_out) if analysis else None
 
     def _forward_im2col(self, buf):
         g, xp = self.geometry, self.xp

@@ -55,10 +55,13 @@ def _per_sample_sum(xp, a):
     return xp.sum(a.reshape(a.shape[0], -1), axis=1)
 
 
-def lasso_energy(op, s, a, lambda_):
-    """Per-sample energy ``1/2 ||s - Phi^T a||^2 + lambda ||a||_1``, shape (N,)."""
+def lasso_energy(op, s, a, lambda_, plan=None):
+    """Per-sample energy ``1/2 ||s - Phi^T a||^2 + lambda ||a||_1``, shape (N,).
+
+    ``plan``: ``op.residual_plan(s)`` where a solver has one (the residual is then fused).
+    """
     xp = get_xp(s, a)
-    r = s - op.synthesis(a)
+    r = s - op.synthesis(a) if plan is None else op.residual(plan, a, xp.empty_like(s))
     return 0.5 * _per_sample_sum(xp, r * r) + lambda_ * _per_sample_sum(xp, xp.abs(a))
 
 
@@ -147,7 +150,7 @@ def _proximal_gradient(op, s, lambda_, nonneg, max_iter, tol, a0, step, check_ev
             y = a_new
         a = a_new
         if it % check_every == 0 or it == max_iter:
-            e = float(xp.sum(lasso_energy(op, s, a, lam)))
+            e = float(xp.sum(lasso_energy(op, s, a, lam, plan)))
             history.append(e)
             if _diverged(e, history[0]):
                 raise FloatingPointError(f"solver diverged at iteration {it} (energy {e}); reduce the step")

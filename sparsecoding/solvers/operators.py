@@ -78,6 +78,11 @@ class DenseDictionary:
         """``s`` prepared for :meth:`residual_analysis` (for a solve's duration)."""
         return {"s": s}
 
+    def residual(self, plan, a, resid):
+        """Write ``s - Phi^T a`` into ``resid``."""
+        resid[...] = plan["s"] - self.synthesis(a)
+        return resid
+
     def residual_analysis(self, plan, a, resid=None):
         """``Phi (s - Phi^T a)``; with ``resid`` the residual ``s - Phi^T a`` is also written there."""
         r = plan["s"] - self.synthesis(a)
@@ -134,6 +139,11 @@ class ConvDictionary:
         """``s`` prepared for :meth:`residual_analysis` (for a solve's duration: the plan holds a
         padded copy, so a later in-place change of ``s`` needs a new plan)."""
         return self.op.residual_plan(s, self.channels_last)
+
+    def residual(self, plan, a, resid):
+        """Write ``s - Phi^T a`` into ``resid`` (fused per core on the CPU with channels-last codes)."""
+        self.op.residual(plan, a, resid, self.channels_last)
+        return resid
 
     def residual_analysis(self, plan, a, resid=None):
         """``Phi (s - Phi^T a)`` (fused per core on the CPU with channels-last codes); with ``resid``
