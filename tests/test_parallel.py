@@ -32,3 +32,25 @@ def test_run_split_propagates_errors(monkeypatch):
 
     with pytest.raises(RuntimeError, match="worker failed"):
         run_split(fn, 4)
+
+
+def test_run_split_works_in_a_forked_child(monkeypatch):
+    import multiprocessing as mp
+
+    monkeypatch.setenv("SPARSECODING_THREADS", "2")
+    barrier = threading.Barrier(2, timeout=30)
+    run_split(lambda lo, hi: barrier.wait(), 4)  # both worker threads exist in the parent before the fork
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        assert pool.apply_async(_child_sum, (10,)).get(timeout=60) == 45
+
+
+def _child_sum(n):
+    total, lock = [], threading.Lock()
+
+    def fn(lo, hi):
+        with lock:
+            total.append(sum(range(lo, hi)))
+
+    run_split(fn, n)
+    return sum(total)

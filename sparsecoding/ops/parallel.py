@@ -28,6 +28,7 @@ __all__ = ["n_workers", "run_split", "L2_CHUNK_BYTES"]
 L2_CHUNK_BYTES = 1 << 19
 
 _pool = None
+_pool_pid = None
 _controller = None
 
 
@@ -43,9 +44,11 @@ def n_workers():
 
 
 def _get_pool(n):
-    global _pool, _controller
-    if _pool is None or _pool._max_workers != n:
+    global _pool, _pool_pid, _controller
+    # a forked child inherits the executor but not its threads: make a new one there
+    if _pool is None or _pool._max_workers != n or _pool_pid != os.getpid():
         _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="sparsecoding")
+        _pool_pid = os.getpid()
     if _controller is None:
         _controller = ThreadpoolController()
     return _pool, _controller
