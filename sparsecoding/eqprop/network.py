@@ -96,7 +96,8 @@ class ConvEBM:
             layout = "channels_last" if self.xp.__name__ == "numpy" else "channels_first"
         self.layout = layout
         self.cl = layout == "channels_last"
-        self._prepared = None
+        self._prepared = None  # the last input _check_x returned
+        self._input_term = None  # the input layer's term, cached during a relaxation
         self.dtype = np.dtype(dtype)
         self.pools = pools
         self.strides, self.paddings = list(strides), list(paddings)
@@ -188,7 +189,7 @@ class ConvEBM:
         xp = self.xp
         terms, memo = [], []
         inputs = [x] + states
-        cached = getattr(self, "_input_term", None)
+        cached = self._input_term
         for k in range(self.n_conv):
             if which is not None and k not in which:
                 terms.append(None)
@@ -294,7 +295,7 @@ class ConvEBM:
         if layers is not None:
             layers = set(layers)
             # own feed-forward term; feedback from the layer above (whose max-pool indices need its forward)
-            which = set(layers) | {k + 1 for k in layers if k + 1 < self.n_conv and self.pools[k + 1] == "m"}
+            which = layers | {k + 1 for k in layers if k + 1 < self.n_conv and self.pools[k + 1] == "m"}
         terms, memo = self._forward_terms(x, states, which=which) if _terms is None else _terms
         grads = list(terms)
         for k in range(1, self.n_states):

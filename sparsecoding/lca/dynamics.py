@@ -124,6 +124,10 @@ def run_lca(op, s, lambda_, tau, transfer, n_iter, initial_states=None, drive_sc
     if track_metrics:
         metrics = {k: np.asarray([float(v) for v in xp.stack(vals).tolist()]) if vals else np.zeros(0)
                    for k, vals in tracks.items()}
+    return _result(s, b, u, a, recon, resid, it, converged, metrics, all_ts, history)
+
+
+def _result(s, b, u, a, recon, resid, it, converged, metrics, all_ts, history):
     return {"states": u, "acts": a, "recons": recon, "recon_errors": resid, "input_drives": b,
             "inputs": s, "n_iter": it, "converged": converged, "metrics": metrics, "all": all_ts,
             "energy_history": history}
@@ -160,9 +164,7 @@ def _run_fused(op, s, b, u, a, u_check, lambda_, eta, soft, n_iter, drive_scalin
     if not converged and it:
         # the final state is always checked (energy history, divergence, convergence)
         converged = _check(xp, history, u, u_check, resid, a, lambda_, tol, it)
-    return {"states": u, "acts": a, "recons": recon, "recon_errors": resid, "input_drives": b,
-            "inputs": s, "n_iter": it, "converged": converged, "metrics": None, "all": None,
-            "energy_history": history}
+    return _result(s, b, u, a, recon, resid, it, converged, None, None, history)
 
 
 def _check(xp, history, u, u_check, resid, a, lambda_, tol, it):

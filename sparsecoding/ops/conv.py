@@ -423,11 +423,11 @@ class ConvOperator:
             y = y.astype(self.dtype, copy=False)
             if self.method == "im2col" and self.xp.__name__ == "numpy":
                 return self._adjoint_cl_cpu(y)
-            x = self.adjoint_channels_first(y, channels_last=True)
+            x = self._adjoint_channels_first(y, channels_last=True)
             return self.xp.ascontiguousarray(self.xp.moveaxis(x, 1, -1))
-        return self.adjoint_channels_first(y, channels_last)
+        return self._adjoint_channels_first(y, channels_last)
 
-    def adjoint_channels_first(self, y, channels_last=False):
+    def _adjoint_channels_first(self, y, channels_last=False):
         """:meth:`adjoint` with a channels-first result whatever the layout (``y`` channels-last if asked)."""
         g = self.geometry
         if channels_last:

@@ -132,10 +132,10 @@ def _proximal_gradient(op, s, lambda_, nonneg, max_iter, tol, a0, step, check_ev
     a = xp.zeros(op.code_shape(s.shape[0]), dtype=s.dtype) if a0 is None else a0.astype(s.dtype, copy=True)
     y = a
     t = 1.0
-    history = [float(xp.sum(lasso_energy(op, s, a, lam)))]
+    plan = op.residual_plan(s)
+    history = [float(xp.sum(lasso_energy(op, s, a, lam, plan)))]
     converged = False
     it = 0
-    plan = op.residual_plan(s)
     for it in range(1, max_iter + 1):
         c = op.residual_analysis(plan, y)  # Phi (s - Phi^T y): minus the gradient at y
         if accelerate:
@@ -157,7 +157,7 @@ def _proximal_gradient(op, s, lambda_, nonneg, max_iter, tol, a0, step, check_ev
             if _converged(history, tol):
                 converged = True
                 break
-    return SolverResult(a, it, converged, lasso_energy(op, s, a, lam), history)
+    return SolverResult(a, it, converged, lasso_energy(op, s, a, lam, plan), history)
 
 
 @numba.njit(inline="always")

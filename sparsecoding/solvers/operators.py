@@ -4,8 +4,8 @@ Every solver sees a dictionary through two maps:
 
 * ``analysis(s)``  = ``Phi s``   (input drive; dense: ``s @ Phi.T``; conv: ``conv(s, Phi)``)
 * ``synthesis(a)`` = ``Phi^T a`` (reconstruction; dense: ``a @ Phi``; conv: ``conv_transpose(a, Phi)``)
-* ``residual_analysis(s, a)`` = ``Phi (s - Phi^T a)``, the LCA drive and minus the
-  gradient of the smooth part (fused on the CPU for convolutions)
+* ``residual_analysis(plan, a)`` = ``Phi (s - Phi^T a)`` with ``plan = residual_plan(s)``:
+  the LCA drive and minus the gradient of the smooth part (fused on the CPU for convolutions)
 
 and the Lipschitz constant ``L = ||Phi||_2^2``, the largest eigenvalue of
 ``Phi Phi^T`` (power iteration for convolutions).
