@@ -269,3 +269,12 @@ def test_residual_alone_matches_direct_sum(xp, prob):
     resid = xp.full(x.shape, np.nan)
     assert op.residual(op.residual_plan(xd), xp.asarray(a), resid) is None
     np.testing.assert_allclose(to_numpy(resid), r_ref, atol=1e-10 * (1 + np.abs(r_ref).max()))
+
+
+def test_forward_residual_bad_code_shape():
+    op = ConvOperator(np.ones((4, 3, 3, 3)), (8, 8), stride=2, padding=1, method="im2col")
+    plan = op.residual_plan(np.zeros((2, 3, 8, 8)))
+    with pytest.raises(ValueError, match=r"a must have shape \(2, 4, 4, 4\)"):
+        op.forward_residual(plan, np.zeros((2, 4, 4, 3)))
+    with pytest.raises(ValueError, match="s has 2 channels, expected 3"):
+        op.residual_plan(np.zeros((2, 2, 8, 8)))

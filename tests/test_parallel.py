@@ -54,3 +54,10 @@ def _child_sum(n):
 
     run_split(fn, n)
     return sum(total)
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two"])
+def test_bad_thread_count_is_named(monkeypatch, value):
+    monkeypatch.setenv("SPARSECODING_THREADS", value)
+    with pytest.raises(ValueError, match="SPARSECODING_THREADS must be a positive integer"):
+        run_split(lambda lo, hi: None, 4)

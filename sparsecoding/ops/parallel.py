@@ -36,7 +36,13 @@ def n_workers():
     """Worker threads used by :func:`run_split` (``SPARSECODING_THREADS`` or the CPU count)."""
     env = os.environ.get("SPARSECODING_THREADS")
     if env:
-        return max(1, int(env))
+        try:
+            n = int(env)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"SPARSECODING_THREADS must be a positive integer, got {env!r}")
+        return n
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
