@@ -278,3 +278,33 @@ def test_forward_residual_bad_code_shape():
         op.forward_residual(plan, np.zeros((2, 4, 4, 3)))
     with pytest.raises(ValueError, match="s has 2 channels, expected 3"):
         op.residual_plan(np.zeros((2, 2, 8, 8)))
+
+
+@pytest.mark.parametrize("method", ["im2col", "fft"])
+@pytest.mark.parametrize("layout", ["channels_first", "channels_last"])
+def test_operator_follows_in_place_weight_changes(method, layout):
+    # optimisers update weights in place: every derived operand (channels-last GEMM operand,
+    # FFT kernel spectrum) must follow, except inside frozen_weights where the caller promised
+    # that w stays fixed
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 9, 9))
+    w = rng.standard_normal((4, 3, 3, 3))
+    w_new = rng.standard_normal(w.shape)
+    op = ConvOperator(w, (9, 9), 2, 1, method=method, layout=layout)
+    cl = layout == "channels_last"
+    xin = np.ascontiguousarray(np.moveaxis(x, 1, -1)) if cl else x
+    y = rng.standard_normal((2, 4, 5, 5))
+    yin = np.ascontiguousarray(np.moveaxis(y, 1, -1)) if cl else y
+
+    def public(a):
+        return np.moveaxis(a, -1, 1) if cl else a
+
+    op.forward(xin), op.adjoint(yin)  # derive once with the old weights
+    w[...] = w_new
+    np.testing.assert_allclose(public(op.forward(xin)), ref_conv(x, w_new, (2, 2), (1, 1)), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(public(op.adjoint(yin)), ref_conv_transpose(y, w_new, (2, 2), (1, 1), (0, 0)),
+                               rtol=1e-9, atol=1e-9)
+    with op.frozen_weights():
+        np.testing.assert_allclose(public(op.forward(xin)), ref_conv(x, w_new, (2, 2), (1, 1)), rtol=1e-9, atol=1e-9)
+    w[...] = 0.0  # the cache of the frozen block is released with it
+    assert not np.any(public(op.forward(xin))) and not np.any(public(op.adjoint(yin)))

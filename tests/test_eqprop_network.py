@@ -146,3 +146,32 @@ def test_relax_with_cached_input_term_equals_plain_steps(layout):
     for a, b in zip(manual, relaxed):
         np.testing.assert_array_equal(a, b)
     assert net._input_term is None  # the cache does not outlive the relaxation
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_in_place_optimiser_steps_reach_every_layer(layout):
+    # Optimisers update the parameter arrays in place. The network must relax and predict with
+    # the updated weights: compare with a network built afresh from copies of the same values
+    # (the reference), after SGD steps on the EP gradient.
+    from sparsecoding.eqprop.train import make_optimizer
+
+    rng = np.random.default_rng(0)
+    net = make_net("mm", layout=layout)
+    x = rng.uniform(0, 1, (6, 2, 8, 8))
+    y = rng.integers(0, 3, 6)
+    net.relax(x, net.init_states(6), 5)  # operators built and used with the initial weights
+    opt = make_optimizer(net, "sgd", lrs=0.5, mmt=0.9)
+    for _ in range(3):
+        grads = net.ep_gradients(x, y, 10, 4, (0.0, 0.5))
+        opt.step([g for pair in grads for g in pair])
+    fresh = make_net("mm", layout=layout)
+    for (W, b), (W2, b2) in zip(fresh.params, net.params):
+        W[...], b[...] = W2, b2
+    assert not np.allclose(net.params[1][0], make_net("mm", layout=layout).params[1][0])  # weights moved
+    s_net = net.relax(x, net.init_states(6), 15)
+    s_ref = fresh.relax(x, fresh.init_states(6), 15)
+    for a, b in zip(s_net, s_ref):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    g_net, g_ref = net.state_grads(x, s_net), fresh.state_grads(x, s_ref)
+    for a, b in zip(g_net, g_ref):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)

@@ -26,6 +26,7 @@ a readout ``W_out`` outside the dynamics and the loss is the cross-entropy of
 from __future__ import annotations
 
 import math
+from contextlib import ExitStack
 
 import numpy as np
 
@@ -367,13 +368,18 @@ class ConvEBM:
         if len(states) != self.n_states:
             raise ValueError(f"need {self.n_states} state arrays, got {len(states)}")
         self._input_term = None
-        if self.n_conv:
-            term, memo = self._forward_terms(x, states, which={0})
-            self._input_term = (x, term[0], memo[0])
-        try:
-            states = self._relax_loop(x, states, T, y, beta, schedule, tol, check_every)
-        finally:
-            self._input_term = None
+        with ExitStack() as frozen:
+            # the weights cannot change during a relaxation: operands derived from them
+            # (channels-last GEMM operands) are computed once here, not at every step
+            for k in range(self.n_conv):
+                frozen.enter_context(self._op(k).frozen_weights())
+            if self.n_conv:
+                term, memo = self._forward_terms(x, states, which={0})
+                self._input_term = (x, term[0], memo[0])
+            try:
+                states = self._relax_loop(x, states, T, y, beta, schedule, tol, check_every)
+            finally:
+                self._input_term = None
         return states
 
     def _relax_loop(self, x, states, T, y, beta, schedule, tol, check_every):

@@ -27,6 +27,7 @@ FFT engine) so that iterative solvers pay the kernel transform once.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import product
 
@@ -167,8 +168,9 @@ class ConvOperator:
     -----
     ``forward(x)`` maps ``(N, C, *L) -> (N, K, *O)``; ``adjoint(y)`` maps
     ``(N, K, *O) -> (N, C, *L)`` and satisfies ``<forward(x), y> = <x, adjoint(y)>``.
-    For the FFT engine the kernel spectrum is computed once here; building a
-    new operator after changing ``w`` is required (``update_weights``).
+    Operands derived from the weight values (the FFT kernel spectrum, the
+    channels-last GEMM operand) are recomputed per call, so in-place changes of
+    ``w`` are always seen, and computed once inside :meth:`frozen_weights`.
     """
 
     def __init__(self, w, in_shape, stride=1, padding=0, method="auto", layout="channels_first"):
@@ -184,51 +186,97 @@ class ConvOperator:
             method = choose_method(self.geometry)
         self.method = method
         self.dtype = w.dtype
+        self._frozen, self._derived = 0, None
         self.update_weights(w)
 
     # ------------------------------------------------------------------ setup
     def update_weights(self, w):
-        """Use new weights of the same shape (recomputes the kernel spectrum)."""
+        """Use a new weight array of the same shape.
+
+        Nothing derived from the weight *values* is kept between calls (the channels-last
+        GEMM operand, the FFT kernel spectrum): it is recomputed from ``self.w`` at every
+        ``forward`` / ``adjoint``, so in-place changes of ``w`` (optimiser steps) are always
+        seen. Inside :meth:`frozen_weights` it is computed once and reused, which iterative
+        solvers use for the length of one relaxation.
+        """
         g = self.geometry
         if tuple(w.shape) != (g.n_out, g.n_in, *g.kernel):
             raise ValueError(f"w must keep shape {(g.n_out, g.n_in, *g.kernel)}, got {tuple(w.shape)}")
         self.w = w
+        self._derived = None
         if self.method == "im2col":
-            # (K, C*prod(k)) for the GEMMs
-            self._w2 = w.reshape(g.n_out, -1)
             self._buffer = tuple((o - 1) * s + k for o, s, k in zip(g.out_shape, g.stride, g.kernel))
             if self.xp.__name__ == "numpy":
                 from ._kernels import window_index  # noqa: PLC0415
 
                 self._idx = window_index(self._buffer, g.kernel, g.stride, g.out_shape)
-                if self.layout == "channels_last":
-                    # (K, *k, C) flattened: the column order of the channels-last gather
-                    self._w2cl = self.xp.ascontiguousarray(self.xp.moveaxis(w, 1, -1)).reshape(g.n_out, -1)
         else:
-            self._setup_fft(w)
+            self._setup_fft_geometry()
 
-    def _setup_fft(self, w):
-        xp, g = self.xp, self.geometry
-        caps = capabilities(xp)
+    @contextmanager
+    def frozen_weights(self):
+        """Promise that ``w`` does not change inside the block: derived operands are computed once.
+
+        Re-entrant; the cache is dropped when the outermost block exits. Used by the
+        relaxation loops (one weight transpose or kernel FFT per relaxation, not per step).
+        """
+        self._frozen += 1
+        try:
+            yield self
+        finally:
+            self._frozen -= 1
+            if not self._frozen:
+                self._derived = None
+
+    def _weights_derived(self):
+        """The operands derived from the current weight values (cached only while frozen)."""
+        d = self._derived
+        if d is None:
+            xp, g, w = self.xp, self.geometry, self.w
+            d = {}
+            if self.method == "fft":
+                d.update(self._kernel_spectrum(w))
+            elif self.layout == "channels_last" and xp.__name__ == "numpy":
+                # (K, *k, C) flattened: the column order of the channels-last gather
+                d["w2cl"] = xp.ascontiguousarray(xp.moveaxis(w, 1, -1)).reshape(g.n_out, -1)
+            if self._frozen:
+                self._derived = d
+        return d
+
+    @property
+    def _w2(self):
+        # (K, C*prod(k)) for the channels-first GEMMs: a view of w, so it follows in-place changes
+        return self.w.reshape(self.geometry.n_out, -1)
+
+    @property
+    def _w2cl(self):
+        return self._weights_derived()["w2cl"]
+
+    def _setup_fft_geometry(self):
+        g = self.geometry
+        caps = capabilities(self.xp)
         self._fft, self._fkw = caps.fft, caps.fft_kwargs
-        kq = tuple(-(-k // s) for k, s in zip(g.kernel, g.stride))  # k' = ceil(k/s)
-        self._q = tuple(o + k - 1 for o, k in zip(g.out_shape, kq))  # phases that matter
+        self._kq = tuple(-(-k // s) for k, s in zip(g.kernel, g.stride))  # k' = ceil(k/s)
+        self._q = tuple(o + k - 1 for o, k in zip(g.out_shape, self._kq))  # phases that matter
         self._buffer = tuple(q * s for q, s in zip(self._q, g.stride))
         self._nfft = tuple(self._fft.next_fast_len(q, real=True) for q in self._q)
         self._axes = tuple(range(2, 2 + g.d))
+        self._fshape = (*self._nfft[:-1], self._nfft[-1] // 2 + 1)
+
+    def _kernel_spectrum(self, w):
+        xp, g, kq = self.xp, self.geometry, self._kq
         # kernel phases: (K, C', k'...), zero padded to k'*s
         wpad = xp.zeros((g.n_out, g.n_in, *(k * s for k, s in zip(kq, g.stride))), dtype=w.dtype)
         wpad[(slice(None), slice(None), *(slice(0, k) for k in g.kernel))] = w
         wph = self._space_to_depth(wpad, kq)
         W = self._fft.rfftn(wph, s=self._nfft, axes=self._axes, **self._fkw)
-        self._fshape = W.shape[2:]
         nf = math.prod(self._fshape)
         cq = wph.shape[1]
         # frequency-major layouts for batched matmuls:
         # forward uses conj(W) as (F, C', K), adjoint uses W as (F, K, C')
         Wf = W.reshape(g.n_out, cq, nf).transpose(2, 0, 1)  # (F, K, C')
-        self._W_adj = xp.ascontiguousarray(Wf)
-        self._W_fwd = xp.ascontiguousarray(xp.conj(Wf).transpose(0, 2, 1))  # (F, C', K)
+        return {"W_adj": xp.ascontiguousarray(Wf),
+                "W_fwd": xp.ascontiguousarray(xp.conj(Wf).transpose(0, 2, 1))}  # (F, C', K)
 
     def _space_to_depth(self, a, q):
         """(N, C, *(q*s)) -> (N, C*prod(s), *q), channel index (c, r1, .., rd)."""
@@ -405,7 +453,7 @@ class ConvOperator:
         X = self._fft.rfftn(xph, s=self._nfft, axes=self._axes, **self._fkw)
         nf = math.prod(self._fshape)
         Xf = X.reshape(n, X.shape[1], nf).transpose(2, 0, 1)  # (F, N, C')
-        Y = xp.matmul(Xf, self._W_fwd)  # (F, N, K)
+        Y = xp.matmul(Xf, self._weights_derived()["W_fwd"])  # (F, N, K)
         Y = Y.transpose(1, 2, 0).reshape(n, g.n_out, *self._fshape)
         y = self._fft.irfftn(Y, s=self._nfft, axes=self._axes, **self._fkw)
         y = y[(slice(None), slice(None), *(slice(0, o) for o in g.out_shape))]
@@ -548,7 +596,7 @@ class ConvOperator:
         Y = self._fft.rfftn(y, s=self._nfft, axes=self._axes, **self._fkw)
         nf = math.prod(self._fshape)
         Yf = Y.reshape(n, g.n_out, nf).transpose(2, 0, 1)  # (F, N, K)
-        X = xp.matmul(Yf, self._W_adj)  # (F, N, C')
+        X = xp.matmul(Yf, self._weights_derived()["W_adj"])  # (F, N, C')
         X = X.transpose(1, 2, 0).reshape(n, X.shape[2], *self._fshape)
         xph = self._fft.irfftn(X, s=self._nfft, axes=self._axes, **self._fkw)
         xph = xph[(slice(None), slice(None), *(slice(0, q) for q in self._q))]
