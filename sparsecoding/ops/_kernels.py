@@ -18,6 +18,8 @@ import os
 import numba
 import numpy as np
 
+from ._jit import njit_cached
+
 # numba's OpenMP layer spin-waits after each parallel region and starves the
 # OpenBLAS threads of the GEMM that follows (measured: 57 ms vs 34 ms for the
 # conv pair of bench/conv.py on 2 cores); the workqueue layer sleeps instead.
@@ -25,7 +27,7 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 
 
-@numba.njit(parallel=True, cache=True)
+@njit_cached(parallel=True)
 def gather_columns(src, idx, out):  # pragma: no cover - compiled
     """out[n, m, c, j] = src[n, c, idx[m, j]]; src (N, C, P), out (N, M, C, J)."""
     nn, nc = src.shape[0], src.shape[1]
@@ -39,7 +41,7 @@ def gather_columns(src, idx, out):  # pragma: no cover - compiled
 
 # Single-threaded, GIL-free kernels for the per-core workers of ops.parallel (a parallel=True
 # kernel must not be entered from two threads at once under the workqueue layer).
-@numba.njit(nogil=True, cache=True)
+@njit_cached(nogil=True)
 def gather_columns_1t(src, idx, out):  # pragma: no cover - compiled
     """:func:`gather_columns` in the calling thread."""
     nn, nc = src.shape[0], src.shape[1]
@@ -51,7 +53,7 @@ def gather_columns_1t(src, idx, out):  # pragma: no cover - compiled
                     out[n, m, c, j] = src[n, c, idx[m, j]]
 
 
-@numba.njit(nogil=True, cache=True)
+@njit_cached(nogil=True)
 def scatter_residual_1t(cols, idx, s_buf, mask, out):  # pragma: no cover - compiled
     """``out = (s_buf - col2im(cols)) * mask``: the residual ``s - Phi^T a`` in the padded buffer,
     zero on the padding (the cropped objective ignores it). cols (N, M, C, J); s_buf, out (N, C, P)."""
@@ -70,7 +72,7 @@ def scatter_residual_1t(cols, idx, s_buf, mask, out):  # pragma: no cover - comp
                 out[n, c, p] = (s_buf[n, c, p] - out[n, c, p]) * mask[p]
 
 
-@numba.njit(parallel=True, cache=True)
+@njit_cached(parallel=True)
 def scatter_add_columns(src, idx, out):  # pragma: no cover - compiled
     """out[n, c, idx[m, j]] += src[n, m, c, j]; src (N, M, C, J), out (N, C, P)."""
     nn, nc = out.shape[0], out.shape[1]
@@ -82,7 +84,7 @@ def scatter_add_columns(src, idx, out):  # pragma: no cover - compiled
                     out[n, c, idx[m, j]] += src[n, m, c, j]
 
 
-@numba.njit(parallel=True, cache=True)
+@njit_cached(parallel=True)
 def gather_columns_cl(src, idx, out):  # pragma: no cover - compiled
     """out[n, m, j, :] = src[n, idx[m, j], :]; src (N, P, C), out (N, M, J, C)."""
     nn, nc = src.shape[0], src.shape[2]
@@ -95,7 +97,7 @@ def gather_columns_cl(src, idx, out):  # pragma: no cover - compiled
                     out[n, m, j, c] = src[n, p, c]
 
 
-@numba.njit(parallel=True, cache=True)
+@njit_cached(parallel=True)
 def scatter_add_columns_cl(src, idx, out):  # pragma: no cover - compiled
     """out[n, idx[m, j], :] += src[n, m, j, :]; src (N, M, J, C), out (N, P, C)."""
     nn, nc = out.shape[0], out.shape[2]
@@ -108,7 +110,7 @@ def scatter_add_columns_cl(src, idx, out):  # pragma: no cover - compiled
                     out[n, p, c] += src[n, m, j, c]
 
 
-@numba.njit(parallel=True, cache=True)
+@njit_cached(parallel=True)
 def swap_last_two(a, out):  # pragma: no cover - compiled
     """out[n, j, i] = a[n, i, j] (a batched transpose, parallel over n)."""
     for n in numba.prange(a.shape[0]):
@@ -125,7 +127,7 @@ def window_index(buffer_shape, kernel, stride, out_shape):
     return np.ravel_multi_index(coords, tuple(buffer_shape)).astype(np.int64)
 
 
-@numba.njit(parallel=True, cache=True)
+@njit_cached(parallel=True)
 def max_pool_2d(x, kh, kw, sh, sw, out, idx):  # pragma: no cover - compiled
     """2-D max pool over (N*C, H, W) planes: values and flat argmax indices (first maximum)."""
     planes, h, w = x.shape
@@ -145,7 +147,7 @@ def max_pool_2d(x, kh, kw, sh, sw, out, idx):  # pragma: no cover - compiled
                 idx[p, i, j] = bi
 
 
-@numba.njit(parallel=True, cache=True)
+@njit_cached(parallel=True)
 def max_pool_2d_cl(x, kh, kw, sh, sw, out, idx):  # pragma: no cover - compiled
     """Channels-last 2-D max pool: x (N, H, W, C) -> out, idx (N, OH, OW, C); idx is the flat
     spatial index ``h * W + w`` of the first maximum, as in the channels-first kernel."""
@@ -168,7 +170,7 @@ def max_pool_2d_cl(x, kh, kw, sh, sw, out, idx):  # pragma: no cover - compiled
                                 idx[n, i, j, c] = r * w + q
 
 
-@numba.njit(parallel=True, cache=True)
+@njit_cached(parallel=True)
 def max_unpool_cl(y, idx, out):  # pragma: no cover - compiled
     """out[n, idx[n, m, c], c] += y[n, m, c]; y, idx (N, M, C), out (N, P, C) zeroed."""
     nn, nm, nc = y.shape

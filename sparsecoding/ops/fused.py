@@ -16,6 +16,7 @@ import numpy as np
 
 from ..backend import get_xp
 from . import _kernels  # noqa: F401  (sets numba's threading layer before any parallel kernel)
+from ._jit import njit_cached
 
 __all__ = ["lca_step", "prox_step", "momentum"]
 
@@ -32,7 +33,7 @@ def _soft(v, thr, nonneg):  # pragma: no cover - compiled
     return max(v - thr, zero) + min(v + thr, zero)
 
 
-@numba.njit(parallel=True, cache=True, fastmath=True)
+@njit_cached(parallel=True, fastmath=True)
 def _lca_step_kernel(u, c, a, eta, thr, nonneg):  # pragma: no cover - compiled
     n, m = u.shape
     for i in numba.prange(n):
@@ -42,7 +43,7 @@ def _lca_step_kernel(u, c, a, eta, thr, nonneg):  # pragma: no cover - compiled
             a[i, j] = _soft(v, thr, nonneg)
 
 
-@numba.njit(parallel=True, cache=True, fastmath=True)
+@njit_cached(parallel=True, fastmath=True)
 def _prox_step_kernel(y, c, a, step, thr, nonneg, out, dots):  # pragma: no cover - compiled
     n, m = y.shape
     for i in numba.prange(n):
@@ -54,7 +55,7 @@ def _prox_step_kernel(y, c, a, step, thr, nonneg, out, dots):  # pragma: no cove
         dots[i] = acc
 
 
-@numba.njit(parallel=True, cache=True, fastmath=True)
+@njit_cached(parallel=True, fastmath=True)
 def _momentum_kernel(a_new, a, beta, y):  # pragma: no cover - compiled
     n, m = a_new.shape
     for i in numba.prange(n):

@@ -17,6 +17,7 @@ import numba
 import numpy as np
 
 from ..backend import get_xp, to_numpy
+from ..ops._jit import njit_cached
 from ..ops.fused import momentum, prox_step
 from ..ops.threshold import nonneg_soft_threshold, soft_threshold
 from .operators import DenseDictionary
@@ -191,7 +192,7 @@ def _cd_sweep(G, r, a, lam, nonneg, coords, n_coords):  # pragma: no cover - com
     return max_change, max_a
 
 
-@numba.njit(parallel=True, cache=True)
+@njit_cached(parallel=True)
 def _cd_kernel(G, B, A, lam, nonneg, max_iter, tol, n_iter_out):  # pragma: no cover - compiled
     n, k = B.shape
     for i in numba.prange(n):
