@@ -9,6 +9,8 @@ import time
 
 import numpy as np
 
+from ..cliutil import HelpFormatter, device_backend, run_command
+
 
 def add_arguments(p):
     a = p.add_argument
@@ -80,11 +82,10 @@ def build_model(args, in_shape, backend):
 
 
 def run(args):
-    from ..cli import _backend
     from ..checkpoint import load_checkpoint, unpack_params
     from .train import evaluate, train
 
-    backend = _backend(args.device)
+    backend = device_backend(args.device)
     Xtr, ytr, Xte, yte = load_task(args)
     net = build_model(args, Xtr.shape[1:], backend)
     n_syn = len(net.params)
@@ -115,6 +116,15 @@ def run(args):
     return 0
 
 
+def register(sub):
+    """Add the ``eqprop`` subcommand to the top-level parser's subparsers."""
+    p = add_arguments(sub.add_parser("eqprop", help="equilibrium propagation training (EqProp reference arguments)",
+                                     description=__doc__, formatter_class=HelpFormatter))
+    p.set_defaults(func=run)
+    return p
+
+
 def main(argv=None):
-    p = add_arguments(argparse.ArgumentParser(prog="sparsecoding eqprop", description=__doc__))
-    return run(p.parse_args(sys.argv[1:] if argv is None else argv))
+    p = add_arguments(argparse.ArgumentParser(prog="sparsecoding eqprop", description=__doc__,
+                                              formatter_class=HelpFormatter))
+    return run_command("sparsecoding eqprop", run, p.parse_args(sys.argv[1:] if argv is None else argv))
