@@ -45,9 +45,30 @@ def gemm_rate(xp=np, dtype="float32", n=2048, repeats=7):
     return 2.0 * n**3 / t
 
 
+def cpu_model():
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _has_avx512():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " avx512f" in line for line in f)
+    except OSError:
+        return None
+
+
 def machine_info(xp=np):
     info = {"python": platform.python_version(), "numpy": np.__version__, "cpus": os.cpu_count(),
-            "machine": platform.machine(), "backend": "numpy" if xp is np else "cupy"}
+            "cpu_model": cpu_model(), "avx512": _has_avx512(), "machine": platform.machine(),
+            "backend": "numpy" if xp is np else "cupy"}
     if xp is not np:
         info["gpu"] = xp.cuda.runtime.getDeviceProperties(0)["name"].decode()
     return info
@@ -97,5 +118,5 @@ def backend_from_argv(argv):
     return _load_cupy()
 
 
-__all__ = ["median_time", "gemm_rate", "machine_info", "write_json", "print_table", "get_xp", "sync", "backend_from_argv",
+__all__ = ["cpu_model", "median_time", "gemm_rate", "machine_info", "write_json", "print_table", "get_xp", "sync", "backend_from_argv",
            "begin", "finish"]

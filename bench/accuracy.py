@@ -1,0 +1,80 @@
+"""What the README's user commands reach, run exactly as a user runs them.
+
+* EqProp: ``sparsecoding eqprop --task DIGITS --thirdphase --epochs 10`` in a run
+  folder, then ``--todo evaluate`` of that folder in a new process: final test
+  error, seconds per epoch, and whether the reloaded checkpoint gives the same
+  error (the stale-weights bug of an earlier version made them differ).
+* LCA main job (``--lca``): ``sparsecoding lca --out <folder>`` with its
+  defaults: wall time, final energy and fraction active.
+
+Writes ``bench/results/accuracy.json``; ``python -m bench.readme`` puts the
+figures into the README.
+
+Run: python -m bench.accuracy [--lca] [--epochs N]
+"""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import machine_info, write_json
+
+EQPROP = ["eqprop", "--task", "DIGITS", "--thirdphase"]
+
+
+def _sparsecoding(args, **kw):
+    return subprocess.run([sys.executable, "-m", "sparsecoding", *args], check=True, capture_output=True, text=True,
+                          **kw)
+
+
+def eqprop(epochs):
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = str(Path(tmp) / "run")
+        command = EQPROP + ["--epochs", str(epochs)]
+        t0 = time.perf_counter()
+        _sparsecoding(command + ["--save-dir", folder, "--quiet"])
+        wall = time.perf_counter() - t0
+        rows = list(csv.DictReader(open(Path(folder) / "metrics.csv")))
+        out = _sparsecoding(command + ["--save-dir", folder, "--todo", "evaluate"]).stdout
+        evaluated = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])["test_error"]
+    last = rows[-1]
+    return {"command": "sparsecoding " + " ".join(command), "epochs": len(rows),
+            "test_error": float(last["test_error"]), "test_accuracy": 1 - float(last["test_error"]),
+            "train_error": float(last["train_error"]),
+            "seconds_per_epoch": sum(float(r["seconds"]) for r in rows) / len(rows), "wall_seconds": wall,
+            "evaluate_test_error": evaluated, "evaluate_matches": abs(evaluated - float(last["test_error"])) < 1e-12}
+
+
+def lca_main_job():
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        out = _sparsecoding(["lca", "--out", str(Path(tmp) / "lca"), "--quiet"]).stdout
+        wall = time.perf_counter() - t0
+        rows = list(csv.DictReader(open(Path(tmp) / "lca" / "history.csv")))
+    last = rows[-1]
+    return {"command": "sparsecoding lca --out runs/lca", "wall_seconds": wall, "steps": len(rows),
+            "energy": float(last["energy"]), "frac_active": float(last["frac_active"]), "stdout": out.strip()}
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    epochs = int(argv[argv.index("--epochs") + 1]) if "--epochs" in argv else 10
+    payload = {"machine": machine_info()}
+    previous = Path(__file__).resolve().parent / "results" / "accuracy.json"
+    if previous.exists():  # keep the parts not re-run this time
+        payload = json.loads(previous.read_text()) | payload
+    payload["eqprop_digits"] = eqprop(epochs)
+    print(json.dumps(payload["eqprop_digits"], indent=1))
+    if "--lca" in argv:
+        payload["lca_main_job"] = lca_main_job()
+        print(json.dumps(payload["lca_main_job"], indent=1))
+    print(f"wrote {write_json('accuracy', payload)}")
+
+
+if __name__ == "__main__":
+    main()
