@@ -69,3 +69,51 @@ def duality_gap(op, s, a, lam, nonneg):
     ss = _to_numpy(s).reshape(n, -1)
     dual = 0.5 * (ss**2).sum(1) - 0.5 * ((ss - theta) ** 2).sum(1)
     return _to_numpy(_lasso_energy(op, s, a, lam)) - dual
+
+
+class HostReads(np.ndarray):
+    """numpy array that counts every conversion to a host value (``float``, ``int``, ``bool``,
+    ``.item()``, ``.tolist()``): on a GPU each is a synchronisation. Operations keep the subclass,
+    reductions included (0-d results stay arrays instead of becoming numpy scalars), so a loop
+    run on these arrays reports how often it read values on the host.
+
+    ``HostReads.count`` is the running total; ``guard(x)`` wraps an array.
+    """
+
+    count = 0
+
+    def __array_wrap__(self, arr, context=None, return_scalar=False):
+        return np.asarray(arr).view(HostReads)
+
+    def _read(self):
+        HostReads.count += 1
+        return self.view(np.ndarray)
+
+    def __float__(self):
+        return float(self._read())
+
+    def __int__(self):
+        return int(self._read())
+
+    def __index__(self):
+        return self._read().__index__()
+
+    def __bool__(self):
+        return bool(self._read())
+
+    def item(self, *args):
+        return self._read().item(*args)
+
+    def tolist(self):
+        return self._read().tolist()
+
+
+@pytest.fixture
+def host_reads():
+    """Returns ``(guard, reads)``: ``guard(x)`` wraps an array, ``reads()`` the conversions so far."""
+    start = HostReads.count
+
+    def guard(x):
+        return np.asarray(x).view(HostReads)
+
+    return guard, lambda: HostReads.count - start
