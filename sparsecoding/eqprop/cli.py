@@ -99,13 +99,10 @@ def run(args):
         unpack_params(net.params, arrays)
         print(json.dumps({"test_error": evaluate(net, Xte, yte, args.T1, schedule=args.schedule, tol=args.tol)}))
         return 0
-    if args.todo == "gducheck":
-        from .gdu import gdu_check
+    if args.todo == "gducheck":  # the check's own defaults, verdict, exit status 1 on failure: gdu.py
+        from .gdu import gducheck_command
 
-        out = save or "runs/gducheck"
-        summary = gdu_check(net, Xtr[: args.mbs], ytr[: args.mbs], args.T1, args.T2, args.betas[1], out)
-        print(json.dumps(summary))
-        return 0
+        return gducheck_command(args, net, Xtr, ytr, save or "runs/gducheck")
     t0 = time.perf_counter()
     hist = train(net, Xtr, ytr, Xte, yte, args.epochs, args.mbs, args.T1, args.T2, tuple(args.betas), args.thirdphase,
                  args.random_sign, args.optim, lrs, wds, args.mmt, args.lr_decay, args.data_aug, save, args.seed,
