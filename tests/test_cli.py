@@ -21,19 +21,6 @@ def test_lca_digits_job_writes_outputs_and_resumes(tmp_path):
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
 
 
-def test_foldiak_bars_job(tmp_path):
-    assert main(["foldiak", "--task", "bars", "--n-samples", "3000", "--out", str(tmp_path)]) == 0
-    s = json.loads((tmp_path / "summary.json").read_text())
-    assert s["distinct_bars"] == 16 and abs(s["mean_activity"] - 1 / 8) < 0.03
-    assert (tmp_path / "weights.png").exists()
-
-
-def test_lpl_job(tmp_path):
-    assert main(["lpl", "--epochs", "1", "--channels", "8", "16", "--pools", "mm", "--out", str(tmp_path)]) == 0
-    r = json.loads((tmp_path / "readout.json").read_text())
-    assert len(r["lpl"]) == 2 and all(0.1 < a <= 1 for a in r["lpl"])
-
-
 def test_eqprop_short_run_improves_and_resumes(tmp_path):
     base = ["eqprop", "--task", "DIGITS", "--channels", "8", "--kernels", "3", "--pools", "m", "--strides", "1",
             "--paddings", "1", "--fc", "10", "--T1", "15", "--T2", "5", "--mbs", "32", "--lrs", "0.1", "0.05",

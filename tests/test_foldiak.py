@@ -126,3 +126,38 @@ def test_natural_patches_whitened_learn_distinct_localised_features_raw_do_not()
     # localised features: energy concentrated in few pixels, heavy-tailed weights (vs random Gaussian weights)
     assert _localisation(Q) > _localisation(gauss) + 0.03
     assert _kurtosis(Q) > _kurtosis(gauss) + 0.4
+
+
+def test_fit_resumes_bit_exactly_from_a_mid_run_checkpoint(tmp_path):
+    """Warmup and presentation order come from the loop's generators: a run stopped by an exception
+    inside a step and resumed by a fresh network ends bit-identical (Q, W, t, count, history)."""
+    X, _ = bars(600, seed=2)
+    kw = dict(epochs=2, batch_size=8, warmup=40, seed=5)
+    full = FoldiakNetwork(64, 16, seed=1)
+    h_full = full.fit(X, **kw)
+    assert [r["presentations"] for r in h_full] == [40 + 600, 40 + 1200]
+    assert abs(h_full[-1]["activity"] - 1 / 8) < 0.05
+
+    part = FoldiakNetwork(64, 16, seed=1)
+    calls, original = [], part.partial_fit
+
+    def failing(*args, **kwargs):  # call 1 is the warmup; call 111 is batch 110 (epoch 2)
+        calls.append(1)
+        if len(calls) == 111:
+            raise RuntimeError("stop")
+        return original(*args, **kwargs)
+
+    part.partial_fit = failing
+    ck = tmp_path / "ck.npz"
+    with pytest.raises(RuntimeError, match="stop"):
+        part.fit(X, checkpoint=ck, checkpoint_every=20, **kw)
+    resumed = FoldiakNetwork(64, 16, seed=1)
+    h_res = resumed.fit(X, checkpoint=ck, checkpoint_every=20, **kw)
+    for name in ("Q", "W", "t"):
+        np.testing.assert_array_equal(to_numpy(getattr(resumed, name)), to_numpy(getattr(full, name)), err_msg=name)
+    assert resumed.n_presented == full.n_presented and list(h_res) == list(h_full)
+    # the default seed comes from the constructor's: same network seed, same run
+    a, b = FoldiakNetwork(64, 16, seed=4), FoldiakNetwork(64, 16, seed=4)
+    a.fit(X[:200], batch_size=8, warmup=16)
+    b.fit(X[:200], batch_size=8, warmup=16)
+    np.testing.assert_array_equal(to_numpy(a.Q), to_numpy(b.Q))

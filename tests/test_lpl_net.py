@@ -26,3 +26,46 @@ def test_lpl_network_trains_layer_locally_and_resumes_exactly(tmp_path):
     W1_before = g.params[1][0].copy()
     g.train_step(digit_views(X[:16], np.random.default_rng(1)), digit_views(X[:16], np.random.default_rng(2)), layers=[0])
     np.testing.assert_array_equal(g.params[1][0], W1_before)
+
+
+def test_greedy_fit_resumes_bit_exactly_after_an_exception_mid_stage(tmp_path):
+    """Greedy stages on the learning loop: a run stopped by an exception from a callback, resumed by a
+    fresh network from its last checkpoint, ends bit-identical (weights, Adam buffers, history)."""
+    import pytest
+
+    from sparsecoding.data.augment import digit_views
+    from sparsecoding.plasticity.lpl_net import LPLConvNet
+    from sparsecoding.training import SettingsChanged
+
+    X = np.random.default_rng(0).random((48, 1, 8, 8)).astype(np.float32)
+    kw = dict(epochs=2, batch_size=8, seed=3, augment=digit_views, greedy=True, progress=False)
+
+    def make():
+        return LPLConvNet(1, (4, 6), "mi", lr=1e-2, seed=1)
+
+    full = make()
+    h_full = full.fit(X, **kw)  # 2 layers x 2 epochs x 6 batches
+    assert [r["stage"] for r in h_full] == [1, 1, 2, 2]
+    assert "pred1" in h_full[0] and "pred2" not in h_full[0] and "pred2" in h_full[2] and "pred1" not in h_full[2]
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_17(step, report):
+        if step == 17:  # stage 2 (layer 2), epoch 3, batch 5; the last checkpoint is at step 16
+            raise Stop
+
+    ck = tmp_path / "ck.npz"
+    with pytest.raises(Stop):
+        make().fit(X, checkpoint=ck, checkpoint_every=4, callback=stop_at_17, **kw)
+    resumed = make()
+    h_res = resumed.fit(X, checkpoint=ck, checkpoint_every=4, **kw)
+    a_full, m_full = full.get_state()
+    a_res, m_res = resumed.get_state()
+    assert sorted(a_full) == sorted(a_res) and m_full == m_res
+    for k in a_full:
+        np.testing.assert_array_equal(a_full[k], a_res[k], err_msg=k)
+    assert list(h_res) == list(h_full)
+    # greedy: epochs is the stage length, so it is one of the checkpoint's settings
+    with pytest.raises(SettingsChanged, match="epochs_per_layer"):
+        make().fit(X, checkpoint=ck, **{**kw, "epochs": 3})

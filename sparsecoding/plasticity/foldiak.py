@@ -137,23 +137,95 @@ class FoldiakNetwork:
             self.n_presented += b
         return self
 
-    def fit(self, X, epochs=1, batch_size=1, warmup=0, shuffle=True, progress=False):
-        """Train for ``epochs`` passes; the first ``warmup`` presentations adapt thresholds only.
+    def fit(self, X, y=None, *, epochs=1, batch_size=1, seed=None, callbacks=(), checkpoint=None,
+            checkpoint_every=None, allow_changes=False, settings=None, warmup=0, shuffle=True, progress=False,
+            max_steps=None, record_steps=False):
+        """Train for ``epochs`` passes over ``X`` (n_samples, n_inputs) in mini-batches of ``batch_size``.
 
-        Returns self.
+        Runs on the learning loop (:func:`sparsecoding.training.fit_loop`): epoch ``e``
+        presents the samples in the order ``default_rng([seed, e]).permutation(n)``
+        (in the given order with ``shuffle=False``). Before the first batch,
+        ``warmup`` presentations drawn at random (with replacement) from ``X`` adapt
+        the thresholds only; they are drawn from epoch 0's generator, so every
+        random choice comes from the loop's generators and a run is a pure
+        function of the initial weights, ``X``, the settings and ``seed``.
+        ``seed=None`` draws one from the model's own generator (the constructor's
+        ``seed``); pass ``seed`` explicitly to resume a model built with ``seed=None``.
+
+        ``checkpoint``: a .npz path, written atomically every ``checkpoint_every``
+        batches, after every epoch and on Ctrl-C (then :class:`~sparsecoding.training.TrainingInterrupted`
+        is raised); an existing one is resumed, and a resumed run ends bit-identical to an
+        uninterrupted one. Its settings (the hyperparameters, ``batch_size``, ``seed``,
+        ``warmup``, ``shuffle`` and the extra ``settings``) must match unless
+        ``allow_changes``; ``epochs`` may grow. ``callbacks``: ``f(record)`` after each epoch.
+
+        Returns the :class:`~sparsecoding.training.History`; each epoch record holds
+        ``activity``, the mean binary activity over the presented inputs (while ``gamma > 0``),
+        and ``presentations``, the running count of presentations (warmup included).
         """
-        from tqdm.auto import tqdm  # noqa: PLC0415
+        from ..training import fit_loop  # noqa: PLC0415
 
         X = self._check(X)
         xp = self.xp
         n = X.shape[0]
-        if warmup:
-            idx = xp.asarray(self.rng.integers(0, n, warmup))
-            self.partial_fit(X[idx], batch_size=batch_size, thresholds_only=True)
-        for _ in tqdm(range(epochs), disable=not progress, desc="Foldiak"):
-            order = xp.asarray(self.rng.permutation(n)) if shuffle else xp.arange(n)
-            self.partial_fit(X[order], batch_size=batch_size)
-        return self
+        if isinstance(warmup, bool) or not isinstance(warmup, (int, np.integer)) or warmup < 0:
+            raise ValueError(f"warmup must be an integer >= 0, got {warmup!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        warmup, batch_size = int(warmup), int(batch_size)
+        if seed is None:
+            seed = int(self.rng.integers(2**63))
+        own = {"model": "FoldiakNetwork", "n_inputs": self.n_inputs, "n_units": self.n_units, "p": self.p,
+               "alpha": self.alpha, "beta": self.beta, "gamma": self.gamma, "lam": self.lam, "dt": self.dt,
+               "tol": self.tol, "max_settle": self.max_settle, "one_shot": self.one_shot, "dtype": str(self.Q.dtype),
+               "batch_size": batch_size, "seed": seed, "warmup": warmup, "shuffle": bool(shuffle)}
+
+        def step(idx, rng, info):
+            if info["step"] == 0 and warmup:  # thresholds only, before the first batch of the run
+                widx = rng.integers(0, n, warmup)
+                self.partial_fit(X[xp.asarray(widx)], batch_size=batch_size, thresholds_only=True)
+            if not shuffle:
+                start = info["batch"] * batch_size
+                idx = np.arange(start, start + len(idx))
+            t0 = self.t.copy()
+            self.partial_fit(X[xp.asarray(idx)], batch_size=batch_size)
+            if self.gamma > 0:  # dt = gamma (y - p) summed over the batch gives the batch's mean activity
+                return {"activity": (self.t - t0).sum() / (self.gamma * len(idx) * self.n_units) + self.p}
+            return {}
+
+        def epoch_end(epoch, record):
+            return {"presentations": self.n_presented}
+
+        history = fit_loop(self, n, step, epochs=epochs, batch_size=batch_size, seed=seed, checkpoint=checkpoint,
+                           checkpoint_every=checkpoint_every, settings={**own, **(settings or {})},
+                           allow_changes=allow_changes, kind="FoldiakNetwork", on_epoch_end=epoch_end,
+                           callbacks=callbacks, progress=progress, desc="Foldiak", max_steps=max_steps,
+                           record_steps=record_steps)
+        self.history_ = history
+        return history
+
+    def get_state(self):
+        """``(arrays, meta)`` for checkpoints: ``Q``, ``W``, ``t`` (host copies), the presentation count
+        and the state of the model's own generator (it draws ``fit``'s default seed)."""
+        from ..backend import to_numpy  # noqa: PLC0415
+
+        arrays = {name: np.array(to_numpy(getattr(self, name))) for name in ("Q", "W", "t")}
+        return arrays, {"n_presented": int(self.n_presented), "rng": self.rng.bit_generator.state}
+
+    def set_state(self, arrays, meta):
+        """Restore what :meth:`get_state` returned (shapes checked; arrays copied into the model's)."""
+        for name in ("Q", "W", "t"):
+            if name not in arrays:
+                raise ValueError(f"the state has no {name!r} array")
+            own = getattr(self, name)
+            if tuple(np.shape(arrays[name])) != tuple(own.shape):
+                raise ValueError(f"{name} has shape {tuple(np.shape(arrays[name]))} in the state, "
+                                 f"this network's is {tuple(own.shape)}")
+        for name in ("Q", "W", "t"):
+            getattr(self, name)[...] = self.xp.asarray(arrays[name], dtype=getattr(self, name).dtype)
+        self.n_presented = int(meta.get("n_presented", 0))
+        if meta.get("rng") is not None:
+            self.rng.bit_generator.state = meta["rng"]
 
     # ------------------------------------------------------------- analysis
     def feature_assignment(self, templates):

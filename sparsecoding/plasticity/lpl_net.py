@@ -143,51 +143,101 @@ class LPLConvNet:
         self.optimizer.step(full)
         return report
 
-    def fit(self, X, epochs=1, batch_size=128, augment=None, seed=0, greedy=False, progress=True, callback=None,
-            checkpoint=None):
+    def fit(self, X, y=None, *, epochs=1, batch_size=128, seed=0, callbacks=(), checkpoint=None,
+            checkpoint_every=None, allow_changes=False, settings=None, augment=None, greedy=False, progress=True,
+            callback=None, max_steps=None, record_steps=False):
         """Train on images ``X`` (N, C, H, W) with two augmented views per image per step.
 
-        ``checkpoint``: a .npz path written atomically after every epoch; an existing one
-        is resumed exactly (the randomness of epoch ``e`` of stage ``k`` is
-        ``default_rng([seed, k, e])``). Returns the per-step loss reports.
+        Runs on the learning loop (:func:`sparsecoding.training.fit_loop`): epoch ``e``
+        visits the images in the order ``default_rng([seed, e]).permutation(N)`` in
+        batches of ``batch_size`` (a last smaller batch is dropped: the Hebbian term
+        needs a batch variance), and the same generator draws the augmentations
+        (``augment(x, rng)``, default :func:`~sparsecoding.data.augment.lpl_views`).
+
+        ``greedy``: the layers train one after another, ``epochs`` epochs each: the
+        loop runs ``len(layers) * epochs`` epochs and epoch ``e`` trains layer
+        ``e // epochs`` only (its records carry ``stage``, the layer, 1-based), so
+        a checkpoint taken in any stage resumes exactly; ``epochs`` is then one of
+        the checkpoint's settings. Without ``greedy`` all layers train at once and
+        ``epochs`` may grow between runs.
+
+        ``checkpoint``: a .npz path, written atomically every ``checkpoint_every``
+        batches, after every epoch and on Ctrl-C (then
+        :class:`~sparsecoding.training.TrainingInterrupted` is raised); it holds the
+        weights, the optimiser's buffers and the loop's generator state, and an existing
+        one is resumed (bit-identical to an uninterrupted run). Its settings (the
+        network's hyperparameters, ``batch_size``, ``seed``, ``greedy``, the augmentation's
+        name and the extra ``settings``) must match unless ``allow_changes``.
+        ``callbacks``: ``f(record)`` after each epoch; ``callback``: ``f(step, reports)``
+        after each step (``reports`` as returned by :meth:`train_step`).
+
+        Returns the :class:`~sparsecoding.training.History`; each epoch record holds
+        ``pred<l>``, ``hebb<l>``, ``dec<l>``: the mean LPL losses of each trained layer ``l`` (1-based).
         """
-        from tqdm.auto import tqdm  # noqa: PLC0415
-
-        from ..checkpoint import (  # noqa: PLC0415
-            load_checkpoint, pack_optimizer, pack_params, save_checkpoint, unpack_optimizer, unpack_params)
+        from ..backend import get_xp  # noqa: PLC0415
         from ..data.augment import lpl_views  # noqa: PLC0415
+        from ..training import fit_loop  # noqa: PLC0415
 
+        if getattr(X, "ndim", None) != 4:
+            raise ValueError(f"X must be images of shape (N, C, H, W), got shape {tuple(getattr(X, 'shape', ()))}")
+        in_channels = self.params[0][0].shape[1]
+        if X.shape[1] != in_channels:
+            raise ValueError(f"X has {X.shape[1]} channels, the network takes {in_channels}")
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
+            raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+        epochs = int(epochs)
         augment = augment or lpl_views
-        n = X.shape[0]
-        stages = [[layer] for layer in range(len(self.params))] if greedy else [None]
-        history, done = [], 0
-        if checkpoint is not None:
-            try:
-                arrays, meta = load_checkpoint(checkpoint)
-            except FileNotFoundError:
-                pass
-            else:
-                unpack_params(self.params, arrays)
-                unpack_optimizer(self.optimizer, arrays, meta["optimizer"])
-                history, done = meta["history"], meta["epochs_done"]
-        total = len(stages) * epochs
-        bar = tqdm(total=total, initial=done, disable=not progress, desc="LPL epochs")
-        for e_all in range(done, total):
-            k, epoch = divmod(e_all, epochs)
-            rng = np.random.default_rng([seed, k, epoch])
-            perm = rng.permutation(n)
-            for i in range(0, n - batch_size + 1, batch_size):
-                xb = X[perm[i:i + batch_size]]
-                rep = self.train_step(augment(xb, rng), augment(xb, rng), layers=stages[k])
-                history.append([list(r) for r in rep])
-                if callback is not None:
-                    callback(len(history), rep)
-            bar.update(1)
-            bar.set_postfix(loss=f"{sum(sum(r) for r in history[-1]):.4g}")
-            if checkpoint is not None:
-                arrays = pack_params(self.params, {})
-                state = pack_optimizer(self.optimizer, arrays)
-                save_checkpoint(checkpoint, arrays, {"epochs_done": e_all + 1, "history": history,
-                                                     "optimizer": state})
-        bar.close()
+        n_layers = len(self.params)
+        xp_data = get_xp(X)
+        act = next((k for k, v in ACTIVATIONS.items() if v[0] is self.f), getattr(self.f, "__name__", "custom"))
+        own = {"model": "LPLConvNet", "shapes": [list(W.shape) for W, _ in self.params], "pools": self.pools,
+               "activation": act, "lambda1": self.lambda1, "lambda2": self.lambda2, "eps": self.eps,
+               "mode": self.mode, "terms": list(self.terms), "weight_decay": self.weight_decay,
+               "optimizer": self.optimizer.kind, "lr": [float(v) for v in self.optimizer.lr],
+               "dtype": str(self.params[0][0].dtype), "batch_size": int(batch_size), "seed": seed,
+               "greedy": bool(greedy), "augment": getattr(augment, "__name__", type(augment).__name__)}
+        if greedy:
+            own["epochs_per_layer"] = epochs
+
+        def step(idx, rng, info):
+            layers = [info["epoch"] // epochs] if greedy else list(range(n_layers))
+            xb = X[xp_data.asarray(idx)]
+            rep = self.train_step(augment(xb, rng), augment(xb, rng), layers=layers)
+            if callback is not None:
+                callback(info["step"] + 1, rep)
+            return {f"{name}{layer + 1}": v for layer, r in zip(layers, rep)
+                    for name, v in zip(("pred", "hebb", "dec"), r)}
+
+        def epoch_end(epoch, record):
+            return {"stage": epoch // epochs + 1} if greedy else {}
+
+        history = fit_loop(self, X.shape[0], step, epochs=n_layers * epochs if greedy else epochs,
+                           batch_size=batch_size, seed=seed, checkpoint=checkpoint,
+                           checkpoint_every=checkpoint_every, settings={**own, **(settings or {})},
+                           allow_changes=allow_changes, kind="LPLConvNet", on_epoch_end=epoch_end,
+                           callbacks=callbacks, progress=progress, desc="LPL", drop_last=True, max_steps=max_steps,
+                           record_steps=record_steps)
+        self.history_ = history
         return history
+
+    def get_state(self):
+        """``(arrays, meta)`` for checkpoints: weights ``W<k>``, biases ``b<k>`` and the optimiser's buffers
+        (host copies), the optimiser's step count and learning rates in ``meta``."""
+        from ..checkpoint import pack_optimizer, pack_params  # noqa: PLC0415
+
+        arrays = {k: np.array(v) for k, v in pack_params(self.params, {}).items()}
+        return arrays, {"optimizer": pack_optimizer(self.optimizer, arrays)}
+
+    def set_state(self, arrays, meta):
+        """Restore what :meth:`get_state` returned (shapes checked; copied into the network's arrays)."""
+        from ..checkpoint import unpack_optimizer, unpack_params  # noqa: PLC0415
+
+        for k, (W, b) in enumerate(self.params):
+            for name, own in ((f"W{k}", W), (f"b{k}", b)):
+                if name not in arrays:
+                    raise ValueError(f"the state has no {name!r} array (this network has {len(self.params)} layers)")
+                if tuple(np.shape(arrays[name])) != tuple(own.shape):
+                    raise ValueError(f"{name} has shape {tuple(np.shape(arrays[name]))} in the state, "
+                                     f"this network's is {tuple(own.shape)}")
+        unpack_params(self.params, arrays)
+        unpack_optimizer(self.optimizer, arrays, meta["optimizer"])
