@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 
 from sparsecoding.data import bars, extract_patches, load_digits, natural_images, whiten
-from sparsecoding.data.files import load_cifar10, load_mnist
 
 
 def test_bars_statistics_and_templates():
@@ -28,43 +27,6 @@ def test_whitening_gives_identity_covariance():
     X = r.standard_normal((5000, 6)) @ r.standard_normal((6, 6))
     Z = whiten(X, eps=0.0)
     np.testing.assert_allclose(np.cov(Z.T), np.eye(6), atol=1e-8)
-
-
-def test_file_loaders_read_standard_formats(tmp_path):
-    import pickle
-
-    d = {b"data": np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072) % 255, b"labels": [3, 7]}
-    folder = tmp_path / "cifar-10-batches-py"
-    folder.mkdir()
-    with open(folder / "test_batch", "wb") as f:
-        pickle.dump(d, f)
-    X, y = load_cifar10(tmp_path, train=False)
-    assert X.shape == (2, 3, 32, 32) and list(y) == [3, 7]
-    np.testing.assert_allclose(X[0, 0, 0, :3], np.array([0, 1, 2]) / 255)
-    imgs = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
-    with open(tmp_path / "t10k-images-idx3-ubyte", "wb") as f:
-        f.write((0x0803).to_bytes(4, "big") + (2).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + imgs.tobytes())
-    with open(tmp_path / "t10k-labels-idx1-ubyte", "wb") as f:
-        f.write((0x0801).to_bytes(4, "big") + (2).to_bytes(4, "big") + bytes([4, 9]))
-    X, y = load_mnist(tmp_path, train=False)
-    assert X.shape == (2, 1, 28, 28) and list(y) == [4, 9]
-    np.testing.assert_allclose(X[0, 0], imgs[0] / 255)
-    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
-        load_mnist(tmp_path / "nowhere")
-
-
-def test_stl10_reader(tmp_path):
-    from sparsecoding.data import load_stl10
-
-    folder = tmp_path / "stl10_binary"
-    folder.mkdir()
-    img = np.arange(3 * 96 * 96, dtype=np.uint32).astype(np.uint8).reshape(1, 3, 96, 96)
-    # the files store each channel column-major
-    img.transpose(0, 1, 3, 2).tofile(folder / "test_X.bin")
-    np.array([3], dtype=np.uint8).tofile(folder / "test_y.bin")
-    X, y = load_stl10(tmp_path, "test")
-    assert X.shape == (1, 3, 96, 96) and list(y) == [2]
-    np.testing.assert_allclose(X[0], img[0] / 255.0, atol=1e-7)
 
 
 def test_digits_split_is_a_seeded_partition():
