@@ -3,6 +3,13 @@
 Model code never imports numpy or cupy directly; it asks the arrays it was
 given for their namespace with :func:`get_xp` and looks up backend-specific
 tools (FFT module, window views, scatter-add) in :func:`capabilities`.
+
+Backend names are ``"numpy"`` and ``"cupy"``, case-insensitive (``"NumPy"``
+works); any other name is a ``ValueError`` listing the choices, wherever a
+name is accepted: :func:`set_backend`, :func:`use_backend`,
+``asarray(backend=)``, the models' ``backend=`` arguments and the
+``SPARSECODING_BACKEND`` environment variable (read at import; unset or empty
+means numpy).
 """
 from __future__ import annotations
 
@@ -25,6 +32,7 @@ __all__ = [
 ]
 
 _KNOWN = ("numpy", "cupy")
+ENV_VAR = "SPARSECODING_BACKEND"
 
 
 class BackendUnavailable(RuntimeError):
@@ -60,17 +68,29 @@ def cupy_available() -> bool:
     return True
 
 
-def _check_name(name: str) -> str:
-    if not isinstance(name, str) or name.lower() not in _KNOWN:
-        raise ValueError(f"backend must be one of {_KNOWN}, got {name!r}")
-    return name.lower()
+def _check_name(name: str, where: str = "") -> str:
+    """The canonical backend name for ``name`` (case-insensitive); ValueError listing the choices."""
+    key = name.strip().lower() if isinstance(name, str) else None
+    if key not in _KNOWN:
+        raise ValueError(f"backend must be one of {_KNOWN} (case-insensitive), got {name!r}{where}")
+    return key
 
 
 def _module(name: str):
-    return np if name == "numpy" else _load_cupy()
+    """The array module of backend ``name`` (checked: an unknown name is a ValueError, never cupy)."""
+    if name == "numpy":  # the common case, without the checks
+        return np
+    return np if _check_name(name) == "numpy" else _load_cupy()
 
 
-_current = _check_name(os.environ.get("SPARSECODING_BACKEND", "numpy"))
+def _from_environment() -> str:
+    value = os.environ.get(ENV_VAR, "")
+    if not value.strip():
+        return "numpy"  # unset or empty: the default
+    return _check_name(value, f" (from the environment variable {ENV_VAR})")
+
+
+_current = _from_environment()
 
 
 def get_backend() -> str:

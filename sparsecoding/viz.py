@@ -22,16 +22,40 @@ def tile_dictionary(weights, shape=None, pad=1, per_atom=True):
     Returns
     -------
     (H, W, 3) or (H, W) float image in [0, 1]
+
+    Raises
+    ------
+    ValueError for zero atoms (K = 0), a bad shape (``(K, D)`` atoms that do not fill
+    ``shape``, or a non-square D without ``shape``) or a negative ``pad``; TypeError for
+    complex or non-numeric weights.
     """
-    w = to_numpy(weights).astype(np.float64)
+    w = to_numpy(weights)
+    if w.dtype.kind == "c":
+        raise TypeError(f"weights must be real, got complex dtype {w.dtype} (pass weights.real or abs(weights))")
+    if w.dtype.kind not in "biuf":
+        raise TypeError(f"weights must be a real numeric array, got dtype {w.dtype}")
+    w = w.astype(np.float64)
+    pad = int(pad)
+    if pad < 0:
+        raise ValueError(f"pad must be >= 0, got {pad}")
+    if w.ndim in (2, 4) and w.shape[0] == 0:
+        raise ValueError(f"weights has no atoms (K = 0, shape {tuple(w.shape)}): nothing to tile")
     if w.ndim == 2:
         if shape is None:
             side = int(round(math.sqrt(w.shape[1])))
+            if side * side != w.shape[1]:
+                raise ValueError(f"dense atoms of length {w.shape[1]} are not square images: pass shape=(h, w) "
+                                 f"or (C, h, w)")
             shape = (side, side)
+        shape = tuple(int(v) for v in shape)
+        if len(shape) not in (2, 3) or math.prod(shape) != w.shape[1]:
+            raise ValueError(f"shape {shape} must be (h, w) or (C, h, w) with {w.shape[1]} values per atom")
         w = w.reshape(w.shape[0], *((1, *shape) if len(shape) == 2 else shape))
     if w.ndim != 4:
         raise ValueError(f"weights must be (K, C, h, w) or (K, D), got shape {tuple(w.shape)}")
     k, c, h, ww = w.shape
+    if 0 in (c, h, ww):
+        raise ValueError(f"weights has empty atoms (shape {tuple(w.shape)}): nothing to tile")
     if c not in (1, 3):
         w = w[:, :1]
         c = 1
@@ -75,7 +99,9 @@ def save_dictionary(weights, path, shape=None, title=None, scale=8):
 
 
 def save_curves(curves, path, xlabel="step", ylabel="", title=None, logy=False):
-    """Save a line plot of ``curves`` (name -> sequence of values)."""
+    """Save a line plot of ``curves`` (name -> sequence of values); ValueError when there is no curve."""
+    if not curves:
+        raise ValueError("curves is empty: nothing to plot")
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg", force=False)

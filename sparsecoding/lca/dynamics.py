@@ -13,7 +13,8 @@ padding, unlike a precomputed lateral tensor.
 
 Nothing in the loop synchronises with the host: tracked metrics are kept as
 device scalars, and the energy for ``tol`` and for divergence detection is
-read every ``check_every`` steps.
+read every ``check_every`` steps. The arguments are checked once, at entry
+(see :func:`run_lca`).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import numpy as np
 
 from ..backend import get_xp
 from ..ops.fused import lca_step
+from ..solvers.lasso import check_integer, check_lambda, check_number, check_real_array
 
 __all__ = ["run_lca", "check_tau"]
 
@@ -29,9 +31,7 @@ RETURN_VARS = ("inputs", "input_drives", "states", "acts", "recons", "recon_erro
 
 def check_tau(tau, L):
     """Raise if the step ``1/tau`` is beyond the stability bound ``2/L``."""
-    tau = float(tau)
-    if not np.isfinite(tau) or tau <= 0:
-        raise ValueError(f"tau must be a positive number, got {tau!r}")
+    tau = check_number("tau", tau, 0.0, strict=True)
     if L > 0 and 1.0 / tau > 2.0 / L:
         raise ValueError(
             f"tau={tau} makes the LCA iteration unstable: the step 1/tau must be <= 2/L = {2.0 / L:.4g} "
@@ -68,8 +68,38 @@ def run_lca(op, s, lambda_, tau, transfer, n_iter, initial_states=None, drive_sc
     dict with ``states``, ``acts``, ``recons``, ``recon_errors``, ``input_drives``,
     ``n_iter``, ``converged``, ``metrics`` (dict of host arrays or None),
     ``all`` (dict name -> list of per-step arrays, when ``record_all``).
+    An empty batch (N = 0) returns empty arrays of the code / input shapes with
+    ``n_iter=0``, ``converged=True``, empty metrics and empty per-step lists.
+
+    Raises
+    ------
+    TypeError for complex ``s`` / ``initial_states`` / ``drive_scaling``; ValueError for
+    NaN/Inf, for inputs so large that the energy overflows the dtype, and for
+    ``lambda_ < 0``, ``tau <= 0``, ``n_iter``/``check_every`` < 1, ``tol < 0``;
+    FloatingPointError when the iteration diverges (the message says whether the
+    inputs overflow or the step ``1/tau`` is too large).
     """
+    check_lambda(lambda_)
+    check_number("tau", tau, 0.0, strict=True)
+    check_integer("n_iter", n_iter, 1)
+    check_integer("check_every", check_every, 1)
+    tol = check_number("tol", tol, 0.0, allow_none=True)
+    if not callable(transfer):
+        raise TypeError(f"transfer must be a callable u -> a, got {type(transfer).__name__}")
+    expect = op.input_shape(s.shape[0])
+    if tuple(s.shape) != tuple(expect):
+        raise ValueError(f"s must have shape {expect} for this dictionary, got {tuple(s.shape)}")
+    dtype = op.phi.dtype
+    s = check_real_array(s, "s", s.dtype if s.dtype in (np.float32, np.float64) else dtype, limit_dtype=dtype)
+    code_shape = tuple(op.code_shape(s.shape[0]))
+    for name, arr in (("initial_states", initial_states), ("drive_scaling", drive_scaling)):
+        if arr is not None:
+            if tuple(arr.shape) != code_shape:
+                raise ValueError(f"{name} must have the code shape {code_shape}, got {tuple(arr.shape)}")
+            check_real_array(arr, name, limit_dtype=dtype)
     xp = get_xp(s)
+    if s.shape[0] == 0:
+        return _empty_result(xp, op, s, track_metrics, record if record_all else None)
     b = op.analysis(s)
     if drive_scaling is not None:
         b = b + drive_scaling
@@ -100,7 +130,7 @@ def run_lca(op, s, lambda_, tau, transfer, n_iter, initial_states=None, drive_sc
                 if it % check_every == 0 or it == n_iter:
                     recon = op.synthesis(a)
                     resid = s - recon
-                    stop = _check(xp, history, u, u_check, resid, a, lambda_, tol, it)
+                    stop = _check(xp, history, u, u_check, resid, a, lambda_, tol, it, s, b)
                     u_check = u
                     if stop:
                         converged = True
@@ -112,7 +142,7 @@ def run_lca(op, s, lambda_, tau, transfer, n_iter, initial_states=None, drive_sc
         recon = op.synthesis(a)
         resid = s - recon
         if it % check_every == 0 or it == n_iter:
-            stop = _check(xp, history, u, u_check, resid, a, lambda_, tol, it)
+            stop = _check(xp, history, u, u_check, resid, a, lambda_, tol, it, s, b)
             u_check = u
             if stop:
                 converged = True
@@ -125,6 +155,14 @@ def run_lca(op, s, lambda_, tau, transfer, n_iter, initial_states=None, drive_sc
         metrics = {k: np.asarray([float(v) for v in xp.stack(vals).tolist()]) if vals else np.zeros(0)
                    for k, vals in tracks.items()}
     return _result(s, b, u, a, recon, resid, it, converged, metrics, all_ts, history)
+
+
+def _empty_result(xp, op, s, track_metrics, record):
+    code = xp.zeros(op.code_shape(0), dtype=s.dtype)
+    metrics = {k: np.zeros(0) for k in ("L1", "L2", "TotalEnergy", "FractionActive")} if track_metrics else None
+    all_ts = None if record is None else {k: [] for k in record}
+    return _result(s, code, code.copy(), code.copy(), xp.zeros_like(s), xp.zeros_like(s), 0, True, metrics,
+                   all_ts, [])
 
 
 def _result(s, b, u, a, recon, resid, it, converged, metrics, all_ts, history):
@@ -151,7 +189,7 @@ def _run_fused(op, s, b, u, a, u_check, lambda_, eta, soft, n_iter, drive_scalin
         check = it > 1 and (it - 1) % check_every == 0
         c = op.residual_analysis(plan, a, resid if check else None)
         if check:
-            if _check(xp, history, u, u_check, resid, a, lambda_, tol, it - 1):
+            if _check(xp, history, u, u_check, resid, a, lambda_, tol, it - 1, s, b):
                 converged = True
                 it -= 1
                 break
@@ -163,24 +201,36 @@ def _run_fused(op, s, b, u, a, u_check, lambda_, eta, soft, n_iter, drive_scalin
     resid = s - recon
     if not converged and it:
         # the final state is always checked (energy history, divergence, convergence)
-        converged = _check(xp, history, u, u_check, resid, a, lambda_, tol, it)
+        converged = _check(xp, history, u, u_check, resid, a, lambda_, tol, it, s, b)
     return _result(s, b, u, a, recon, resid, it, converged, None, None, history)
 
 
-def _check(xp, history, u, u_check, resid, a, lambda_, tol, it):
-    """Energy bookkeeping every ``check_every`` steps: divergence error, convergence test."""
+def _check(xp, history, u, u_check, resid, a, lambda_, tol, it, s=None, b=None):
+    """Energy bookkeeping every ``check_every`` steps: divergence error, convergence test.
+    ``s`` and ``b`` (inputs and drive) only serve the error message."""
     e = float(0.5 * xp.sum(resid * resid) + lambda_ * xp.sum(xp.abs(a)))
     history.append(e)
     if not np.isfinite(e) or (len(history) > 1 and e > 1e6 * max(history[0], 1.0)):
-        raise FloatingPointError(
-            f"LCA diverged at iteration {it} (energy {e:.3g}); increase tau (the step 1/tau is too large)"
-        )
+        raise FloatingPointError(_divergence_message(xp, e, it, s, b))
     if tol is not None and len(history) > 1 and abs(history[-2] - e) <= tol * max(abs(e), 1e-30):
         # the energy can plateau while sub-threshold potentials still charge up,
         # so the potentials must have settled too: ||u_t - u_{t-k}|| <= tol ||u_t||
         du = float(xp.sqrt(xp.sum((u - u_check) ** 2)))
         return du <= tol * max(float(xp.sqrt(xp.sum(u * u))), 1e-30)
     return False
+
+
+def _divergence_message(xp, e, it, s, b):
+    """Name the likely cause of a non-finite or exploding energy: inputs or a drive that overflow the
+    dtype by themselves, else the step 1/tau (evaluated on the error path only)."""
+    if s is not None and b is not None:
+        with np.errstate(over="ignore", invalid="ignore"):
+            big = not (np.isfinite(float(0.5 * xp.sum(s * s))) and np.isfinite(float(xp.max(xp.abs(b)))))
+        if big:
+            return (f"LCA energy overflowed {s.dtype} at iteration {it} (energy {e:.3g}): the inputs "
+                    f"(max |s| = {float(xp.max(xp.abs(s))):.3g}) or their drive Phi s are too large for "
+                    f"{s.dtype} arithmetic; rescale the inputs (e.g. input_unit_var=True) or use float64")
+    return f"LCA diverged at iteration {it} (energy {e:.3g}); increase tau (the step 1/tau is too large)"
 
 
 def _track(xp, tracks, all_ts, lambda_, s, b, u, a, recon, resid):

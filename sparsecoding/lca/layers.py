@@ -8,6 +8,23 @@ iterations), ``tol`` (early stop on the relative energy change, checked every
 Energy per sample (DESIGN.md §5)::
 
     E(a) = 1/2 ||s - Phi^T a||^2 + lambda ||a||_1      (a >= 0 when nonneg)
+
+Checks. Every hyperparameter is range-checked in the constructor and on every
+later assignment (they are properties): ``lambda_`` finite >= 0, ``tau``
+finite > 0 (and ``1/tau <= 2/L`` at encoding time), ``eta`` finite >= 0,
+``lca_iters`` and ``check_every`` integers >= 1, ``tol`` None or finite >= 0,
+``d_update_clip`` >= 0 (inf allowed), ``lr_schedule`` None or callable,
+``transfer_func`` / ``nonneg`` / ``solver`` / ``lateral`` / ``return_vars``
+from their choices; messages name the argument and the allowed range.
+Arrays (inputs, acts, recon_error, initial_states, drive_scaling) must be
+real (complex: ``TypeError``) and finite; other real dtypes (float16,
+integers) are cast to the layer's ``dtype``. Inputs so large that the squared
+residuals overflow the layer's dtype are reported as such (``ValueError``),
+not as a divergence. An empty batch (N = 0) encodes to empty arrays of the
+usual shapes (``n_iter_ = 0``, ``converged_ = True``), and ``update_weights``
+on it leaves the dictionary unchanged and returns a zero update. A dictionary
+step that would make the weights non-finite raises ``FloatingPointError``
+naming the likely cause and leaves the previous weights in place.
 """
 from __future__ import annotations
 
@@ -20,57 +37,135 @@ from ..backend import get_backend, to_numpy, _module
 from ..data.preprocessing import standardize
 from ..ops.conv import conv_output_shape
 from ..ops.threshold import get_transfer
-from ..solvers.lasso import check_lambda, fista
+from ..solvers.lasso import check_integer, check_number, check_real_array, fista
 from ..solvers.operators import ConvDictionary, DenseDictionary
 from .dynamics import RETURN_VARS, check_tau, run_lca
 
 __all__ = ["LCA", "LCAConv1D", "LCAConv2D", "LCAConv3D"]
 
 
+def _bool(name, value):
+    return bool(value)
+
+
+def _callable_or_none(name, value):
+    if value is not None and not callable(value):
+        raise TypeError(f"{name} must be None or a callable taking the forward-pass count and returning eta, "
+                        f"got {value!r}")
+    return value
+
+
+def _return_vars(name, value):
+    if isinstance(value, str) or not hasattr(value, "__iter__") or any(v not in RETURN_VARS for v in value):
+        raise ValueError(f"{name} must be a sequence of names from {RETURN_VARS}, got {value!r}")
+    return tuple(value)
+
+
+class _Hyper:
+    """A hyperparameter checked in the constructor and on every later assignment."""
+
+    def __init__(self, check):
+        self.check = check
+
+    def __set_name__(self, owner, name):
+        self.name, self.slot = name, "_hp_" + name
+
+    def __get__(self, obj, objtype=None):
+        return self if obj is None else getattr(obj, self.slot)
+
+    def __set__(self, obj, value):
+        setattr(obj, self.slot, self.check(self.name, value))
+
+
 class _LCABase:
     _spatial_dims = None  # None for dense
+
+    lambda_ = _Hyper(lambda name, v: check_number(name, v, 0.0))
+    tau = _Hyper(lambda name, v: check_number(name, v, 0.0, strict=True))
+    eta = _Hyper(lambda name, v: check_number(name, v, 0.0))
+    lca_iters = _Hyper(lambda name, v: check_integer(name, v, 1))
+    check_every = _Hyper(lambda name, v: check_integer(name, v, 1))
+    tol = _Hyper(lambda name, v: check_number(name, v, 0.0, allow_none=True))
+    d_update_clip = _Hyper(lambda name, v: check_number(name, v, 0.0, allow_inf=True))
+    lr_schedule = _Hyper(_callable_or_none)
+    return_vars = _Hyper(_return_vars)
+    return_all_ts = _Hyper(_bool)
+    track_metrics = _Hyper(_bool)
+    input_zero_mean = _Hyper(_bool)
+    input_unit_var = _Hyper(_bool)
+
+    @property
+    def transfer_func(self):
+        """The transfer function: "soft_threshold", "hard_threshold" or a callable ``u -> a`` (checked)."""
+        return self._transfer_func
+
+    @transfer_func.setter
+    def transfer_func(self, value):
+        self._set_coding(value, getattr(self, "_nonneg", False), getattr(self, "_solver", "lca"))
+
+    @property
+    def nonneg(self):
+        """Non-negative codes (bool)."""
+        return self._nonneg
+
+    @nonneg.setter
+    def nonneg(self, value):
+        self._set_coding(self._transfer_func, bool(value), self._solver)
+
+    @property
+    def solver(self):
+        """The encoder: "lca" (the dynamics) or "fista" (soft threshold only)."""
+        return self._solver
+
+    @solver.setter
+    def solver(self, value):
+        self._set_coding(self._transfer_func, self._nonneg, value)
+
+    def _set_coding(self, transfer_func, nonneg, solver):
+        """Validate the transfer function / sign constraint / solver together, then set all three."""
+        transfer = get_transfer(transfer_func, nonneg)  # validates the name
+        if solver not in ("lca", "fista"):
+            raise ValueError(f"solver must be 'lca' or 'fista', got {solver!r}")
+        if solver == "fista" and (callable(transfer_func) or transfer_func != "soft_threshold"):
+            raise ValueError("solver='fista' solves the L1 problem: it needs transfer_func='soft_threshold'")
+        self._transfer_func, self._nonneg, self._solver, self._transfer = transfer_func, bool(nonneg), solver, transfer
+
+    @property
+    def lateral(self):
+        """The lateral term: "recon" or "gram" (checked on assignment)."""
+        return self._lateral
+
+    @lateral.setter
+    def lateral(self, value):
+        if value not in ("recon", "gram"):
+            raise ValueError(f"lateral must be 'recon' or 'gram', got {value!r}")
+        if value == "gram" and self._spatial_dims is not None and getattr(self, "pad", "valid") != "valid":
+            raise ValueError("lateral='gram' (the precomputed lateral tensor) is exact only for pad='valid'; "
+                             "with 'same' it is not the gradient of the cropped objective at the borders")
+        self._lateral = value
 
     def __init__(self, out_neurons, in_neurons, kernel_size=7, stride=1, lambda_=0.25, tau=100, eta=0.01,
                  lca_iters=1000, pad="same", return_vars=("acts",), return_all_ts=False, nonneg=True,
                  track_metrics=False, transfer_func="soft_threshold", input_zero_mean=True, input_unit_var=True,
                  d_update_clip=np.inf, lr_schedule=None, seed=None, dtype="float32", tol=None, solver="lca",
                  check_every=10, result_dir=None, backend=None, lateral="recon", conv_method="auto"):
-        if int(out_neurons) < 1 or int(in_neurons) < 1:
-            raise ValueError(f"out_neurons and in_neurons must be >= 1, got {out_neurons}, {in_neurons}")
-        self.out_neurons, self.in_neurons = int(out_neurons), int(in_neurons)
-        self.lambda_ = check_lambda(lambda_)
-        self.tau = float(tau)
-        if not np.isfinite(self.tau) or self.tau <= 0:
-            raise ValueError(f"tau must be a positive number, got {tau!r}")
-        self.eta = float(eta)
-        self.lca_iters = int(lca_iters)
-        if self.lca_iters < 1:
-            raise ValueError(f"lca_iters must be >= 1, got {lca_iters}")
+        self.out_neurons = check_integer("out_neurons", out_neurons, 1)
+        self.in_neurons = check_integer("in_neurons", in_neurons, 1)
+        self.lambda_ = lambda_
+        self.tau = tau
+        self.eta = eta
+        self.lca_iters = lca_iters
         self.pad = pad
-        bad = [v for v in return_vars if v not in RETURN_VARS]
-        if bad or isinstance(return_vars, str):
-            raise ValueError(f"return_vars must be a sequence of names from {RETURN_VARS}, got {return_vars!r}")
-        self.return_vars = tuple(return_vars)
-        self.return_all_ts = bool(return_all_ts)
-        self.nonneg = bool(nonneg)
-        self.track_metrics = bool(track_metrics)
-        self.transfer_func = transfer_func
-        self._transfer = get_transfer(transfer_func, nonneg)  # validates the name
-        self.input_zero_mean, self.input_unit_var = bool(input_zero_mean), bool(input_unit_var)
-        self.d_update_clip = float(d_update_clip)
-        if lr_schedule is not None and not callable(lr_schedule):
-            raise TypeError("lr_schedule must be a callable taking the forward-pass count and returning eta")
+        self.return_vars = return_vars
+        self.return_all_ts = return_all_ts
+        self.track_metrics = track_metrics
+        self._set_coding(transfer_func, nonneg, solver)
+        self.input_zero_mean, self.input_unit_var = input_zero_mean, input_unit_var
+        self.d_update_clip = d_update_clip
         self.lr_schedule = lr_schedule
-        if solver not in ("lca", "fista"):
-            raise ValueError(f"solver must be 'lca' or 'fista', got {solver!r}")
-        if solver == "fista" and (callable(transfer_func) or transfer_func != "soft_threshold"):
-            raise ValueError("solver='fista' solves the L1 problem: it needs transfer_func='soft_threshold'")
-        self.solver = solver
-        self.tol = None if tol is None else float(tol)
-        self.check_every = int(check_every)
+        self.tol = tol
+        self.check_every = check_every
         self.result_dir = result_dir
-        if lateral not in ("recon", "gram"):
-            raise ValueError(f"lateral must be 'recon' or 'gram', got {lateral!r}")
         self.lateral = lateral
         self.conv_method = conv_method
         self.dtype = np.dtype(dtype)
@@ -167,7 +262,7 @@ class _LCABase:
         ``(O - 1) s - 2p + k + (s - 1)``.
         """
         op = self._recon_operator(acts, weights, in_shape)
-        return op.synthesis(acts.astype(self.dtype, copy=False))
+        return op.synthesis(self._array(acts, "acts", overflow=False, finite=False))
 
     def compute_recon_error(self, inputs, recons):
         return inputs - recons
@@ -180,12 +275,28 @@ class _LCABase:
     def energy(self, inputs, acts):
         """Per-sample energy ``1/2||s - Phi^T a||^2 + lambda||a||_1`` for preprocessed inputs."""
         xp = self.xp
+        inputs = self._check_inputs(inputs)
         r = inputs - self.compute_recon(acts, in_shape=inputs.shape[2:] if inputs.ndim > 2 else None)
         n = inputs.shape[0]
-        return 0.5 * xp.sum((r * r).reshape(n, -1), axis=1) + self.lambda_ * xp.sum(xp.abs(acts).reshape(n, -1), axis=1)
+        per_sample = lambda t: xp.sum(t.reshape(n, t.size // n if n else 0), axis=1)  # noqa: E731
+        return 0.5 * per_sample(r * r) + self.lambda_ * per_sample(xp.abs(acts))
+
+    def _array(self, x, name, overflow=True, finite=True):
+        """``x`` on the layer's backend in its dtype: real (TypeError for complex), finite (with
+        ``finite``), and (with ``overflow``) small enough for the layer dtype's arithmetic."""
+        x = self.xp.asarray(x)
+        return check_real_array(x, name, self.dtype, overflow=overflow, finite=finite,
+                                advice="rescale the inputs or use dtype='float64'")
 
     def encode(self, inputs, drive_scaling=None, initial_states=None):
-        """Sparse code of already-preprocessed inputs; returns the dict of all variables."""
+        """Sparse code of already-preprocessed inputs; returns the dict of all variables.
+
+        Inputs are checked (shape, real, finite, magnitude) and cast to the layer dtype; an
+        empty batch gives empty arrays of the usual shapes.
+        """
+        return self._encode(self._check_inputs(inputs), drive_scaling, initial_states)
+
+    def _encode(self, inputs, drive_scaling=None, initial_states=None):
         xp = self.xp
         op = self._operator_for(inputs)
         self._last_in_shape = tuple(inputs.shape[2:])
@@ -193,6 +304,10 @@ class _LCABase:
         for name, arr in (("drive_scaling", drive_scaling), ("initial_states", initial_states)):
             if arr is not None and tuple(arr.shape) != tuple(code_shape):
                 raise ValueError(f"{name} must have the code shape {code_shape}, got {tuple(arr.shape)}")
+        if drive_scaling is not None:
+            drive_scaling = self._array(drive_scaling, "drive_scaling")
+        if initial_states is not None:
+            initial_states = self._array(initial_states, "initial_states")
         # before any layout copy below, so the copy shares the estimate
         L = op.lipschitz()
         if self.solver == "lca":
@@ -253,7 +368,9 @@ class _LCABase:
         u = op.analysis(resid) + a
         n = inputs.shape[0]
         metrics = None
-        if self.track_metrics:
+        if self.track_metrics and n == 0:
+            metrics = {k: np.zeros(0) for k in ("L1", "L2", "TotalEnergy", "FractionActive")}
+        elif self.track_metrics:
             l1 = self.lambda_ * float(xp.sum(xp.abs(a))) / n
             l2 = 0.5 * float(xp.sum(resid * resid)) / n
             metrics = {"L1": np.array([l1]), "L2": np.array([l2]), "TotalEnergy": np.array([l1 + l2]),
@@ -270,10 +387,12 @@ class _LCABase:
         """Preprocess, encode, and return ``return_vars`` (one array, or a tuple)."""
         xp = self.xp
         inputs = self.preprocess(inputs)
-        out = self.encode(inputs, drive_scaling, initial_states)
+        out = self._encode(inputs, drive_scaling, initial_states)
         self.forward_pass += 1
         if self.return_all_ts:
-            res = tuple(xp.stack(out["all"][k], axis=-1) for k in self.return_vars)
+            # an empty batch runs no step: a length-0 time axis
+            res = tuple(xp.stack(out["all"][k], axis=-1) if out["all"][k] else xp.zeros((*out[k].shape, 0), out[k].dtype)
+                        for k in self.return_vars)
         else:
             res = tuple(out[k] for k in self.return_vars)
         return res[0] if len(res) == 1 else res
@@ -286,8 +405,35 @@ class _LCABase:
         reconstruction term ``1/2 sum_n ||s_n - Phi^T a_n||^2`` with respect to ``Phi``."""
         raise NotImplementedError
 
+    def _check_step_arrays(self, acts, recon_error):
+        """``acts`` (N, K, *O) and ``recon_error`` (N, C, *L) as real arrays of the layer dtype with
+        matching shapes (finiteness is diagnosed where it matters, in :meth:`update_weights`)."""
+        acts = self._array(acts, "acts", overflow=False, finite=False)
+        recon_error = self._array(recon_error, "recon_error", overflow=False, finite=False)
+        d = self._spatial_dims
+        if d is None:
+            expect_r = (recon_error.shape[0], self.in_neurons)
+            ok = recon_error.ndim == 2 and tuple(recon_error.shape) == expect_r
+            expect_a = (recon_error.shape[0], self.out_neurons)
+        else:
+            ok = recon_error.ndim == d + 2 and recon_error.shape[1] == self.in_neurons
+            expect_r = f"(N, {self.in_neurons}, *spatial) with {d} spatial dims"
+            if ok:
+                out = conv_output_shape(recon_error.shape[2:], self.kernel_size, self.stride, self.pad)
+                expect_a = (recon_error.shape[0], self.out_neurons, *out)
+        if not ok:
+            raise ValueError(f"recon_error must have shape {expect_r}, got {tuple(recon_error.shape)}")
+        if tuple(acts.shape) != expect_a:
+            raise ValueError(f"acts must have shape {expect_a} for recon_error of shape {tuple(recon_error.shape)}, "
+                             f"got {tuple(acts.shape)}")
+        return acts, recon_error
+
     def dictionary_gradient(self, acts, recon_error):
-        """Gradient of the batch-mean energy with respect to ``Phi`` (for ``sparsecoding.optim``)."""
+        """Gradient of the batch-mean energy with respect to ``Phi`` (for ``sparsecoding.optim``);
+        zero for an empty batch."""
+        acts, recon_error = self._check_step_arrays(acts, recon_error)
+        if acts.shape[0] == 0:
+            return self.xp.zeros(self.weight_shape, dtype=self.dtype)
         return -self.compute_weight_update(acts, recon_error) / acts.shape[0]
 
     def update_weights(self, acts, recon_error, normalize=True):
@@ -296,20 +442,49 @@ class _LCABase:
         ``dPhi_k = eta / (n_active_k + 1) * sum a_k patch(residual)``, clipped to
         ``[-d_update_clip, d_update_clip]``, added, then features renormalised.
         ``eta`` follows ``lr_schedule(forward_pass)`` when given. Returns the update.
+
+        An empty batch leaves the dictionary unchanged and returns a zero update. A step
+        that would make the weights non-finite raises ``FloatingPointError`` naming the
+        likely cause (non-finite ``acts`` / ``recon_error``, or an update overflowing the
+        dtype) and leaves the previous weights in place.
         """
         xp = self.xp
-        update = self.compute_weight_update(acts, recon_error)
-        axes = (0,) + tuple(range(2, acts.ndim))
-        times_active = xp.sum((acts != 0).astype(self.dtype), axis=axes) + 1
-        update = update * (self.eta / times_active).reshape((-1,) + (1,) * (update.ndim - 1))
-        update = xp.clip(update, -self.d_update_clip, self.d_update_clip).astype(self.dtype)
-        self._weights += update
+        acts, recon_error = self._check_step_arrays(acts, recon_error)
+        if acts.shape[0] == 0:
+            return xp.zeros(self.weight_shape, dtype=self.dtype)
+        with np.errstate(over="ignore", invalid="ignore"):  # non-finite results are reported below
+            update = self.compute_weight_update(acts, recon_error)
+            axes = (0,) + tuple(range(2, acts.ndim))
+            times_active = xp.sum((acts != 0).astype(self.dtype), axis=axes) + 1
+            update = update * (self.eta / times_active).reshape((-1,) + (1,) * (update.ndim - 1))
+            update = xp.clip(update, -self.d_update_clip, self.d_update_clip).astype(self.dtype)
+            new = self._weights + update
+        if not bool(xp.isfinite(new).all()):  # one check per dictionary step, outside any loop
+            raise FloatingPointError(self._update_failure(acts, recon_error, update))
+        self._weights[...] = new  # in place: optimisers keep a reference to this array
         self._weights_changed()
         if normalize:
             self.normalize_weights()
         if self.lr_schedule is not None:
-            self.eta = float(self.lr_schedule(self.forward_pass))
+            eta = self.lr_schedule(self.forward_pass)
+            try:
+                self.eta = eta
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"lr_schedule({self.forward_pass}) returned an invalid eta: {exc}") from exc
         return update
+
+    def _update_failure(self, acts, recon_error, update):
+        """Message for a dictionary step that would make the weights non-finite (error path only)."""
+        xp = self.xp
+        head = "the dictionary update would make the weights non-finite (previous weights kept): "
+        if not bool(xp.isfinite(acts).all()):
+            return head + "acts contain NaN or Inf (did the encoding diverge?)"
+        if not bool(xp.isfinite(recon_error).all()):
+            return head + "recon_error contains NaN or Inf"
+        with np.errstate(over="ignore", invalid="ignore"):
+            umax = float(xp.max(xp.abs(update)))
+        return (head + f"the update overflows {self.dtype} (max |update| = {umax:.3g} with eta={self.eta:g}); "
+                f"reduce eta, set d_update_clip, or rescale the inputs")
 
     # --------------------------------------------------------------- files
     def _write_metrics(self, metrics):
@@ -362,11 +537,12 @@ class LCA(_LCABase):
         return (self.out_neurons, self.in_neurons)
 
     def _check_inputs(self, inputs):
+        inputs = self.xp.asarray(inputs)
         if inputs.ndim != 2:
             raise ValueError(f"inputs must have shape (N, {self.in_neurons}), got shape {tuple(inputs.shape)}")
         if inputs.shape[1] != self.in_neurons:
             raise ValueError(f"inputs have {inputs.shape[1]} features, expected in_neurons={self.in_neurons}")
-        return _checked_array(self.xp, inputs, self.dtype)
+        return self._array(inputs, "inputs")
 
     def _operator(self, in_shape=None):
         if None not in self._ops:
@@ -383,13 +559,6 @@ class LCA(_LCABase):
 
     def compute_weight_update(self, acts, recon_error):
         return acts.T @ recon_error
-
-
-def _checked_array(xp, x, dtype):
-    x = xp.asarray(x)
-    if not bool(xp.isfinite(x).all()):
-        raise ValueError("inputs contain NaN or Inf")
-    return x.astype(dtype, copy=False)
 
 
 def lateral_operator(phi, stride, code_shape):
@@ -433,6 +602,7 @@ class _LCAConv(_LCABase):
         return (self.out_neurons, self.in_neurons, *self.kernel_size)
 
     def _check_inputs(self, inputs):
+        inputs = self.xp.asarray(inputs)
         d = self._spatial_dims
         if inputs.ndim != d + 2:
             raise ValueError(
@@ -440,7 +610,7 @@ class _LCAConv(_LCABase):
                 f"{type(self).__name__}, got shape {tuple(inputs.shape)}")
         if inputs.shape[1] != self.in_neurons:
             raise ValueError(f"inputs have {inputs.shape[1]} channels, expected in_neurons={self.in_neurons}")
-        return _checked_array(self.xp, inputs, self.dtype)
+        return self._array(inputs, "inputs")
 
     def _operator(self, in_shape):
         key = tuple(in_shape)

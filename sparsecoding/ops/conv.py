@@ -23,6 +23,22 @@ Two engines:
 
 :class:`ConvOperator` holds a plan (geometry, and the kernel spectrum for the
 FFT engine) so that iterative solvers pay the kernel transform once.
+
+Dtypes and edge cases:
+
+* Complex arrays are refused with a ``TypeError`` naming the argument (the
+  imaginary part would otherwise be dropped).
+* The engines compute in float32 or float64. A :class:`ConvOperator` computes
+  in its weights' dtype, which must be one of those two (``TypeError`` naming
+  ``w`` otherwise); its inputs of any real dtype are cast to it. The
+  functional :func:`conv` / :func:`conv_transpose` compute in ``w``'s dtype
+  when it is float32/float64 (as before), and otherwise promote float16,
+  integer and bool operands to float32 (float64 when the other operand is
+  float64): float16 in, float32 out.
+* An empty batch (N = 0) gives an empty result of the usual shape:
+  ``(0, K, *O)`` for ``conv`` / ``forward``, ``(0, C, *L)`` for
+  ``conv_transpose`` / ``adjoint`` (channels-last shapes where asked), and a
+  zero weight gradient.
 """
 from __future__ import annotations
 
@@ -107,7 +123,25 @@ class _Geometry:
         return len(self.kernel)
 
 
+def _check_real(a, name):
+    """TypeError for complex or non-numeric arrays (a cast would drop the imaginary part)."""
+    kind = a.dtype.kind
+    if kind == "c":
+        raise TypeError(
+            f"{name} must be real, got complex dtype {a.dtype} (the imaginary part would be dropped; "
+            f"pass {name}.real or abs({name}) explicitly)"
+        )
+    if kind not in "biuf":
+        raise TypeError(f"{name} must be a real numeric array, got dtype {a.dtype}")
+
+
 def _check_weights(w):
+    _check_real(w, "w")
+    if w.dtype.kind != "f" or w.dtype.itemsize not in (4, 8):
+        raise TypeError(
+            f"w must be float32 or float64, got {w.dtype} (the convolution engines compute in those "
+            f"dtypes; cast it first, e.g. w.astype(np.float32))"
+        )
     if w.ndim < 3 or w.ndim > 5:
         raise ValueError(
             f"w must have shape (K, C, *kernel) with 1 to 3 spatial dims, got shape {tuple(w.shape)}"
@@ -304,6 +338,7 @@ class ConvOperator:
 
     # --------------------------------------------------------------- checking
     def _check_input(self, x, n_channels, spatial, name):
+        _check_real(x, name)
         if x.ndim != 2 + self.geometry.d:
             raise ValueError(
                 f"{name} must have shape (N, C, *spatial) with {self.geometry.d} spatial dims, "
@@ -315,6 +350,7 @@ class ConvOperator:
             raise ValueError(f"{name} has spatial shape {tuple(x.shape[2:])}, expected {tuple(spatial)}")
 
     def _check_input_cl(self, x, n_channels, spatial, name):
+        _check_real(x, name)
         if tuple(x.shape[1:]) != (*spatial, n_channels) or x.ndim != 2 + self.geometry.d:
             raise ValueError(
                 f"{name} must have shape (N, {', '.join(map(str, spatial))}, {n_channels}) (channels-last), "
@@ -337,17 +373,23 @@ class ConvOperator:
         Iterative solvers keep codes channels-last on the CPU im2col engine,
         where the GEMM produces that layout and the transpose is saved. With
         ``layout="channels_last"`` both sides are channels-last whatever the flag.
+        An empty batch gives an empty result.
         """
         g = self.geometry
         xp = self.xp
         if self.layout == "channels_last":
             self._check_input_cl(x, g.n_in, g.in_shape, "x")
+        else:
+            self._check_input(x, g.n_in, g.in_shape, "x")
+        if x.shape[0] == 0:
+            cl = channels_last or self.layout == "channels_last"
+            return xp.zeros((0, *g.out_shape, g.n_out) if cl else (0, g.n_out, *g.out_shape), dtype=self.dtype)
+        if self.layout == "channels_last":
             x = x.astype(self.dtype, copy=False)
             if self.method == "im2col" and xp.__name__ == "numpy":
                 return self._forward_cl_cpu(x)
             x, channels_last = xp.moveaxis(x, -1, 1), True
         else:
-            self._check_input(x, g.n_in, g.in_shape, "x")
             x = x.astype(self.dtype, copy=False)
         buf = xp.zeros((x.shape[0], g.n_in, *self._buffer), dtype=self.dtype)
         bsl, xsl = _embed_slices(g, self._buffer)
@@ -368,7 +410,7 @@ class ConvOperator:
         g = self.geometry
         self._check_input(s, g.n_in, g.in_shape, "s")
         s = s.astype(self.dtype, copy=False)
-        if not self._fused_residual(channels_last):
+        if not self._fused_residual(channels_last) or s.shape[0] == 0:
             return {"s": s}
         n = s.shape[0]
         buf = self.xp.zeros((n, g.n_in, *self._buffer), dtype=self.dtype)
@@ -403,6 +445,7 @@ class ConvOperator:
 
         g = self.geometry
         n, c = plan["s"].shape[0], g.n_in
+        _check_real(a, "a")
         if tuple(a.shape) != (n, *g.out_shape, g.n_out):
             raise ValueError(f"a must have shape {(n, *g.out_shape, g.n_out)}, got {tuple(a.shape)}")
         m, nj = self._idx.shape
@@ -463,11 +506,13 @@ class ConvOperator:
     def adjoint(self, y, channels_last=False):
         """``conv_transpose(y, w)`` onto the operator's input shape: (N, K, *O) -> (N, C, *L).
 
-        With ``channels_last`` the input is (N, *O, K).
+        With ``channels_last`` the input is (N, *O, K). An empty batch gives an empty result.
         """
         g = self.geometry
         if self.layout == "channels_last":
             self._check_input_cl(y, g.n_out, g.out_shape, "y")
+            if y.shape[0] == 0:
+                return self.xp.zeros((0, *g.in_shape, g.n_in), dtype=self.dtype)
             y = y.astype(self.dtype, copy=False)
             if self.method == "im2col" and self.xp.__name__ == "numpy":
                 return self._adjoint_cl_cpu(y)
@@ -479,10 +524,13 @@ class ConvOperator:
         """:meth:`adjoint` with a channels-first result whatever the layout (``y`` channels-last if asked)."""
         g = self.geometry
         if channels_last:
-            if tuple(y.shape[1:]) != (*g.out_shape, g.n_out):
+            _check_real(y, "y")
+            if tuple(y.shape[1:]) != (*g.out_shape, g.n_out) or y.ndim != 2 + g.d:
                 raise ValueError(f"y must have shape (N, *{g.out_shape}, {g.n_out}), got {tuple(y.shape)}")
         else:
             self._check_input(y, g.n_out, g.out_shape, "y")
+        if y.shape[0] == 0:
+            return self.xp.zeros((0, g.n_in, *g.in_shape), dtype=self.dtype)
         y = y.astype(self.dtype, copy=False)
         if self.method == "im2col" and self.xp.__name__ == "numpy":
             buf = self._adjoint_im2col_cpu(y, channels_last)
@@ -608,18 +656,20 @@ class ConvOperator:
 
         The derivative of ``<conv(x, w), y>`` with respect to ``w`` (the
         correlation of inputs with output-space maps); computed with the
-        im2col columns of ``x`` and one GEMM whatever the engine.
+        im2col columns of ``x`` and one GEMM whatever the engine. An empty batch gives zeros.
         """
         g, xp = self.geometry, self.xp
+        check = self._check_input_cl if self.layout == "channels_last" else self._check_input
+        check(x, g.n_in, g.in_shape, "x")
+        check(y, g.n_out, g.out_shape, "y")
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"x and y must have the same batch size, got {x.shape[0]} and {y.shape[0]}")
+        if x.shape[0] == 0:
+            return xp.zeros((g.n_out, g.n_in, *g.kernel), dtype=self.dtype)
         if self.layout == "channels_last":
-            self._check_input_cl(x, g.n_in, g.in_shape, "x")
-            self._check_input_cl(y, g.n_out, g.out_shape, "y")
             if self.method == "im2col" and xp.__name__ == "numpy":
                 return self._weight_grad_cl_cpu(x, y)
             x, y = xp.moveaxis(x, -1, 1), xp.moveaxis(y, -1, 1)
-        else:
-            self._check_input(x, g.n_in, g.in_shape, "x")
-            self._check_input(y, g.n_out, g.out_shape, "y")
         n = x.shape[0]
         buffer = tuple((o - 1) * s + k for o, s, k in zip(g.out_shape, g.stride, g.kernel))
         buf = xp.zeros((n, g.n_in, *buffer), dtype=self.dtype)
@@ -694,6 +744,19 @@ def choose_method(g) -> str:
     return "fft" if fft < im2col else "im2col"
 
 
+def _compute_dtypes(a, w, name):
+    """``a`` and ``w`` in the computation dtype: ``w``'s when float32/float64, else float16, integer
+    and bool operands promoted to float32 (float64 when the other operand is float64)."""
+    for arr, label in ((a, name), (w, "w")):
+        if not hasattr(arr, "dtype") or not hasattr(arr, "ndim"):
+            raise TypeError(f"{label} must be an array, got {type(arr).__name__}")
+        _check_real(arr, label)
+    if w.dtype.kind == "f" and w.dtype.itemsize in (4, 8):
+        return a, w
+    dtype = "float64" if "float64" in (str(a.dtype), str(w.dtype)) else "float32"
+    return a.astype(dtype, copy=False), w.astype(dtype, copy=False)
+
+
 def _check_operands(a, w, name, letter, n_channels, expected, check_finite):
     """Rank, channel count and (optionally) finiteness of ``a`` against the weights ``w``."""
     _check_weights(w)
@@ -725,8 +788,15 @@ def conv(x, w, stride=1, padding=0, method="auto", check_finite=False):
 
     Returns
     -------
-    y : array (N, K, *O), ``O = floor((L + 2p - k)/s) + 1``
+    y : array (N, K, *O), ``O = floor((L + 2p - k)/s) + 1``, in ``w``'s dtype when that is
+        float32/float64, else float32 (float16 / integer operands are promoted; see the module
+        notes). An empty batch (N = 0) gives an empty ``(0, K, *O)`` result.
+
+    Raises
+    ------
+    TypeError for complex operands; ValueError for bad shapes, strides, paddings.
     """
+    x, w = _compute_dtypes(x, w, "x")
     _check_operands(x, w, "x", "C", w.shape[1], f"w expects {w.shape[1]}", check_finite)
     return ConvOperator(w, x.shape[2:], stride, padding, method).forward(x)
 
@@ -744,8 +814,10 @@ def conv_transpose(y, w, stride=1, padding=0, output_padding=0, method="auto", c
 
     Returns
     -------
-    x : array (N, C, *L), ``L = (O - 1)s - 2p + k + output_padding``
+    x : array (N, C, *L), ``L = (O - 1)s - 2p + k + output_padding``; dtypes as for :func:`conv`.
+        An empty batch (N = 0) gives an empty ``(0, C, *L)`` result.
     """
+    y, w = _compute_dtypes(y, w, "y")
     _check_operands(y, w, "y", "K", w.shape[0], f"w has {w.shape[0]} filters", check_finite)
     d = w.ndim - 2
     stride_t = _as_tuple(stride, d, "stride", 1)

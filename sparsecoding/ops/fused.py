@@ -8,6 +8,10 @@ treat arrays as (N, -1): per-sample quantities are length-N vectors.
 * ``lca_step``:   u <- u + eta (c + a - u);  a <- T(u)          (DESIGN.md §5)
 * ``prox_step``:  a' = prox_{thr}(y + step c);  d_n = <y - a', a' - a>_n
 * ``momentum``:   y = a' + beta_n (a' - a)
+
+The numba kernels take float32/float64 arrays of one dtype; other real dtypes
+(float16) take the array-expression path. Complex arrays are a ``TypeError``;
+an empty batch (N = 0) gives empty results.
 """
 from __future__ import annotations
 
@@ -65,7 +69,14 @@ def _momentum_kernel(a_new, a, beta, y):  # pragma: no cover - compiled
 
 
 def _cpu(*arrays):
-    return all(isinstance(x, np.ndarray) and x.flags.c_contiguous for x in arrays)
+    return all(isinstance(x, np.ndarray) and x.flags.c_contiguous and x.dtype in (np.float32, np.float64)
+               for x in arrays)
+
+
+def _check_real(**arrays):
+    for name, x in arrays.items():
+        if x.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must be a real array, got dtype {x.dtype}")
 
 
 def _soft_xp(xp, v, thr, nonneg):
@@ -76,6 +87,9 @@ def _soft_xp(xp, v, thr, nonneg):
 
 def lca_step(u, c, a, eta, thr, nonneg):
     """In place: ``u <- u + eta (c + a - u)``, ``a <- soft_thr(u)``. Returns (u, a)."""
+    _check_real(u=u, c=c, a=a)
+    if u.shape[0] == 0:
+        return u, a
     if _cpu(u, c, a) and u.dtype == c.dtype == a.dtype:
         n = u.shape[0]
         _lca_step_kernel(u.reshape(n, -1), c.reshape(n, -1), a.reshape(n, -1), u.dtype.type(eta),
@@ -88,7 +102,11 @@ def lca_step(u, c, a, eta, thr, nonneg):
 
 def prox_step(y, c, a, step, thr, nonneg):
     """``a' = soft_thr(y + step c)`` and the per-sample restart test ``<y - a', a' - a>``."""
+    _check_real(y=y, c=c, a=a)
     n = y.shape[0]
+    if n == 0:
+        xp = get_xp(y)
+        return xp.empty_like(y), xp.zeros(0, dtype=xp.float64)
     if _cpu(y, c, a) and y.dtype == c.dtype == a.dtype:
         out = np.empty_like(y)
         dots = np.empty(n, dtype=np.float64)
@@ -103,7 +121,10 @@ def prox_step(y, c, a, step, thr, nonneg):
 
 def momentum(a_new, a, beta):
     """``y = a' + beta_n (a' - a)`` with one ``beta`` per sample."""
+    _check_real(a_new=a_new, a=a)
     n = a_new.shape[0]
+    if n == 0:
+        return get_xp(a_new).empty_like(a_new)
     if _cpu(a_new, a) and a_new.dtype == a.dtype and isinstance(beta, np.ndarray):
         y = np.empty_like(a_new)
         _momentum_kernel(a_new.reshape(n, -1), a.reshape(n, -1), beta.astype(a_new.dtype), y.reshape(n, -1))

@@ -9,6 +9,12 @@ within the ``(n, c)`` plane).
 values at those indices". ``avg_pool_adjoint`` is the adjoint of ``avg_pool``.
 No padding; output size ``floor((L - k) / s) + 1`` (PyTorch's default
 ``ceil_mode=False``). ``stride`` defaults to ``kernel_size``.
+
+Edge cases: an empty batch (N = 0) gives empty results of the usual shapes;
+float16 works (through the generic array path: the numba kernels take
+float32/float64 and integers); complex input to ``max_pool`` / ``max_unpool``
+is a ``TypeError`` (a maximum of complex values is undefined); indices out of
+``[0, prod(output_size))`` are a ``ValueError`` in ``max_unpool``.
 """
 from __future__ import annotations
 
@@ -18,6 +24,19 @@ from itertools import product
 from ..backend import capabilities, get_xp
 
 __all__ = ["max_pool", "max_unpool", "avg_pool", "avg_pool_adjoint", "pool_output_shape"]
+
+
+def _check_real(a, name):
+    kind = a.dtype.kind
+    if kind == "c":
+        raise TypeError(f"{name} must be real, got complex dtype {a.dtype} (a maximum of complex values is undefined)")
+    if kind not in "biuf":
+        raise TypeError(f"{name} must be a real numeric array, got dtype {a.dtype}")
+
+
+def _numba_dtype(a):
+    """The compiled kernels take every real dtype numba knows, which excludes float16."""
+    return a.dtype.kind in "iuf" and a.dtype.itemsize >= 4
 
 
 def _params(x, kernel_size, stride, name="x", channels_last=False):
@@ -100,10 +119,11 @@ def max_pool(x, kernel_size=2, stride=None, channels_last=False):
         Flat index of each maximum within its ``(n, c)`` spatial plane (first
         maximum on ties), as ``torch.nn.functional.max_pool{d}d(return_indices=True)``.
     """
+    _check_real(x, "x")
     d, k, s = _params(x, kernel_size, stride, channels_last=channels_last)
     xp = get_xp(x)
     if channels_last:
-        if d == 2 and xp.__name__ == "numpy":
+        if d == 2 and xp.__name__ == "numpy" and _numba_dtype(x):
             from ._kernels import max_pool_2d_cl  # noqa: PLC0415
 
             out = pool_output_shape(x.shape[1:3], k, s)
@@ -114,7 +134,7 @@ def max_pool(x, kernel_size=2, stride=None, channels_last=False):
         y, idx = max_pool(xp.moveaxis(x, -1, 1), k, s)
         return xp.ascontiguousarray(xp.moveaxis(y, 1, -1)), xp.ascontiguousarray(xp.moveaxis(idx, 1, -1))
     out = pool_output_shape(x.shape[2:], k, s)
-    if d == 2 and xp.__name__ == "numpy":
+    if d == 2 and xp.__name__ == "numpy" and _numba_dtype(x):
         from ._kernels import max_pool_2d  # noqa: PLC0415
 
         n, c, h, w = x.shape
@@ -140,17 +160,53 @@ def max_pool(x, kernel_size=2, stride=None, channels_last=False):
     return y, flat
 
 
+def _check_unpool(y, indices, output_size, channels_last):
+    """Dtypes, shapes and the index range of :func:`max_unpool`; returns ``output_size`` as a tuple."""
+    _check_real(y, "y")
+    if not hasattr(indices, "dtype") or indices.dtype.kind not in "iu":
+        raise TypeError(f"indices must be an integer array (as max_pool returns), got "
+                        f"{getattr(indices, 'dtype', type(indices).__name__)}")
+    if y.shape != indices.shape:
+        raise ValueError(f"y shape {tuple(y.shape)} and indices shape {tuple(indices.shape)} differ")
+    d = y.ndim - 2
+    if d < 1:
+        layout = "(N, *spatial, C)" if channels_last else "(N, C, *spatial)"
+        raise ValueError(f"y must have shape {layout}, got shape {tuple(y.shape)}")
+    try:
+        size = tuple(int(v) for v in output_size)
+    except TypeError as exc:
+        raise TypeError(f"output_size must be a tuple of {d} ints, got {output_size!r}") from exc
+    if len(size) != d or any(v < 1 for v in size):
+        raise ValueError(f"output_size must be {d} positive ints for y of shape {tuple(y.shape)}, got {output_size!r}")
+    plane = math.prod(size)
+    if indices.size:
+        # one pass: viewed as unsigned, negative indices are huge, so the maximum tests both ends
+        xp = get_xp(indices)
+        unsigned = indices if indices.dtype.kind == "u" else indices.view(f"u{indices.dtype.itemsize}")
+        if int(xp.max(unsigned)) >= plane:
+            lo, hi = int(xp.min(indices)), int(xp.max(indices))
+            raise ValueError(
+                f"indices must be flat positions in [0, {plane}) of an output plane of size {size}, got values "
+                f"in [{lo}, {hi}]" + ("; output_size is too small for these indices" if hi >= plane else "")
+            )
+    return size
+
+
 def max_unpool(y, indices, output_size, channels_last=False):
     """Place ``y`` at ``indices`` in zeros of spatial shape ``output_size`` (summing duplicates).
 
-    The adjoint of ``x -> take(x, indices)`` for fixed indices.
+    The adjoint of ``x -> take(x, indices)`` for fixed indices. ``indices`` are flat
+    positions within each ``(n, c)`` plane, as :func:`max_pool` returns them: a
+    ``ValueError`` when any is outside ``[0, prod(output_size))`` (negative, or an
+    ``output_size`` too small for them). An empty batch gives an empty result.
     """
-    if y.shape != indices.shape:
-        raise ValueError(f"y shape {tuple(y.shape)} and indices shape {tuple(indices.shape)} differ")
+    output_size = _check_unpool(y, indices, output_size, channels_last)
     xp = get_xp(y)
+    if y.shape[0] == 0:
+        return xp.zeros(_with_spatial(y, output_size, channels_last), dtype=y.dtype)
     if channels_last:
         n, c = y.shape[0], y.shape[-1]
-        if xp.__name__ == "numpy":
+        if xp.__name__ == "numpy" and _numba_dtype(y):
             from ._kernels import max_unpool_cl  # noqa: PLC0415
 
             out = xp.zeros((n, math.prod(output_size), c), dtype=y.dtype)

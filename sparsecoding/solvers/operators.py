@@ -9,6 +9,11 @@ Every solver sees a dictionary through two maps:
 
 and the Lipschitz constant ``L = ||Phi||_2^2``, the largest eigenvalue of
 ``Phi Phi^T`` (power iteration for convolutions).
+
+An operator's dtype is its dictionary's: ``phi`` must be float32 or float64
+(a ``TypeError`` naming ``phi`` otherwise, complex included; cast a float16
+dictionary with ``phi.astype(np.float32)``). The maps accept an empty batch
+(N = 0) and return empty arrays of the matching shape.
 """
 from __future__ import annotations
 
@@ -20,6 +25,15 @@ from ..backend import get_xp, to_numpy
 from ..ops.conv import ConvOperator
 
 __all__ = ["DenseDictionary", "ConvDictionary", "power_iteration"]
+
+
+def _check_phi(phi):
+    dtype = getattr(phi, "dtype", None)
+    if dtype is None or dtype not in (np.float32, np.float64):
+        raise TypeError(
+            f"phi must be a float32 or float64 array, got {dtype if dtype is not None else type(phi).__name__}"
+            + ("; cast it first, e.g. phi.astype(np.float32)" if dtype is not None and dtype.kind in "biuf" else "")
+        )
 
 
 def power_iteration(apply_gram, shape, xp, dtype, n_iter=100, seed=0, v0=None):
@@ -56,6 +70,7 @@ class DenseDictionary:
     """
 
     def __init__(self, phi):
+        _check_phi(phi)
         if phi.ndim != 2:
             raise ValueError(f"dense dictionary must have shape (K, D), got shape {tuple(phi.shape)}")
         self.phi = phi
@@ -65,6 +80,9 @@ class DenseDictionary:
 
     def set_weights(self, phi):
         """Use new atoms of the same shape (the Lipschitz constant is recomputed on demand)."""
+        _check_phi(phi)
+        if tuple(phi.shape) != (self.n_atoms, self.n_features):
+            raise ValueError(f"phi must keep shape {(self.n_atoms, self.n_features)}, got {tuple(phi.shape)}")
         self.phi = phi
         self._L = None
 
@@ -120,6 +138,7 @@ class ConvDictionary:
     def __init__(self, phi, in_shape, stride=1, padding="same", method="auto", layout="channels_first"):
         if layout not in ("channels_first", "channels_last"):
             raise ValueError(f"layout must be 'channels_first' or 'channels_last', got {layout!r}")
+        _check_phi(phi)
         self.op = ConvOperator(phi, in_shape, stride, padding, method)
         self.channels_last = layout == "channels_last"
         self.phi = phi
@@ -131,6 +150,7 @@ class ConvDictionary:
 
     def set_weights(self, phi):
         """Use new atoms of the same shape: the plan is updated, the Lipschitz constant recomputed on demand."""
+        _check_phi(phi)
         self.op.update_weights(phi)
         self.phi = phi
         self._L = None
