@@ -1,4 +1,15 @@
-"""``sparsecoding eqprop`` / ``python -m sparsecoding.eqprop``: the EqProp reference code's arguments."""
+"""``sparsecoding eqprop`` / ``python -m sparsecoding.eqprop``: the EqProp reference code's arguments.
+
+Training with ``--save`` or ``--save-dir FOLDER`` writes a run folder
+(checkpoint.npz, metrics.csv, error_curves.png, args.json); running the same
+command again resumes it exactly, and a larger ``--epochs`` (without
+``--lr-decay``) continues it. Resuming with a setting that changes the result
+(architecture, optimiser, phases, betas, seed, data ...) is refused naming the
+option, unless ``--allow-changed-settings``. Ctrl-C checkpoints, writes the
+metrics and curves of the epochs done and exits with status 130.
+``--todo evaluate --save-dir FOLDER`` reloads the run and prints its test error
+with the run's own T1, schedule and tolerance.
+"""
 from __future__ import annotations
 
 import argparse
@@ -9,108 +20,281 @@ import time
 
 import numpy as np
 
-from ..cliutil import HelpFormatter, device_backend, run_command
+from ..cliutil import (CLIError, HelpFormatter, device_backend, finite_float, nonnegative_float, nonnegative_int,
+                       positive_float, positive_int, run_command, writable_dir)
+from .activations import ACTIVATIONS
+
+N_CLASSES = {"DIGITS": 10, "MNIST": 10, "CIFAR10": 10}
+# options of the LCA front end (--model LCACNN), refused until it lands
+LCA_OPTIONS = ("lca_feats", "lca_lambda", "lca_tau", "lca_eta", "lca_iters", "lca_stride", "lca_ksize",
+               "scale_feedback", "dict_training", "lca_dict")
+# stored settings that make up the architecture (checked by --todo evaluate)
+ARCHITECTURE = ("--model", "--task", "--channels", "--kernels", "--strides", "--paddings", "--pools", "--fc", "--act",
+                "--loss", "--softmax")
+
+
+def _momentum(text):
+    value = finite_float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
+def _pools(text):
+    if not text or set(text) - set("mai"):
+        raise argparse.ArgumentTypeError(f"expected one letter per conv layer among m (max), a (avg), "
+                                         f"i (none), got {text!r}")
+    return text
+
+
+def _one_line_errors(parser):
+    """argparse errors as one line (``prog: error: ...``), without the usage block."""
+
+    def error(message):
+        parser.exit(2, f"{parser.prog}: error: {message}\n")
+
+    parser.error = error
+    return parser
 
 
 def add_arguments(p):
+    _one_line_errors(p)
     a = p.add_argument
-    a("--model", default="CNN", choices=["CNN", "MLP", "LCACNN"])
-    a("--task", default="DIGITS", choices=["DIGITS", "MNIST", "CIFAR10"])
+    a("--model", default="CNN", choices=["CNN", "MLP", "LCACNN"],
+      help="convolutional or fully connected energy-based network (LCACNN: not available yet)")
+    a("--task", default="DIGITS", choices=["DIGITS", "MNIST", "CIFAR10"],
+      help="DIGITS: scikit-learn's bundled 8x8 digits (1400 train / 397 test); MNIST, CIFAR10: read from --data-dir")
     a("--data-dir", default=None, help="folder with the MNIST IDX / CIFAR-10 python files (nothing is downloaded)")
-    a("--data-aug", action="store_true")
-    a("--channels", type=int, nargs="+", default=[16, 32], help="conv output channels (input channels are added)")
-    a("--kernels", type=int, nargs="+", default=[3, 3])
-    a("--pools", default="mm")
-    a("--strides", type=int, nargs="+", default=[1, 1])
-    a("--paddings", type=int, nargs="+", default=[1, 1])
-    a("--fc", type=int, nargs="+", default=[10])
-    a("--optim", default="sgd", choices=["sgd", "adam"])
-    a("--lrs", type=float, nargs="+", default=[0.1, 0.05, 0.02])
-    a("--wds", type=float, nargs="+", default=None)
-    a("--mmt", type=float, default=0.9)
-    a("--lr-decay", action="store_true")
-    a("--epochs", type=int, default=10)
-    a("--act", default="my_hard_sig")
-    a("--todo", default="train", choices=["train", "evaluate", "gducheck"])
-    a("--T1", type=int, default=40)
-    a("--T2", type=int, default=12)
-    a("--mbs", type=int, default=64)
-    a("--alg", default="EP", choices=["EP"])
-    a("--betas", type=float, nargs=2, default=[0.0, 0.5])
-    a("--random-sign", action="store_true")
-    a("--thirdphase", action="store_true")
-    a("--loss", default="mse", choices=["mse", "cel"])
-    a("--softmax", action="store_true")
-    a("--scale", type=float, default=None)
-    a("--save", action="store_true", help="write a run folder (see --save-dir)")
-    a("--save-dir", default=None, help="run folder; an existing one is resumed (default runs/eqprop-<time>)")
-    a("--seed", type=int, default=0)
+    a("--n-train", type=positive_int, default=None, metavar="N", help="train on the first N training samples (default all)")
+    a("--n-test", type=positive_int, default=None, metavar="N", help="test on the first N test samples (default all)")
+    a("--data-aug", action="store_true", help="random crop (padding W/8) and horizontal flip of the training images")
+    a("--channels", type=positive_int, nargs="+", default=[16, 32],
+      help="output channels of the conv layers (the input channels are added)")
+    a("--kernels", type=positive_int, nargs="+", default=[3, 3], help="kernel size per conv layer")
+    a("--pools", type=_pools, default="mm", help="pool per conv layer: m (2x2 max), a (2x2 average), i (none)")
+    a("--strides", type=positive_int, nargs="+", default=[1, 1], help="stride per conv layer")
+    a("--paddings", type=nonnegative_int, nargs="+", default=[1, 1], help="zero padding per conv layer")
+    a("--fc", type=positive_int, nargs="+", default=[10],
+      help="fully connected sizes; the last one is the number of classes")
+    a("--optim", default="sgd", choices=["sgd", "adam"], help="optimiser")
+    a("--lrs", type=nonnegative_float, nargs="+", default=[0.1, 0.05, 0.02],
+      help="learning rate per synapse (the last value is repeated for the remaining synapses)")
+    a("--wds", type=nonnegative_float, nargs="+", default=None,
+      help="weight decay per synapse (the last value is repeated; default none)")
+    a("--mmt", type=_momentum, default=0.9, help="SGD momentum, in [0, 1)")
+    a("--lr-decay", action="store_true", help="cosine decay of the learning rates over --epochs")
+    a("--epochs", type=positive_int, default=10, help="number of epochs (a larger value continues a finished run)")
+    a("--act", default="my_hard_sig", choices=sorted(ACTIVATIONS), help="activation of the states")
+    a("--todo", default="train", choices=["train", "evaluate", "gducheck"],
+      help="train; evaluate the run in --save-dir; gducheck: EP updates vs BPTT step by step")
+    a("--T1", type=positive_int, default=40, help="steps of the free phase")
+    a("--T2", type=positive_int, default=12, help="steps of the nudged phase(s)")
+    a("--mbs", type=positive_int, default=64, help="mini-batch size")
+    a("--alg", default="EP", choices=["EP"], help="learning algorithm (equilibrium propagation)")
+    a("--betas", type=finite_float, nargs=2, default=[0.0, 0.5], metavar=("BETA1", "BETA2"),
+      help="nudging strengths of the first and second phase")
+    a("--random-sign", action="store_true", help="flip the sign of beta2 at random for each batch")
+    a("--thirdphase", action="store_true", help="nudge at +beta2 and -beta2 (symmetric estimate)")
+    a("--loss", default="mse", choices=["mse", "cel"], help="squared error or cross-entropy")
+    a("--softmax", action="store_true", help="the last fc layer is a softmax readout outside the dynamics")
+    a("--scale", type=positive_float, default=None, help="factor on the default initialisation of the weights")
+    a("--save", action="store_true", help="write a run folder (default runs/eqprop-<time>; see --save-dir)")
+    a("--save-dir", default=None, help="run folder; an existing one is resumed")
+    a("--checkpoint-every", type=positive_int, default=None, metavar="N",
+      help="also checkpoint every N batches (default: at the end of every epoch)")
+    a("--allow-changed-settings", action="store_true",
+      help="resume a run folder even though settings that change the result differ from the stored ones")
+    a("--seed", type=nonnegative_int, default=0, help="seed of the initialisation, sample order and augmentation")
     a("--device", default="cpu", help="cpu, gpu or a GPU index")
     a("--schedule", default="sync", choices=["sync", "async"], help="all layers at once, or odd then even layers")
-    a("--tol", type=float, default=None, help="stop a phase once the states move less than this")
-    for name, typ in (("lca_feats", int), ("lca_lambda", float), ("lca_tau", float), ("lca_eta", float),
-                      ("lca_iters", int), ("lca_stride", int), ("lca_ksize", int), ("scale_feedback", float)):
-        a(f"--{name}", type=typ, default=None)
-    a("--dict_training", default=None, choices=[None, "pretrained", "finetune", "learn"])
-    a("--quiet", action="store_true")
+    a("--tol", type=positive_float, default=None, help="stop a phase once the states move less than this")
+    lca = "LCA front end (needs --model LCACNN, not available yet): "
+    a("--lca_feats", type=positive_int, default=None, help=lca + "number of dictionary features")
+    a("--lca_lambda", type=nonnegative_float, default=None, help=lca + "sparsity threshold")
+    a("--lca_tau", type=positive_float, default=None, help=lca + "time constant")
+    a("--lca_eta", type=nonnegative_float, default=None, help=lca + "dictionary learning rate")
+    a("--lca_iters", type=positive_int, default=None, help=lca + "LCA iterations")
+    a("--lca_stride", type=positive_int, default=None, help=lca + "stride of the dictionary")
+    a("--lca_ksize", type=positive_int, default=None, help=lca + "kernel size of the dictionary")
+    a("--lca_dict", default=None, metavar="PATH", help=lca + "dictionary file written by sparsecoding lca")
+    a("--scale_feedback", type=finite_float, default=None, help=lca + "scale of the feedback into the LCA layer")
+    a("--dict_training", default=None, choices=["pretrained", "finetune", "learn"],
+      help=lca + "frozen, fine-tuned or learned dictionary")
+    a("--quiet", action="store_true", help="no progress bar")
     return p
 
 
+def _refuse_unavailable(args):
+    if args.model == "LCACNN":
+        raise CLIError("--model LCACNN (the LCA front end) is not available yet; use --model CNN")
+    for name in LCA_OPTIONS:
+        if getattr(args, name) is not None:
+            raise CLIError(f"--{name} needs --model LCACNN, which is not available yet")
+
+
 def load_task(args):
+    """``(Xtr, ytr, Xte, yte)`` of ``--task`` (full sets; ``--n-train`` / ``--n-test`` are applied by the caller)."""
     from ..data import digits_split, load_cifar10, load_mnist
 
     if args.task == "DIGITS":
         return digits_split(1400, seed=12345)
     if args.data_dir is None:
-        raise SystemExit(f"--task {args.task} reads the standard files from --data-dir (nothing is downloaded)")
+        raise CLIError(f"--task {args.task} reads the standard files from --data-dir (nothing is downloaded)")
     load = load_mnist if args.task == "MNIST" else load_cifar10
     Xtr, ytr = load(args.data_dir, train=True)
     Xte, yte = load(args.data_dir, train=False)
     return Xtr, ytr, Xte, yte
 
 
+def _first(X, y, n, option, what, task):
+    if n is None:
+        return X, y
+    if n > len(X):
+        raise CLIError(f"{option} {n}: --task {task} has only {len(X)} {what} samples")
+    return X[:n], y[:n]
+
+
+def _check_network_options(args):
+    n_classes = N_CLASSES[args.task]
+    if args.fc[-1] != n_classes:
+        raise CLIError(f"--fc: the last size must be the number of classes of --task {args.task} ({n_classes}), "
+                       f"got {args.fc[-1]}")
+    if args.model == "MLP":
+        if args.softmax and len(args.fc) < 2:
+            raise CLIError("--softmax with --model MLP needs a hidden layer before the readout (e.g. --fc 64 10)")
+        return
+    n_conv = len(args.channels)
+    for option, values in (("--kernels", args.kernels), ("--strides", args.strides), ("--paddings", args.paddings),
+                           ("--pools", args.pools)):
+        if len(values) != n_conv:
+            raise CLIError(f"{option} needs one value per conv layer ({n_conv}, as --channels lists), "
+                           f"got {len(values)}")
+
+
 def build_model(args, in_shape, backend):
     from .network import ConvEBM, MLPEBM
 
-    if args.model == "LCACNN":
-        raise SystemExit("--model LCACNN (the LCA front end) is not available yet; use --model CNN")
-    if args.model == "MLP":
-        return MLPEBM([int(np.prod(in_shape))] + args.fc, args.act, args.softmax, args.loss, args.scale, args.seed,
-                      backend=backend)
-    return ConvEBM(in_shape[-1], [in_shape[0]] + args.channels, args.kernels, args.strides, args.paddings, args.pools,
-                   args.fc, args.act, args.softmax, args.loss, args.scale, args.seed, backend=backend)
+    _check_network_options(args)
+    try:
+        if args.model == "MLP":
+            return MLPEBM([int(np.prod(in_shape))] + args.fc, args.act, args.softmax, args.loss, args.scale,
+                          args.seed, backend=backend)
+        return ConvEBM(in_shape[-1], [in_shape[0]] + args.channels, args.kernels, args.strides, args.paddings,
+                       args.pools, args.fc, args.act, args.softmax, args.loss, args.scale, args.seed, backend=backend)
+    except ValueError as exc:
+        shape = "x".join(map(str, in_shape))
+        raise CLIError(f"the network options (--channels --kernels --strides --paddings --pools --fc) do not fit "
+                       f"the {shape} inputs of --task {args.task}: {exc}") from None
+
+
+def cli_settings(args, lrs, wds, n_train, n_test):
+    """The settings a run folder stores and compares on resume, keyed by option name."""
+    s = {"--model": args.model, "--task": args.task}
+    if args.model != "MLP":
+        s.update({"--channels": args.channels, "--kernels": args.kernels, "--strides": args.strides,
+                  "--paddings": args.paddings, "--pools": args.pools})
+    s.update({"--fc": args.fc, "--act": args.act, "--loss": args.loss, "--softmax": args.softmax,
+              "--scale": args.scale, "--optim": args.optim, "--lrs": lrs, "--wds": wds, "--mmt": args.mmt,
+              "--lr-decay": args.lr_decay, "--T1": args.T1, "--T2": args.T2, "--betas": args.betas,
+              "--random-sign": args.random_sign, "--thirdphase": args.thirdphase, "--data-aug": args.data_aug,
+              "--mbs": args.mbs, "--seed": args.seed, "--schedule": args.schedule, "--tol": args.tol,
+              "--n-train": n_train, "--n-test": n_test})
+    if args.lr_decay:
+        s["--epochs"] = args.epochs
+    return json.loads(json.dumps(s))
+
+
+def _evaluate(args, net, Xte, yte, save):
+    from .train import evaluate
+
+    ck = os.path.join(save, "checkpoint.npz") if save else None
+    if ck is None or not os.path.exists(ck):
+        raise CLIError("--todo evaluate needs --save-dir of a trained run" + (f" ({ck} does not exist)" if ck else ""))
+    arrays, net_meta, stored, history = _read_run(ck)
+    mine = cli_settings(args, None, None, None, None)
+    for key in ARCHITECTURE:
+        if stored.get(key) != mine.get(key):
+            raise CLIError(f"--todo evaluate: the run in {save} was trained with {key} {_text(stored.get(key))}, "
+                           f"not {_text(mine.get(key))}; give the run's architecture options")
+    net.set_state(arrays, net_meta)
+    n_test = args.n_test if args.n_test is not None else stored.get("--n-test")
+    Xte, yte = _first(Xte, yte, n_test, "--n-test", "test", args.task)
+    T1, schedule, tol = stored["--T1"], stored["--schedule"], stored["--tol"]
+    err = evaluate(net, Xte, yte, T1, schedule=schedule, tol=tol)
+    print(json.dumps({"test_error": err, "n_test": len(Xte), "T1": T1, "schedule": schedule, "tol": tol,
+                      "epochs": len(history), "checkpoint": ck}))
+    return 0
+
+
+def _read_run(ck):
+    """``load_run(ck)``, any failure to read it as one line."""
+    from .train import load_run
+
+    try:
+        return load_run(ck)
+    except Exception as exc:  # noqa: BLE001 (zip, JSON, npy errors of a damaged file)
+        raise CLIError(f"{ck} cannot be read as an EqProp checkpoint ({type(exc).__name__}: {exc}); "
+                       f"move it away to start afresh") from None
+
+
+def _text(value):
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "(not given)" if value is None else str(value)
 
 
 def run(args):
-    from ..checkpoint import load_checkpoint, unpack_params
-    from .train import evaluate, train
+    from .train import train
 
+    _refuse_unavailable(args)
+    if args.thirdphase and args.betas[1] == 0:
+        raise CLIError("--thirdphase nudges at +BETA2 and -BETA2: --betas needs BETA2 != 0")
+    if args.betas[0] == args.betas[1]:
+        raise CLIError(f"--betas must differ, got {args.betas[0]:g} {args.betas[1]:g}")
     backend = device_backend(args.device)
     Xtr, ytr, Xte, yte = load_task(args)
+    Xtr, ytr = _first(Xtr, ytr, args.n_train, "--n-train", "training", args.task)
     net = build_model(args, Xtr.shape[1:], backend)
     n_syn = len(net.params)
     lrs = (args.lrs + [args.lrs[-1]] * n_syn)[:n_syn]
     wds = None if args.wds is None else (args.wds + [args.wds[-1]] * n_syn)[:n_syn]
     save = args.save_dir or (f"runs/eqprop-{time.strftime('%Y%m%d-%H%M%S')}" if args.save else None)
     if args.todo == "evaluate":
-        if not save or not os.path.exists(os.path.join(save, "checkpoint.npz")):
-            raise SystemExit("--todo evaluate needs --save-dir of a trained run")
-        arrays, _ = load_checkpoint(os.path.join(save, "checkpoint.npz"))
-        unpack_params(net.params, arrays)
-        print(json.dumps({"test_error": evaluate(net, Xte, yte, args.T1, schedule=args.schedule, tol=args.tol)}))
-        return 0
+        return _evaluate(args, net, Xte, yte, save)
     if args.todo == "gducheck":  # the check's own defaults, verdict, exit status 1 on failure: gdu.py
         from .gdu import gducheck_command
 
         return gducheck_command(args, net, Xtr, ytr, save or "runs/gducheck")
+    Xte, yte = _first(Xte, yte, args.n_test, "--n-test", "test", args.task)
+    if save:
+        writable_dir(save, "--save-dir")
+    settings = cli_settings(args, lrs, wds, len(Xtr), len(Xte))
+    if save and os.path.exists(os.path.join(save, "checkpoint.npz")):
+        _read_run(os.path.join(save, "checkpoint.npz"))
     t0 = time.perf_counter()
-    hist = train(net, Xtr, ytr, Xte, yte, args.epochs, args.mbs, args.T1, args.T2, tuple(args.betas), args.thirdphase,
-                 args.random_sign, args.optim, lrs, wds, args.mmt, args.lr_decay, args.data_aug, save, args.seed,
-                 args.schedule, args.tol, not args.quiet, args=vars(args))
+    try:
+        hist = train(net, Xtr, ytr, Xte, yte, args.epochs, args.mbs, args.T1, args.T2, tuple(args.betas),
+                     args.thirdphase, args.random_sign, args.optim, lrs, wds, args.mmt, args.lr_decay, args.data_aug,
+                     save, args.seed, args.schedule, args.tol, not args.quiet,
+                     args={k: v for k, v in vars(args).items() if k != "func"},
+                     checkpoint_every=args.checkpoint_every, allow_changes=args.allow_changed_settings,
+                     settings=settings)
+    except _settings_changed() as exc:
+        raise type(exc)(f"{exc} (--allow-changed-settings)") from None
     for h in hist:
         print(json.dumps(h))
-    print(f"total {time.perf_counter() - t0:.1f} s" + (f"; run folder {save}" if save else ""))
+    last = hist[-1] if hist else {}
+    print((f"test error {last['test_error']:.4f} after {len(hist)} epoch(s); " if "test_error" in last else "")
+          + f"total {time.perf_counter() - t0:.1f} s" + (f"; run folder {save}" if save else ""))
     return 0
+
+
+def _settings_changed():
+    from ..training import SettingsChanged
+
+    return SettingsChanged
 
 
 def register(sub):

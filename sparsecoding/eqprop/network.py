@@ -432,6 +432,60 @@ class ConvEBM:
         out = self._readout(states[-1]) if self.softmax else states[-1]
         return out.argmax(axis=1)
 
+    # ------------------------------------------------------ learning loop (DESIGN.md §2)
+    def get_state(self):
+        """``(arrays, meta)`` for checkpoints: host copies of the parameters as ``W<k>`` / ``b<k>``, and
+        the architecture (class, parameter shapes, pools, strides, paddings, activation, softmax, loss, dtype)."""
+        from ..backend import to_numpy  # noqa: PLC0415
+
+        arrays = {}
+        for k, (W, b) in enumerate(self.params):
+            arrays[f"W{k}"], arrays[f"b{k}"] = np.array(to_numpy(W)), np.array(to_numpy(b))
+        meta = {"class": type(self).__name__, "shapes": [[list(W.shape), list(b.shape)] for W, b in self.params],
+                "pools": self.pools, "strides": list(self.strides), "paddings": list(self.paddings),
+                "activation": self.act_name, "softmax": self.softmax, "loss": self.loss, "dtype": self.dtype.name}
+        return arrays, meta
+
+    def set_state(self, arrays, meta=None):
+        """Load :meth:`get_state`'s output in place (the parameter arrays stay the same objects, so an
+        optimiser holding them keeps working); a different architecture raises ValueError naming it."""
+        if meta is not None:
+            own = {"class": type(self).__name__, "pools": self.pools, "strides": list(self.strides),
+                   "paddings": list(self.paddings), "activation": self.act_name, "softmax": self.softmax,
+                   "loss": self.loss,
+                   "shapes": [[list(W.shape), list(b.shape)] for W, b in self.params]}
+            diff = [k for k in own if k in meta and meta[k] != own[k]]
+            if diff:
+                raise ValueError("the saved network differs from this one in "
+                                 + "; ".join(f"{k} ({meta[k]!r} saved, {own[k]!r} here)" for k in diff))
+        for k, (W, b) in enumerate(self.params):
+            for name, p in ((f"W{k}", W), (f"b{k}", b)):
+                if name not in arrays:
+                    raise ValueError(f"the saved state has no {name} (this network has {len(self.params)} synapses)")
+                a = np.asarray(arrays[name])
+                if a.shape != tuple(p.shape):
+                    raise ValueError(f"saved {name} has shape {a.shape}, this network's is {tuple(p.shape)}")
+                if not np.isfinite(a).all():
+                    raise ValueError(f"saved {name} contains NaN or Inf")
+        for k, (W, b) in enumerate(self.params):
+            W[...] = self.xp.asarray(arrays[f"W{k}"], dtype=self.dtype)
+            b[...] = self.xp.asarray(arrays[f"b{k}"], dtype=self.dtype)
+
+    def fit(self, X, y, *, epochs=1, batch_size=128, seed=0, callbacks=(), checkpoint=None, **options):
+        """Train with EP on ``(X, y)``; returns the :class:`~sparsecoding.training.History` (one record per
+        epoch: ``train_error``, ``seconds``, ``lr_scale``, ``test_error`` with ``X_test``/``y_test``).
+
+        ``checkpoint`` (a .npz path) makes the run resumable exactly; ``options`` are those of
+        :func:`sparsecoding.eqprop.train.train` (``X_test``, ``y_test``, ``T1``, ``T2``, ``betas``,
+        ``third_phase``, ``random_sign``, ``optim``, ``lrs``, ``wds``, ``mmt``, ``lr_decay``,
+        ``data_aug``, ``schedule``, ``tol``, ``checkpoint_every``, ``allow_changes``, ``progress``).
+        """
+        from .train import train  # noqa: PLC0415
+
+        X_test, y_test = options.pop("X_test", None), options.pop("y_test", None)
+        return train(self, X, y, X_test, y_test, epochs=epochs, mbs=batch_size, seed=seed, callbacks=callbacks,
+                     checkpoint=checkpoint, **options)
+
 
 class MLPEBM(ConvEBM):
     """Fully connected energy-based network: ``sizes = [input, hidden..., classes]``."""
