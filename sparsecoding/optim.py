@@ -3,10 +3,22 @@
 Parameters are updated in place, so a model's arrays stay the same objects.
 ``lr`` and ``weight_decay`` are a scalar or one value per parameter
 (layer-wise rates as in the EqProp reference code).
+
+Every hyperparameter is range-checked when set (``lr`` and ``weight_decay``
+finite and >= 0, ``momentum`` and Adam's ``betas`` in [0, 1), ``eps`` > 0).
+A step computes the new parameters and buffers first and writes them only if
+all of them are finite (one host synchronisation per step); otherwise it
+raises ``FloatingPointError`` naming the parameter and the likely cause, and
+the parameters and the optimiser state are left exactly as they were before
+the step (no restore from a checkpoint is needed).
+
+This module also holds the small argument checks the models share
+(``_check_number``, ``_check_int``, ``_check_finite``, ``_check_labels``).
 """
 from __future__ import annotations
 
 import math
+import operator
 
 import numpy as np
 
@@ -15,25 +27,110 @@ from .backend import get_xp, to_numpy
 __all__ = ["SGD", "Adam", "cosine_lr"]
 
 
+# ------------------------------------------------------------------ argument checks shared by the models
+def _range_text(low, high, low_open, high_open):
+    if low is not None and high is not None:
+        return f"a finite number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if low is not None:
+        return f"a finite number {'>' if low_open else '>='} {low:g}"
+    if high is not None:
+        return f"a finite number {'<' if high_open else '<='} {high:g}"
+    return "a finite number"
+
+
+def _check_number(value, name, low=None, high=None, low_open=False, high_open=False):
+    """``float(value)`` if it is a finite number in the given range, else a ValueError naming ``name``."""
+    text = _range_text(low, high, low_open, high_open)
+    if isinstance(value, (bool, np.bool_, str, bytes)):
+        raise ValueError(f"{name} must be {text}, got {value!r}")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be {text}, got {value!r}") from None
+    ok = math.isfinite(v)
+    if ok and low is not None:
+        ok = v > low if low_open else v >= low
+    if ok and high is not None:
+        ok = v < high if high_open else v <= high
+    if not ok:
+        raise ValueError(f"{name} must be {text}, got {value!r}")
+    return v
+
+
+def _check_int(value, name, minimum=None):
+    """``int(value)`` for an integer (not a bool, not a float) >= ``minimum``, else a ValueError naming ``name``."""
+    text = "an integer" + ("" if minimum is None else f" >= {minimum}")
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be {text}, got {value!r}")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be {text}, got {value!r}") from None
+    if minimum is not None and v < minimum:
+        raise ValueError(f"{name} must be {text}, got {v}")
+    return v
+
+
+def _check_finite(xp, a, name):
+    """ValueError naming ``name`` if the array holds NaN or Inf (one host synchronisation)."""
+    if not bool(xp.isfinite(a).all()):
+        raise ValueError(f"{name} contains NaN or Inf")
+
+
+def _check_labels(y, n=None, n_classes=None, name="y", n_name="x"):
+    """Host int64 copy of the class labels ``y`` after checking them.
+
+    Labels are integers: an integer dtype, or floats whose values are all integral
+    (``3.0``, as many loaders produce); booleans, fractional or non-finite values are
+    refused. With ``n``: one label per sample; with ``n_classes``: each in ``[0, n_classes)``.
+    """
+    yh = to_numpy(y)
+    if not isinstance(yh, np.ndarray):
+        yh = np.asarray(yh)
+    if yh.dtype == np.bool_ or not (np.issubdtype(yh.dtype, np.integer) or np.issubdtype(yh.dtype, np.floating)):
+        raise ValueError(f"{name} must hold integer class labels, got dtype {yh.dtype}")
+    if yh.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array of class labels, got shape {tuple(yh.shape)}")
+    if n is not None and yh.shape[0] != n:
+        raise ValueError(f"{name} has {yh.shape[0]} labels but {n_name} has {n} samples")
+    if np.issubdtype(yh.dtype, np.floating):
+        if not np.isfinite(yh).all():
+            raise ValueError(f"{name} contains NaN or Inf")
+        bad = yh[yh != np.round(yh)]
+        if bad.size:
+            raise ValueError(f"{name} must hold integer class labels, got non-integral values such as {bad[0]!r}")
+    yi = yh.astype(np.int64)
+    if n_classes is not None and yi.size and (yi.min() < 0 or yi.max() >= n_classes):
+        raise ValueError(f"{name} labels must be integers in [0, {n_classes}), got values in "
+                         f"[{yi.min()}, {yi.max()}]")
+    return yi
+
+
+# ------------------------------------------------------------------ optimisers
 def _per_param(value, n, name):
-    if np.isscalar(value):
-        return [float(value)] * n
-    value = [float(v) for v in value]
-    if len(value) != n:
-        raise ValueError(f"{name} needs one value per parameter ({n}), got {len(value)}")
-    return value
+    if np.ndim(value) == 0:
+        return [_check_number(value, name, low=0)] * n
+    values = list(value)
+    if len(values) != n:
+        raise ValueError(f"{name} needs one value per parameter ({n}), got {len(values)}")
+    return [_check_number(v, f"{name}[{i}]", low=0) for i, v in enumerate(values)]
 
 
 class _Optimizer:
-    def __init__(self, params, lr, weight_decay):
+    kind = "optimiser"
+
+    def __init__(self, params, lr, weight_decay, names=None):
         self.params = list(params)
         if not self.params:
             raise ValueError("params is empty")
         self.base_lr = _per_param(lr, len(self.params), "lr")
         self.lr = list(self.base_lr)
         self.weight_decay = _per_param(weight_decay, len(self.params), "weight_decay")
-        if any(v < 0 for v in self.lr + self.weight_decay):
-            raise ValueError("lr and weight_decay must be >= 0")
+        if names is not None:
+            names = [str(v) for v in names]
+            if len(names) != len(self.params):
+                raise ValueError(f"names needs one name per parameter ({len(self.params)}), got {len(names)}")
+        self.names = names
         self.t = 0
 
     def _check(self, grads):
@@ -45,8 +142,48 @@ class _Optimizer:
                 raise ValueError(f"gradient shape {tuple(g.shape)} does not match parameter shape {tuple(p.shape)}")
         return grads
 
+    def _label(self, i):
+        name = f" ({self.names[i]})" if self.names is not None else ""
+        return f"parameter {i}{name} of shape {tuple(self.params[i].shape)}"
+
+    def _commit(self, grads, new_params, new_buffers):
+        """Write the new parameters and buffers if all are finite (one host sync); else raise, writing nothing."""
+        xp = get_xp(self.params[0])
+        arrays = list(new_params) + [b for bufs in new_buffers.values() for b in bufs]
+        flags = xp.stack([xp.isfinite(a).all() for a in arrays])
+        if not bool(flags.all()):
+            self._raise_non_finite(xp, grads, new_params, new_buffers)
+        for p, q in zip(self.params, new_params):
+            p[...] = q
+        for key, bufs in new_buffers.items():
+            for dst, src in zip(self._buffers()[key], bufs):
+                dst[...] = src
+        self.t += 1
+
+    def _raise_non_finite(self, xp, grads, new_params, new_buffers):
+        for i, g in enumerate(grads):
+            if not bool(xp.isfinite(g).all()):
+                raise FloatingPointError(
+                    f"the gradient of {self._label(i)} contains NaN or Inf at step {self.t + 1}: the model "
+                    f"diverged earlier (lower the learning rate) or its input is bad; parameters left unchanged")
+        bad = next((i for i, q in enumerate(new_params) if not bool(xp.isfinite(q).all())), None)
+        if bad is None:  # a buffer overflowed (e.g. Adam's second moment of a huge gradient)
+            key, bad = next((k, i) for k, bufs in new_buffers.items() for i, b in enumerate(bufs)
+                            if not bool(xp.isfinite(b).all()))
+            what = f"the {key} buffer of {self._label(bad)}"
+        else:
+            what = self._label(bad)
+        raise FloatingPointError(
+            f"{what} became non-finite after the {self.kind} step {self.t + 1} with lr={self.lr[bad]:g}"
+            f"{self._extra_text(bad)}: lower the learning rate; parameters left unchanged")
+
+    def _extra_text(self, i):
+        wd = self.weight_decay[i]
+        return f", weight_decay={wd:g}" if wd else ""
+
     def set_lr_scale(self, scale):
         """Set every learning rate to ``scale`` times its base value (for schedules)."""
+        scale = _check_number(scale, "scale", low=0)
         self.lr = [scale * b for b in self.base_lr]
 
     def state_dict(self):
@@ -54,47 +191,71 @@ class _Optimizer:
                                                               for k, v in self._buffers().items()}}
 
     def load_state_dict(self, state):
-        self.t = int(state["t"])
-        self.lr = [float(v) for v in state["lr"]]
+        lr = _per_param(state["lr"], len(self.params), "lr")
+        own = self._buffers()
         for k, arrays in state["buffers"].items():
-            own = self._buffers()[k]
-            for dst, src in zip(own, arrays):
+            if k not in own:
+                raise ValueError(f"state has buffers {k!r}, this {self.kind} optimiser has {sorted(own)}")
+            for i, (dst, src) in enumerate(zip(own[k], arrays)):
+                if tuple(np.shape(src)) != tuple(dst.shape):
+                    raise ValueError(f"{k} buffer {i} has shape {tuple(np.shape(src))}, expected {tuple(dst.shape)}")
+                _check_finite(np, to_numpy(src), f"{k} buffer {i}")
+        self.t = _check_int(state["t"], "t", minimum=0)
+        self.lr = lr
+        for k, arrays in state["buffers"].items():
+            for dst, src in zip(own[k], arrays):
                 dst[...] = get_xp(dst).asarray(src)
 
 
 class SGD(_Optimizer):
-    """``v <- momentum v + (g + wd p)``; ``p <- p - lr v`` (PyTorch's convention)."""
+    """``v <- momentum v + (g + wd p)``; ``p <- p - lr v`` (PyTorch's convention).
 
-    def __init__(self, params, lr, momentum=0.0, weight_decay=0.0):
-        super().__init__(params, lr, weight_decay)
-        if not 0 <= momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-        self.momentum = float(momentum)
+    ``names`` (optional, one per parameter) only serve error messages.
+    """
+
+    kind = "SGD"
+
+    def __init__(self, params, lr, momentum=0.0, weight_decay=0.0, names=None):
+        super().__init__(params, lr, weight_decay, names)
+        self.momentum = _check_number(momentum, "momentum", 0, 1, high_open=True)
         self.velocity = [get_xp(p).zeros_like(p) for p in self.params]
 
     def _buffers(self):
         return {"velocity": self.velocity}
 
+    def _extra_text(self, i):
+        return super()._extra_text(i) + (f", momentum={self.momentum:g}" if self.momentum else "")
+
     def step(self, grads):
         grads = self._check(grads)
-        self.t += 1
+        new_p, new_v = [], []
         for p, g, v, lr, wd in zip(self.params, grads, self.velocity, self.lr, self.weight_decay):
             if wd:
                 g = g + wd * p
             if self.momentum:
-                v *= self.momentum
-                v += g
-                g = v
-            p -= (lr * g).astype(p.dtype, copy=False)
+                g = (self.momentum * v + g).astype(v.dtype, copy=False)
+                new_v.append(g)
+            new_p.append(p - (lr * g).astype(p.dtype, copy=False))
+        self._commit(grads, new_p, {"velocity": new_v} if self.momentum else {})
 
 
 class Adam(_Optimizer):
-    """Adam (Kingma & Ba) with bias correction; weight decay added to the gradient."""
+    """Adam (Kingma & Ba) with bias correction; weight decay added to the gradient.
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        super().__init__(params, lr, weight_decay)
-        self.betas = (float(betas[0]), float(betas[1]))
-        self.eps = float(eps)
+    ``betas`` each in [0, 1), ``eps`` > 0; ``names`` (optional, one per parameter) only serve error messages.
+    """
+
+    kind = "Adam"
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, names=None):
+        super().__init__(params, lr, weight_decay, names)
+        try:
+            b1, b2 = betas
+        except (TypeError, ValueError):
+            raise ValueError(f"betas must be a pair of numbers in [0, 1), got {betas!r}") from None
+        self.betas = (_check_number(b1, "betas[0]", 0, 1, high_open=True),
+                      _check_number(b2, "betas[1]", 0, 1, high_open=True))
+        self.eps = _check_number(eps, "eps", low=0, low_open=True)
         self.m = [get_xp(p).zeros_like(p) for p in self.params]
         self.v = [get_xp(p).zeros_like(p) for p in self.params]
 
@@ -103,18 +264,20 @@ class Adam(_Optimizer):
 
     def step(self, grads):
         grads = self._check(grads)
-        self.t += 1
+        t = self.t + 1
         b1, b2 = self.betas
-        c1, c2 = 1 - b1**self.t, 1 - b2**self.t
+        c1, c2 = 1 - b1**t, 1 - b2**t
+        new_p, new_m, new_v = [], [], []
         for p, g, m, v, lr, wd in zip(self.params, grads, self.m, self.v, self.lr, self.weight_decay):
             xp = get_xp(p)
             if wd:
                 g = g + wd * p
-            m *= b1
-            m += (1 - b1) * g
-            v *= b2
-            v += (1 - b2) * g * g
-            p -= (lr * (m / c1) / (xp.sqrt(v / c2) + self.eps)).astype(p.dtype, copy=False)
+            m = (b1 * m + (1 - b1) * g).astype(m.dtype, copy=False)
+            v = (b2 * v + (1 - b2) * g * g).astype(v.dtype, copy=False)
+            new_m.append(m)
+            new_v.append(v)
+            new_p.append(p - (lr * (m / c1) / (xp.sqrt(v / c2) + self.eps)).astype(p.dtype, copy=False))
+        self._commit(grads, new_p, {"m": new_m, "v": new_v})
 
 
 def cosine_lr(epoch, total_epochs, eta_min_ratio=0.0):

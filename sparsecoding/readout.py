@@ -5,12 +5,20 @@ Loss: mean cross-entropy of ``softmax(X W^T + b)`` plus ``l2/2 ||W||^2``;
 gradient ``(softmax - onehot)^T X / N + l2 W``. Features are standardised
 with the training statistics. On numpy the optimiser is scipy's L-BFGS; on
 cupy, full-batch Adam on the device.
+
+Bad input gets a ValueError naming the argument: non-finite or empty ``X``/``F``,
+a feature count that differs from the fitted one, labels ``y`` that are not
+integers (an integer dtype, or floats with integral values such as ``3.0``) or
+not one per row, ``l2 < 0``, ``max_iter < 1``. Labels may be any integers: the
+classes are the sorted distinct training labels (``classes_``). ``predict`` on
+an empty batch returns an empty array.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .backend import get_xp, to_numpy
+from .optim import _check_finite, _check_int, _check_labels, _check_number
 
 __all__ = ["LogisticRegression", "softmax", "participation_ratio"]
 
@@ -20,7 +28,11 @@ def participation_ratio(F):
 
     1 when one direction carries all the variance, D when the variance is spread evenly.
     """
-    F = np.asarray(to_numpy(F), dtype=np.float64).reshape(F.shape[0], -1)
+    F = np.asarray(to_numpy(F), dtype=np.float64)
+    if F.ndim < 1 or F.shape[0] == 0 or F.size == 0:
+        raise ValueError(f"F must be a non-empty (N, D) array of features, got shape {tuple(F.shape)}")
+    F = F.reshape(F.shape[0], -1)
+    _check_finite(np, F, "F")
     Fc = F - F.mean(axis=0)
     lam = np.linalg.eigvalsh(Fc.T @ Fc / max(F.shape[0] - 1, 1))
     lam = np.clip(lam, 0, None)
@@ -45,7 +57,30 @@ class LogisticRegression:
     """
 
     def __init__(self, l2=1e-3, max_iter=300, standardize=True):
-        self.l2, self.max_iter, self.standardize = float(l2), int(max_iter), bool(standardize)
+        self.l2 = _check_number(l2, "l2", low=0)
+        self.max_iter = _check_int(max_iter, "max_iter", minimum=1)
+        self.standardize = bool(standardize)
+
+    @staticmethod
+    def _rows(X, name="X"):
+        """``X`` as a finite (N, D) array of the backend it came on."""
+        xp = get_xp(X)
+        X = xp.asarray(X)
+        if X.ndim < 2:
+            raise ValueError(f"{name} must have shape (N, features...), got {tuple(X.shape)}")
+        if X.dtype == bool or not (np.issubdtype(X.dtype, np.floating) or np.issubdtype(X.dtype, np.integer)):
+            raise ValueError(f"{name} must hold real numbers, got dtype {X.dtype}")
+        X = X.reshape(X.shape[0], int(np.prod(X.shape[1:])))
+        _check_finite(xp, X, name)
+        return X
+
+    def _fitted(self, X):
+        if not hasattr(self, "coef_"):
+            raise ValueError("this LogisticRegression is not fitted yet: call fit(X, y) first")
+        X = self._rows(X)
+        if X.shape[1] != self.coef_.shape[1]:
+            raise ValueError(f"X has {X.shape[1]} features but the model was fitted on {self.coef_.shape[1]}")
+        return X
 
     def _prep(self, X):
         X = X.reshape(X.shape[0], -1)
@@ -62,10 +97,14 @@ class LogisticRegression:
 
     def fit(self, X, y):
         xp = get_xp(X)
-        X = X.reshape(X.shape[0], -1).astype(np.float64 if xp is np else X.dtype)
-        y_host = to_numpy(y).astype(np.int64)
-        if X.shape[0] != y_host.shape[0]:
+        X = self._rows(X)
+        if X.shape[0] == 0:
+            raise ValueError("X is empty: fit needs at least one sample")
+        X = X.astype(np.float64 if xp is np or not np.issubdtype(X.dtype, np.floating) else X.dtype)
+        y_host = to_numpy(y)
+        if np.ndim(y_host) == 1 and y_host.shape[0] != X.shape[0]:
             raise ValueError(f"X has {X.shape[0]} rows but y has {y_host.shape[0]} labels")
+        y_host = _check_labels(y_host, X.shape[0], name="y", n_name="X")
         self.classes_ = np.unique(y_host)
         k, d = len(self.classes_), X.shape[1]
         self.mean_ = X.mean(axis=0) if self.standardize else 0.0
@@ -95,12 +134,19 @@ class LogisticRegression:
         return self
 
     def decision_function(self, X):
-        return self._prep(X.reshape(X.shape[0], -1)) @ self.coef_.T + self.intercept_
+        X = self._fitted(X)
+        if self.coef_.dtype != X.dtype:
+            X = X.astype(self.coef_.dtype)
+        return self._prep(X) @ self.coef_.T + self.intercept_
 
     def predict(self, X):
         idx = to_numpy(self.decision_function(X).argmax(axis=1))
         return self.classes_[idx]
 
     def score(self, X, y):
-        """Top-1 accuracy."""
-        return float(np.mean(self.predict(X) == to_numpy(y)))
+        """Top-1 accuracy (``X`` must not be empty)."""
+        pred = self.predict(X)
+        if pred.shape[0] == 0:
+            raise ValueError("X is empty: the accuracy of no samples is undefined")
+        y = _check_labels(y, pred.shape[0], name="y", n_name="X")
+        return float(np.mean(pred == y))

@@ -22,6 +22,18 @@ Losses: ``mse`` (``1/2 ||s_L - onehot(y)||^2``, the output is a state) or
 ``cel`` (cross-entropy of ``s_L``); with ``softmax=True`` the last fc layer is
 a readout ``W_out`` outside the dynamics and the loss is the cross-entropy of
 ``softmax(W_out s_last + b_out)``.
+
+Bad input (DESIGN.md §10): every public entry point refuses non-finite ``x`` and
+``states`` of the wrong count or shape with a ValueError naming the argument
+(``phi`` and ``param_grads`` also refuse non-finite ``states``; ``state_grads``,
+which runs at every relaxation step, checks only their count and shapes, and an
+input this network already checked is not checked again). Labels ``y`` are
+integers in ``[0, n_classes)``: an integer dtype, or floats with integral values
+such as ``3.0``; one label per sample. ``beta`` and ``betas`` are finite, step
+counts ``T``/``T1``/``T2`` integers >= 1, ``tol`` None or > 0, ``scale`` > 0.
+Empty batches: ``phi``, ``state_grads``, ``relax`` (without ``tol``) and ``predict``
+return empty results of the right shapes; ``param_grads`` and ``ep_gradients``
+(batch means of no sample) raise a ValueError naming ``x``.
 """
 from __future__ import annotations
 
@@ -33,12 +45,14 @@ import numpy as np
 from ..backend import get_backend, _module
 from ..ops.conv import ConvOperator, conv_output_shape
 from ..ops.pool import avg_pool, avg_pool_adjoint, max_pool, max_unpool, pool_output_shape
+from ..optim import _check_finite, _check_int, _check_labels, _check_number
 from ..readout import softmax
 from .activations import get_activation
 
 __all__ = ["ConvEBM", "MLPEBM"]
 
 LOSSES = ("mse", "cel")
+SCHEDULES = ("sync", "async")
 
 
 def _onehot(xp, y, k, dtype):
@@ -87,6 +101,13 @@ class ConvEBM:
             raise ValueError("fc must list at least the output size")
         if softmax and len(fc) < 1:
             raise ValueError("softmax=True needs a readout layer in fc")
+        _check_int(in_size, "in_size", minimum=1)
+        for name, values, low in (("channels", channels, 1), ("kernels", kernels, 1), ("strides", strides, 1),
+                                  ("paddings", paddings, 0), ("fc", fc, 1)):
+            for i, v in enumerate(values):
+                _check_int(v, f"{name}[{i}]", minimum=low)
+        if scale is not None:
+            scale = _check_number(scale, "scale", low=0, low_open=True)
         self.act_name = activation
         self.sigma, self.dsigma = get_activation(activation)
         self.softmax, self.loss = bool(softmax), loss
@@ -98,6 +119,7 @@ class ConvEBM:
         self.layout = layout
         self.cl = layout == "channels_last"
         self._prepared = None  # the last input _check_x returned
+        self._checked_y = None  # the last label object _check_y accepted, and its batch size
         self._input_term = None  # the input layer's term, cached during a relaxation
         self.dtype = np.dtype(dtype)
         self.pools = pools
@@ -139,8 +161,15 @@ class ConvEBM:
     def n_states(self):
         return len(self.state_shapes)
 
+    def param_names(self):
+        """Names of the parameters in the order ``[W_0, b_0, W_1, b_1, ...]`` (for optimiser error messages)."""
+        last = len(self.params) - 1
+        return [f"{a} of {'the readout' if self.softmax and k == last else f'synapse {k}'}"
+                for k in range(len(self.params)) for a in ("W", "b")]
+
     def init_states(self, batch):
         """Zero states, one array per layer: conv (N, C, H, W) (channels-last: (N, H, W, C)), fc (N, size)."""
+        batch = _check_int(batch, "batch", minimum=0)
         return [self.xp.zeros((batch, *s), dtype=self.dtype) for s in self.state_shapes]
 
     def _op(self, k):
@@ -154,24 +183,62 @@ class ConvEBM:
         return op
 
     def _check_x(self, x):
-        """Checked input in the network's layout; an array this method returned passes unchanged."""
+        """Checked input in the network's layout; an array this method returned passes unchanged.
+
+        The returned array is never the caller's own object (a view at least), so a caller
+        who changes its array in place gets it checked again on the next call.
+        """
         if x is self._prepared:
             return x
         xp = self.xp
+        if np.iscomplexobj(x):
+            raise TypeError("x must be real, got a complex array")
         x = xp.asarray(x, dtype=self.dtype)
         expect = (self.params[0][0].shape[1], *self.conv_in_shapes[0]) if self.n_conv else None
         if self.n_conv and tuple(x.shape[1:]) != tuple(expect):
             raise ValueError(f"x must have shape (N, {', '.join(map(str, expect))}), got {tuple(x.shape)}")
+        _check_finite(xp, x, "x")
         if self.cl and self.n_conv:
             x = xp.ascontiguousarray(xp.moveaxis(x, 1, -1))
+        else:
+            x = x[...]
         self._prepared = x
         return x
+
+    def _check_y(self, y, n):
+        """Labels checked once per label object (integers in ``[0, n_classes)``, one per sample); returns ``y``."""
+        if y is None:
+            raise ValueError("y is None: beta != 0 (and the loss) need the labels y")
+        if self._checked_y is not None and self._checked_y[0] is y and self._checked_y[1] == n:
+            return y
+        _check_labels(y, n, self.n_classes)
+        self._checked_y = (y, n)
+        return y
+
+    def _check_states(self, states, n, finite):
+        """``states``: one array per layer of shape (N, *state_shape); with ``finite`` also no NaN or Inf."""
+        if len(states) != self.n_states:
+            raise ValueError(f"states must hold {self.n_states} arrays (one per layer), got {len(states)}")
+        for k, (s, shape) in enumerate(zip(states, self.state_shapes)):
+            if tuple(s.shape) != (n, *shape):
+                raise ValueError(f"states[{k}] must have shape {(n, *shape)}, got {tuple(s.shape)}")
+            if finite:
+                _check_finite(self.xp, s, f"states[{k}]")
+
+    def _check_steps(self, T, name="T"):
+        return _check_int(T, name, minimum=1)
+
+    @staticmethod
+    def _check_schedule(schedule, tol):
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be 'sync' or 'async', got {schedule!r}")
+        return None if tol is None else _check_number(tol, "tol", low=0, low_open=True)
 
     def _flat(self, s):
         """(N, features) in PyTorch's (C, H, W) order whatever the state layout."""
         if self.cl and s.ndim == 4:
             s = s.transpose(0, 3, 1, 2)
-        return s.reshape(s.shape[0], -1)
+        return s.reshape(s.shape[0], int(np.prod(s.shape[1:])))  # explicit size: empty batches too
 
     def _unflat(self, v, like):
         """Inverse of :meth:`_flat` onto the shape of ``like``."""
@@ -263,6 +330,7 @@ class ConvEBM:
     def loss_value(self, states, y):
         """Per-sample loss at the given states."""
         xp = self.xp
+        self._check_y(y, states[-1].shape[0])
         t = _onehot(xp, y, self.n_classes, self.dtype)
         if self.softmax:
             p = softmax(self._readout(states[-1]))
@@ -277,14 +345,16 @@ class ConvEBM:
         """Primitive function per sample (N,)."""
         xp = self.xp
         x = self._check_x(x)
-        terms, _ = self._forward_terms(x, states)
+        beta = _check_number(beta, "beta")
         n = x.shape[0]
+        self._check_states(states, n, finite=True)
+        if beta != 0.0:
+            self._check_y(y, n)
+        terms, _ = self._forward_terms(x, states)
         val = xp.zeros(n, dtype=self.dtype)
         for t, s in zip(terms, states):
-            val = val + xp.sum((t * s).reshape(n, -1), axis=1)
+            val = val + xp.sum((t * s).reshape(n, int(np.prod(s.shape[1:]))), axis=1)
         if beta != 0.0:
-            if y is None:
-                raise ValueError("beta != 0 needs the labels y")
             val = val - beta * self.loss_value(states, y)
         return val
 
@@ -292,6 +362,10 @@ class ConvEBM:
         """``dPhi/ds_k`` for every state (same shapes as ``states``); with ``layers`` only those
         (the others are None), computing only the convolutions they need."""
         x = self._check_x(x)
+        beta = _check_number(beta, "beta")
+        self._check_states(states, x.shape[0], finite=False)
+        if beta != 0.0:
+            self._check_y(y, x.shape[0])
         which = None
         if layers is not None:
             layers = set(layers)
@@ -310,17 +384,28 @@ class ConvEBM:
                 fb = self._unflat(states[k] @ W, states[k - 1])
             grads[k - 1] = grads[k - 1] + fb
         if beta != 0.0 and (layers is None or self.n_states - 1 in layers):
-            if y is None:
-                raise ValueError("beta != 0 needs the labels y")
             grads[-1] = grads[-1] - beta * self._loss_grad_output(states, y)
         if layers is not None:
             grads = [g if k in layers else None for k, g in enumerate(grads)]
         return grads
 
     def param_grads(self, x, states, y=None, beta=0.0, memo=None):
-        """``dPhi/dtheta`` as batch means, same structure as ``params`` (``memo``: fixed pool indices)."""
-        xp = self.xp
+        """``dPhi/dtheta`` as batch means, same structure as ``params`` (``memo``: fixed pool indices).
+
+        An empty batch raises ValueError (the mean over no sample is undefined).
+        """
         x = self._check_x(x)
+        beta = _check_number(beta, "beta")
+        n = x.shape[0]
+        if n == 0:
+            raise ValueError("x is an empty batch: the batch-mean parameter derivatives need at least one sample")
+        self._check_states(states, n, finite=True)
+        if beta != 0.0 and self.softmax:
+            self._check_y(y, n)
+        return self._param_grads(x, states, y, beta, memo)
+
+    def _param_grads(self, x, states, y, beta, memo=None):
+        xp = self.xp
         if memo is None:
             _, memo = self._forward_terms(x, states)
         n = x.shape[0]
@@ -406,29 +491,49 @@ class ConvEBM:
         ``-(dPhi/dtheta(s^b2) - dPhi/dtheta(s^b1)) / (b2 - b1)``; with ``third_phase``:
         ``-(dPhi/dtheta(s^+b) - dPhi/dtheta(s^-b)) / (2 b)``. Returns the gradients (same
         structure as ``params``); the free fixed point is kept in ``self.last_free_states``.
+
+        ``T1``, ``T2``: integers >= 1; ``betas``: two finite numbers that differ (with
+        ``third_phase``, ``betas[1] != 0``); ``y``: one integer label in ``[0, n_classes)`` per
+        sample; an empty batch raises ValueError.
         """
-        beta1, beta2 = float(betas[0]), float(betas[1])
+        try:
+            b1, b2 = betas
+        except (TypeError, ValueError):
+            raise ValueError(f"betas must be a pair of finite numbers, got {betas!r}") from None
+        beta1, beta2 = _check_number(b1, "betas[0]"), _check_number(b2, "betas[1]")
         if beta1 == beta2:
             raise ValueError("betas must differ")
+        if third_phase and beta2 == 0.0:
+            raise ValueError("third_phase needs betas[1] != 0 (phases at +betas[1] and -betas[1])")
+        T1, T2 = self._check_steps(T1, "T1"), self._check_steps(T2, "T2")
+        tol = self._check_schedule(schedule, tol)
+        x = self._check_x(x)
+        if x.shape[0] == 0:
+            raise ValueError("x is an empty batch: the EP gradient (a batch mean) needs at least one sample")
+        self._check_y(y, x.shape[0])
         if random_sign:
             rng = rng if rng is not None else np.random.default_rng()
             beta2 = beta2 * (1 if rng.random() < 0.5 else -1)
-        x = self._check_x(x)
         free = self.relax(x, self.init_states(x.shape[0]), T1, y, beta1, schedule, tol)
         plus = self.relax(x, free, T2, y, beta2, schedule, tol)
         if third_phase:
             minus = self.relax(x, free, T2, y, -beta2, schedule, tol)
-            gp, gm = self.param_grads(x, plus, y, beta2), self.param_grads(x, minus, y, -beta2)
+            gp, gm = self._param_grads(x, plus, y, beta2), self._param_grads(x, minus, y, -beta2)
             denom = 2 * beta2
         else:
-            gp, gm = self.param_grads(x, plus, y, beta2), self.param_grads(x, free, y, beta1)
+            gp, gm = self._param_grads(x, plus, y, beta2), self._param_grads(x, free, y, beta1)
             denom = beta2 - beta1
         self.last_free_states = free
         return [(-(a[0] - b[0]) / denom, -(a[1] - b[1]) / denom) for a, b in zip(gp, gm)]
 
     def predict(self, x, T, schedule="sync", tol=None):
-        """Class predictions after a free phase of ``T`` steps."""
-        states = self.relax(x, self.init_states(self._check_x(x).shape[0]), T, schedule=schedule, tol=tol)
+        """Class predictions after a free phase of ``T`` steps (an integer >= 1); empty batch: empty array."""
+        T = self._check_steps(T)
+        tol = self._check_schedule(schedule, tol)
+        x = self._check_x(x)
+        if x.shape[0] == 0:
+            return self.xp.zeros(0, dtype=np.int64)
+        states = self.relax(x, self.init_states(x.shape[0]), T, schedule=schedule, tol=tol)
         out = self._readout(states[-1]) if self.softmax else states[-1]
         return out.argmax(axis=1)
 
@@ -500,8 +605,16 @@ class MLPEBM(ConvEBM):
                          dtype, backend)
 
     def _check_x(self, x):
+        if x is self._prepared:
+            return x
+        if np.iscomplexobj(x):
+            raise TypeError("x must be real, got a complex array")
         x = self.xp.asarray(x, dtype=self.dtype)
-        x = x.reshape(x.shape[0], -1)
+        if x.ndim < 2:
+            raise ValueError(f"x must have shape (N, {self.in_features}), got {tuple(x.shape)}")
+        x = x.reshape(x.shape[0], int(np.prod(x.shape[1:])))  # a new view: never the caller's object
         if x.shape[1] != self.in_features:
             raise ValueError(f"x must have {self.in_features} features, got {x.shape[1]}")
+        _check_finite(self.xp, x, "x")
+        self._prepared = x
         return x
