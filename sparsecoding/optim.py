@@ -229,13 +229,14 @@ class SGD(_Optimizer):
     def step(self, grads):
         grads = self._check(grads)
         new_p, new_v = [], []
-        for p, g, v, lr, wd in zip(self.params, grads, self.velocity, self.lr, self.weight_decay):
-            if wd:
-                g = g + wd * p
-            if self.momentum:
-                g = (self.momentum * v + g).astype(v.dtype, copy=False)
-                new_v.append(g)
-            new_p.append(p - (lr * g).astype(p.dtype, copy=False))
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow raises FloatingPointError in _commit
+            for p, g, v, lr, wd in zip(self.params, grads, self.velocity, self.lr, self.weight_decay):
+                if wd:
+                    g = g + wd * p
+                if self.momentum:
+                    g = (self.momentum * v + g).astype(v.dtype, copy=False)
+                    new_v.append(g)
+                new_p.append(p - (lr * g).astype(p.dtype, copy=False))
         self._commit(grads, new_p, {"velocity": new_v} if self.momentum else {})
 
 
@@ -268,15 +269,16 @@ class Adam(_Optimizer):
         b1, b2 = self.betas
         c1, c2 = 1 - b1**t, 1 - b2**t
         new_p, new_m, new_v = [], [], []
-        for p, g, m, v, lr, wd in zip(self.params, grads, self.m, self.v, self.lr, self.weight_decay):
-            xp = get_xp(p)
-            if wd:
-                g = g + wd * p
-            m = (b1 * m + (1 - b1) * g).astype(m.dtype, copy=False)
-            v = (b2 * v + (1 - b2) * g * g).astype(v.dtype, copy=False)
-            new_m.append(m)
-            new_v.append(v)
-            new_p.append(p - (lr * (m / c1) / (xp.sqrt(v / c2) + self.eps)).astype(p.dtype, copy=False))
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow raises FloatingPointError in _commit
+            for p, g, m, v, lr, wd in zip(self.params, grads, self.m, self.v, self.lr, self.weight_decay):
+                xp = get_xp(p)
+                if wd:
+                    g = g + wd * p
+                m = (b1 * m + (1 - b1) * g).astype(m.dtype, copy=False)
+                v = (b2 * v + (1 - b2) * g * g).astype(v.dtype, copy=False)
+                new_m.append(m)
+                new_v.append(v)
+                new_p.append(p - (lr * (m / c1) / (xp.sqrt(v / c2) + self.eps)).astype(p.dtype, copy=False))
         self._commit(grads, new_p, {"m": new_m, "v": new_v})
 
 

@@ -83,7 +83,6 @@ class LogisticRegression:
         return X
 
     def _prep(self, X):
-        X = X.reshape(X.shape[0], -1)
         if self.standardize:
             X = (X - self.mean_) / self.std_
         return X

@@ -70,6 +70,7 @@ ACTIVATIONS = {
 
 
 def get_activation(name):
-    if name not in ACTIVATIONS:
+    """``(sigma, sigma')`` for an activation name; ValueError listing the names otherwise."""
+    if not isinstance(name, str) or name not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
     return ACTIVATIONS[name]

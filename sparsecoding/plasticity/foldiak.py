@@ -15,12 +15,23 @@ and the binarised output is ``y = (y* > 1/2)``. After settling, three local rule
 Settling and updates are batched: a mini-batch of inputs settles at once,
 and the rules apply the sum of the per-presentation deltas (batch size 1 is
 Földiák's online procedure).
+
+Bad input (DESIGN.md §10): ``X`` with NaN or Inf or the wrong number of inputs,
+and hyperparameters out of range (``p`` in (0, 1); ``alpha``, ``beta``, ``gamma``
+finite >= 0; ``lam`` finite > 0; ``dt`` in (0, 1]; ``tol`` finite >= 0;
+``max_settle`` and ``batch_size`` integers >= 1) raise a ValueError naming the
+argument. An update that would make ``Q``, ``W`` or ``t`` non-finite (a learning
+rate far too large) raises ``FloatingPointError`` before anything is written: the
+network keeps its last finite state. Settling that produces NaN (weights so large
+that the drive overflows) raises ``FloatingPointError`` too. Empty batches:
+``settle``/``transform`` return a (0, n_units) array and ``partial_fit`` changes nothing.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..backend import get_backend, _module
+from ..optim import _check_finite, _check_int, _check_number
 
 __all__ = ["FoldiakNetwork"]
 
@@ -52,18 +63,17 @@ class FoldiakNetwork:
 
     def __init__(self, n_inputs, n_units, p=1 / 8, alpha=0.1, beta=0.02, gamma=0.02, lam=10.0, dt=0.2, tol=1e-4,
                  max_settle=500, one_shot=False, seed=None, backend=None, dtype="float64"):
-        if n_inputs < 1 or n_units < 1:
-            raise ValueError(f"n_inputs and n_units must be >= 1, got {n_inputs}, {n_units}")
-        if not 0 < p < 1:
-            raise ValueError(f"p must be in (0, 1), got {p}")
-        for name, v in (("alpha", alpha), ("beta", beta), ("gamma", gamma), ("lam", lam)):
-            if not np.isfinite(v) or v < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {v}")
-        if not 0 < dt <= 1:
-            raise ValueError(f"dt must be in (0, 1], got {dt}")
-        self.n_inputs, self.n_units = int(n_inputs), int(n_units)
-        self.p, self.alpha, self.beta, self.gamma, self.lam = float(p), float(alpha), float(beta), float(gamma), float(lam)
-        self.dt, self.tol, self.max_settle, self.one_shot = float(dt), float(tol), int(max_settle), bool(one_shot)
+        n_inputs, n_units = _check_int(n_inputs, "n_inputs", minimum=1), _check_int(n_units, "n_units", minimum=1)
+        p = _check_number(p, "p", 0, 1, low_open=True, high_open=True)
+        alpha, beta, gamma = (_check_number(v, name, low=0) for name, v in (("alpha", alpha), ("beta", beta),
+                                                                              ("gamma", gamma)))
+        lam = _check_number(lam, "lam", low=0, low_open=True)
+        dt = _check_number(dt, "dt", 0, 1, low_open=True)
+        tol = _check_number(tol, "tol", low=0)
+        max_settle = _check_int(max_settle, "max_settle", minimum=1)
+        self.n_inputs, self.n_units = n_inputs, n_units
+        self.p, self.alpha, self.beta, self.gamma, self.lam = p, alpha, beta, gamma, lam
+        self.dt, self.tol, self.max_settle, self.one_shot = dt, tol, max_settle, bool(one_shot)
         self.rng = np.random.default_rng(seed)
         xp = _module(backend or get_backend())
         self.xp = xp
@@ -78,26 +88,40 @@ class FoldiakNetwork:
     # -------------------------------------------------------------- dynamics
     def _check(self, X):
         xp = self.xp
+        if np.iscomplexobj(X):
+            raise TypeError("X must be real, got a complex array")
         X = xp.asarray(X, dtype=self.Q.dtype)
         if X.ndim == 1:
             X = X[None]
         if X.ndim != 2 or X.shape[1] != self.n_inputs:
             raise ValueError(f"X must have shape (n_samples, {self.n_inputs}), got {tuple(X.shape)}")
-        if not bool(xp.isfinite(X).all()):
-            raise ValueError("X contains NaN or Inf")
+        _check_finite(xp, X, "X")
         return X
+
+    @staticmethod
+    def _diverged(what):
+        raise FloatingPointError(
+            f"settling produced NaN: {what} (the weights Q, W or thresholds t grew too large: a diverging run, "
+            "lower the learning rates)")
 
     def settle(self, X):
         """Equilibrium outputs ``y*`` (n_samples, n_units) of ``dy/dt = f(Qx + Wy - t) - y`` from ``y = 0``.
 
-        The convergence test runs every 10 Euler steps (one host sync each).
+        The convergence test runs every 10 Euler steps (one host sync each). An empty
+        ``X`` gives a (0, n_units) array.
         """
         X = self._check(X)
         xp = self.xp
         drive = X @ self.Q.T - self.t  # (B, M)
+        if X.shape[0] == 0:
+            self.settle_steps_ = 0
+            return drive
         if self.one_shot:
             y0 = _sigmoid(xp, self.lam * drive)
-            return _sigmoid(xp, self.lam * (drive + y0 @ self.W.T))
+            y = _sigmoid(xp, self.lam * (drive + y0 @ self.W.T))
+            if not bool(xp.isfinite(y).all()):
+                self._diverged("the one-shot response is not finite")
+            return y
         y = xp.zeros_like(drive)
         steps = 0
         while steps < self.max_settle:
@@ -106,7 +130,10 @@ class FoldiakNetwork:
                 step = target - y
                 y = y + self.dt * step
             steps += 10
-            if float(xp.abs(step).max()) < self.tol:
+            change = float(xp.abs(step).max())
+            if change != change:  # NaN: costs nothing beyond the convergence test's host read
+                self._diverged(f"the state is NaN after {steps} steps")
+            if change < self.tol:
                 break
         self.settle_steps_ = steps
         return y
@@ -117,25 +144,48 @@ class FoldiakNetwork:
 
     # -------------------------------------------------------------- learning
     def partial_fit(self, X, batch_size=1, thresholds_only=False):
-        """One pass of the three rules over ``X`` in mini-batches (in the given order)."""
+        """One pass of the three rules over ``X`` in mini-batches (in the given order).
+
+        The new ``t``, ``W`` and ``Q`` of each batch are computed first and written only if
+        all are finite (one host sync per batch); otherwise FloatingPointError names the
+        parameter and its learning rate and the network keeps its state from before the batch.
+        An empty ``X`` changes nothing.
+        """
         X = self._check(X)
+        batch_size = _check_int(batch_size, "batch_size", minimum=1)
         xp = self.xp
         p2 = self.p * self.p
+        diag = xp.arange(self.n_units)
         for start in range(0, X.shape[0], batch_size):
             xb = X[start:start + batch_size]
             y = self.transform(xb)
             b = xb.shape[0]
-            # dt = gamma (y - p), summed over the batch
-            self.t += self.gamma * (y.sum(axis=0) - b * self.p)
-            if not thresholds_only:
-                # dW = -alpha (y y^T - p^2); keep W <= 0 and a zero diagonal
-                self.W -= self.alpha * (y.T @ y - b * p2)
-                xp.minimum(self.W, 0, out=self.W)
-                self.W[xp.arange(self.n_units), xp.arange(self.n_units)] = 0
-                # dQ_i = beta y_i (x - Q_i): sum_b y_bi x_b - (sum_b y_bi) Q_i
-                self.Q += self.beta * (y.T @ xb - y.sum(axis=0)[:, None] * self.Q)
+            with np.errstate(over="ignore", invalid="ignore"):  # an overflow raises FloatingPointError below
+                # dt = gamma (y - p), summed over the batch
+                new = {"t": self.t + self.gamma * (y.sum(axis=0) - b * self.p)}
+                if not thresholds_only:
+                    # dW = -alpha (y y^T - p^2); keep W <= 0 and a zero diagonal
+                    W = xp.minimum(self.W - self.alpha * (y.T @ y - b * p2), 0)
+                    W[diag, diag] = 0
+                    new["W"] = W
+                    # dQ_i = beta y_i (x - Q_i): sum_b y_bi x_b - (sum_b y_bi) Q_i
+                    new["Q"] = self.Q + self.beta * (y.T @ xb - y.sum(axis=0)[:, None] * self.Q)
+            flags = xp.stack([xp.isfinite(v).all() for v in new.values()])
+            if not bool(flags.all()):
+                self._update_overflow(new, xp)
+            for name, v in new.items():
+                getattr(self, name)[...] = v  # in place: callers holding Q, W, t see the update
             self.n_presented += b
         return self
+
+    def _update_overflow(self, new, xp):
+        rates = {"t": ("thresholds", "gamma", self.gamma), "W": ("lateral weights", "alpha", self.alpha),
+                 "Q": ("feed-forward weights", "beta", self.beta)}
+        name = next(k for k, v in new.items() if not bool(xp.isfinite(v).all()))
+        what, rate, value = rates[name]
+        raise FloatingPointError(
+            f"{name} ({what}) became non-finite in the update after {self.n_presented} presentations with "
+            f"{rate}={value:g}: lower {rate}; the network is left as it was before this batch")
 
     def fit(self, X, y=None, *, epochs=1, batch_size=1, seed=None, callbacks=(), checkpoint=None,
             checkpoint_every=None, allow_changes=False, settings=None, warmup=0, shuffle=True, progress=False,

@@ -21,15 +21,69 @@ DESIGN.md rule ``1/(MB) sum_b [-(z - z_prev) + lambda1 alpha zc/(var+eps)
 
 Convolutional layers: ``mode="pool"`` applies the losses to globally
 average-pooled features, ``mode="positions"`` treats every position as a sample.
+
+Bad input (DESIGN.md §10): the public functions refuse arrays with NaN or Inf,
+mismatched shapes, a batch of fewer than 2 samples, ``lambda1``/``lambda2``/
+``weight_decay`` that are not finite and >= 0, ``eps`` that is not finite and > 0,
+and unknown ``terms`` or ``mode``, with a ValueError naming the argument. A delta
+that comes out non-finite from finite input (overflow: the weights grew too large,
+a diverging run) raises ``FloatingPointError``; :func:`toy_selectivity` checks its
+weights after every step the same way, before writing them.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..backend import get_xp
-from ..ops.conv import ConvOperator
+from ..ops.conv import ConvOperator, conv_output_shape
+from ..optim import _check_finite, _check_int, _check_number
 
 __all__ = ["lpl_losses", "lpl_delta", "lpl_delta_conv", "lpl_grad_z", "ACTIVATIONS"]
+
+TERMS = ("pred", "hebb", "dec")
+MODES = ("pool", "positions", "mixed")
+
+
+def _check_coefficients(lambda1, lambda2, eps, weight_decay=0.0):
+    return (_check_number(lambda1, "lambda1", low=0), _check_number(lambda2, "lambda2", low=0),
+            _check_number(eps, "eps", low=0, low_open=True), _check_number(weight_decay, "weight_decay", low=0))
+
+
+def _check_terms(terms):
+    if isinstance(terms, str):
+        terms = (terms,)
+    terms = tuple(terms)
+    bad = [t for t in terms if t not in TERMS]
+    if bad or not terms:
+        raise ValueError(f"terms must be a non-empty subset of {TERMS}, got {terms!r}")
+    return terms
+
+
+def _check_array(xp, a, name, ndim=None):
+    if not hasattr(a, "shape"):
+        raise ValueError(f"{name} must be an array, got {type(a).__name__}")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(a.shape)}")
+    _check_finite(xp, a, name)
+
+
+def _check_z(z, z_prev):
+    xp = get_xp(z)
+    if getattr(z, "ndim", None) != 2 or getattr(z_prev, "shape", None) != z.shape:
+        raise ValueError(f"z and z_prev must both have shape (B, M), got {tuple(getattr(z, 'shape', ()))} and "
+                         f"{tuple(getattr(z_prev, 'shape', ()))}")
+    _check_finite(xp, z, "z")
+    _check_finite(xp, z_prev, "z_prev")
+    return xp
+
+
+def _check_output(xp, arrays, what):
+    """FloatingPointError if a delta computed from finite input is not finite (overflow: diverging weights)."""
+    for name, a in arrays:
+        if a is not None and not bool(xp.isfinite(a).all()):
+            raise FloatingPointError(
+                f"{what} produced a non-finite {name} from finite input: the pre-activations or features "
+                f"overflowed (the weights grew too large: a diverging run, lower the learning rate)")
 
 
 def _stats(xp, z, eps):
@@ -44,9 +98,13 @@ def _stats(xp, z, eps):
 
 def lpl_losses(z, z_prev, eps=1e-4):
     """``(L_pred, L_hebb, L_dec)`` for features ``z`` (B, M) and the previous frame's ``z_prev``."""
+    _check_z(z, z_prev)
+    eps = _check_number(eps, "eps", low=0, low_open=True)
+    return _losses(z, z_prev, eps)
+
+
+def _losses(z, z_prev, eps):
     xp = get_xp(z)
-    if z.ndim != 2 or z_prev.shape != z.shape:
-        raise ValueError(f"z and z_prev must both have shape (B, M), got {tuple(z.shape)} and {tuple(z_prev.shape)}")
     b, m = z.shape
     zc, cov, var = _stats(xp, z, eps)
     l_pred = 0.5 * xp.sum((z - z_prev) ** 2) / (m * b)
@@ -58,6 +116,12 @@ def lpl_losses(z, z_prev, eps=1e-4):
 
 def lpl_grad_z(z, z_prev, lambda1=1.0, lambda2=10.0, eps=1e-4, terms=("pred", "hebb", "dec")):
     """Gradient of ``L_pred + lambda1 L_hebb + lambda2 L_dec`` with respect to ``z`` (B, M)."""
+    _check_z(z, z_prev)
+    lambda1, lambda2, eps, _ = _check_coefficients(lambda1, lambda2, eps)
+    return _grad_z(z, z_prev, lambda1, lambda2, eps, _check_terms(terms))
+
+
+def _grad_z(z, z_prev, lambda1, lambda2, eps, terms):
     xp = get_xp(z)
     b, m = z.shape
     zc, cov, var = _stats(xp, z, eps)
@@ -115,14 +179,36 @@ def lpl_delta(W, b, x, z_prev, f, fprime, lambda1=1.0, lambda2=10.0, eps=1e-4, w
     Returns
     -------
     (dW (M, N), db (M,) or None)
+
+    Raises ValueError for bad input (named) and FloatingPointError when the delta
+    overflows from finite input.
     """
+    xp = get_xp(W, x)
+    for name, a in (("W", W), ("x", x)):
+        if not hasattr(a, "ndim"):
+            raise ValueError(f"{name} must be an array, got {type(a).__name__}")
     if x.ndim != 2 or W.ndim != 2 or x.shape[1] != W.shape[1]:
         raise ValueError(f"x (B, N) and W (M, N) do not match: {tuple(x.shape)}, {tuple(W.shape)}")
+    if getattr(z_prev, "shape", None) != (x.shape[0], W.shape[0]):
+        raise ValueError(f"z_prev must have shape (B, M) = {(x.shape[0], W.shape[0])}, "
+                         f"got {tuple(getattr(z_prev, 'shape', ()))}")
+    if b is not None and getattr(b, "shape", None) != (W.shape[0],):
+        raise ValueError(f"b must have shape ({W.shape[0]},), got {tuple(getattr(b, 'shape', ()))}")
+    if x.shape[0] < 2:
+        raise ValueError(f"x needs a batch of at least 2 samples (LPL's batch variance), got {x.shape[0]}")
+    if not (callable(f) and callable(fprime)):
+        raise ValueError("f and fprime must be callables (see lpl.ACTIVATIONS)")
+    for name, a in (("W", W), ("b", b), ("x", x), ("z_prev", z_prev)):
+        if a is not None:
+            _check_finite(xp, a, name)
+    lambda1, lambda2, eps, weight_decay = _check_coefficients(lambda1, lambda2, eps, weight_decay)
+    terms = _check_terms(terms)
     a = x @ W.T + (0 if b is None else b)
     z = f(a)
-    delta = -lpl_grad_z(z, z_prev, lambda1, lambda2, eps, terms) * fprime(a)  # (B, M)
+    delta = -_grad_z(z, z_prev, lambda1, lambda2, eps, terms) * fprime(a)  # (B, M)
     dW = delta.T @ x - weight_decay * W
     db = None if b is None else delta.sum(axis=0)
+    _check_output(xp, (("dW", dW), ("db", db)), "lpl_delta")
     return dW, db
 
 
@@ -138,8 +224,48 @@ def lpl_delta_conv(W, b, x, z_prev, f, fprime, stride=1, padding=1, mode="pool",
 
     ``a`` may pass the pre-activation ``conv(x, W) + b`` when the caller has it.
 
-    Returns (dW (M, C, *k), db (M,) or None, z).
+    Returns (dW (M, C, *k), db (M,) or None, z). Raises ValueError for bad input (named)
+    and FloatingPointError when the delta overflows from finite input.
     """
+    xp = get_xp(W, x)
+    if mode not in MODES:
+        raise ValueError(f"mode must be 'pool', 'positions' or 'mixed', got {mode!r}")
+    _check_array(xp, W, "W")
+    _check_array(xp, x, "x")
+    if W.ndim < 3 or x.ndim != W.ndim or x.shape[1] != W.shape[1]:
+        raise ValueError(f"x (B, C, *spatial) and W (M, C, *kernel) do not match: {tuple(x.shape)}, "
+                         f"{tuple(W.shape)}")
+    if b is not None:
+        _check_array(xp, b, "b", ndim=1)
+        if b.shape[0] != W.shape[0]:
+            raise ValueError(f"b must have shape ({W.shape[0]},), got {tuple(b.shape)}")
+    _check_array(xp, z_prev, "z_prev")
+    if mode != "positions" and tuple(z_prev.shape) != (x.shape[0], W.shape[0]):
+        raise ValueError(f"z_prev must have shape (B, M) = {(x.shape[0], W.shape[0])} in mode {mode!r}, "
+                         f"got {tuple(z_prev.shape)}")
+    if a is not None:
+        _check_array(xp, a, "a")
+    if not (callable(f) and callable(fprime)):
+        raise ValueError("f and fprime must be callables (see lpl.ACTIVATIONS)")
+    lambda1, lambda2, eps, weight_decay = _check_coefficients(lambda1, lambda2, eps, weight_decay)
+    terms = _check_terms(terms)
+    z_shape = (x.shape[0], W.shape[0], *conv_output_shape(x.shape[2:], W.shape[2:], stride, padding))
+    if mode == "positions" and tuple(z_prev.shape) != z_shape:
+        raise ValueError(f"z_prev must have the shape of z {z_shape} in mode 'positions', got {tuple(z_prev.shape)}")
+    if a is not None and tuple(a.shape) != z_shape:
+        raise ValueError(f"a must have the shape of the pre-activation {z_shape}, got {tuple(a.shape)}")
+    pooled = mode == "pool" or (mode == "mixed" and "pred" in terms)
+    if (x.shape[0] if pooled else x.shape[0] * int(np.prod(z_shape[2:]))) < 2:
+        raise ValueError(f"x needs a batch of at least 2 samples (LPL's batch variance), got {x.shape[0]}")
+    dW, db, z = _delta_conv(W, b, x, z_prev, f, fprime, stride, padding, mode, lambda1, lambda2, eps, weight_decay,
+                            terms, op, a)
+    _check_output(xp, (("dW", dW), ("db", db)), "lpl_delta_conv")
+    return dW, db, z
+
+
+def _delta_conv(W, b, x, z_prev, f, fprime, stride, padding, mode, lambda1, lambda2, eps, weight_decay, terms, op,
+                a):
+    """:func:`lpl_delta_conv` without the argument checks (callers that checked their input)."""
     xp = get_xp(x)
     if op is None:
         op = ConvOperator(W, x.shape[2:], stride, padding)
@@ -151,13 +277,13 @@ def lpl_delta_conv(W, b, x, z_prev, f, fprime, stride=1, padding=1, mode="pool",
     n, m = z.shape[:2]
     if mode == "pool":
         feats = z.reshape(n, m, -1).mean(axis=2)
-        g = lpl_grad_z(feats, z_prev, lambda1, lambda2, eps, terms)
+        g = _grad_z(feats, z_prev, lambda1, lambda2, eps, terms)
         npos = int(np.prod(z.shape[2:]))
         gz = xp.broadcast_to((g / npos).reshape(n, m, *([1] * (z.ndim - 2))), z.shape)
     elif mode == "positions":
         flat = xp.moveaxis(z, 1, -1).reshape(-1, m)
         prev = xp.moveaxis(z_prev, 1, -1).reshape(-1, m)
-        g = lpl_grad_z(flat, prev, lambda1, lambda2, eps, terms)
+        g = _grad_z(flat, prev, lambda1, lambda2, eps, terms)
         gz = xp.moveaxis(g.reshape(n, *z.shape[2:], m), -1, 1)
     elif mode == "mixed":
         # predictive term on pooled features (views correspond as wholes, not position by position),
@@ -166,12 +292,12 @@ def lpl_delta_conv(W, b, x, z_prev, f, fprime, stride=1, padding=1, mode="pool",
         gz = xp.zeros_like(z)
         if "pred" in terms:
             feats = z.reshape(n, m, -1).mean(axis=2)
-            g = lpl_grad_z(feats, z_prev, lambda1, lambda2, eps, ("pred",))
+            g = _grad_z(feats, z_prev, lambda1, lambda2, eps, ("pred",))
             gz = gz + (g / npos).reshape(n, m, *([1] * (z.ndim - 2)))
         local = tuple(t for t in terms if t != "pred")
         if local:
             flat = xp.moveaxis(z, 1, -1).reshape(-1, m)
-            g = lpl_grad_z(flat, flat, lambda1, lambda2, eps, local)
+            g = _grad_z(flat, flat, lambda1, lambda2, eps, local)
             gz = gz + xp.moveaxis(g.reshape(n, *z.shape[2:], m), -1, 1)
     else:
         raise ValueError(f"mode must be 'pool', 'positions' or 'mixed', got {mode!r}")
@@ -190,18 +316,33 @@ def toy_selectivity(sigma_y, variant="lpl", steps=1000, batch=64, lr=0.1, lambda
     ``variant`` is "lpl" (predictive + Hebbian), "hebbian" or "predictive".
 
     Returns ``(selectivity, w)`` with ``selectivity = |w_x| / (|w_x| + |w_y|)``
-    (1: the neuron encodes the slow feature x; 0: it follows y).
+    (1: the neuron encodes the slow feature x; 0: it follows y). A step that would make
+    ``w`` non-finite (too large ``lr``) raises FloatingPointError.
     """
-    terms = {"lpl": ("pred", "hebb"), "hebbian": ("hebb",), "predictive": ("pred",)}[variant]
+    variants = {"lpl": ("pred", "hebb"), "hebbian": ("hebb",), "predictive": ("pred",)}
+    if variant not in variants:
+        raise ValueError(f"variant must be one of {sorted(variants)}, got {variant!r}")
+    terms = variants[variant]
+    sigma_y = _check_number(sigma_y, "sigma_y", low=0)
+    steps = _check_int(steps, "steps", minimum=0)
+    batch = _check_int(batch, "batch", minimum=2)
+    lr = _check_number(lr, "lr", low=0)
+    lambda1 = _check_number(lambda1, "lambda1", low=0)
+    noise_x = _check_number(noise_x, "noise_x", low=0)
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((1, 2)) * 0.5
     f, fp = ACTIVATIONS["linear"]
-    for _ in range(steps):
+    for step in range(steps):
         c = rng.choice([-1.0, 1.0], size=batch)
         x1 = np.stack([c + noise_x * rng.standard_normal(batch), sigma_y * rng.standard_normal(batch)], 1)
         x2 = np.stack([c + noise_x * rng.standard_normal(batch), sigma_y * rng.standard_normal(batch)], 1)
         z1 = x1 @ w.T
-        dW, _ = lpl_delta(w, None, x2, z1, f, fp, lambda1=lambda1, lambda2=0.0, terms=terms)
-        w = w + lr * dW
+        a = x2 @ w.T
+        dW = (-_grad_z(f(a), z1, lambda1, 0.0, 1e-4, terms) * fp(a)).T @ x2
+        w_new = w + lr * dW
+        if not np.isfinite(w_new).all():
+            raise FloatingPointError(f"the weights became non-finite at step {step + 1} with lr={lr:g}: "
+                                     "lower the learning rate")
+        w = w_new
     wx, wy = abs(w[0, 0]), abs(w[0, 1])
     return wx / (wx + wy + 1e-300), w[0]

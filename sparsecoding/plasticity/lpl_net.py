@@ -6,6 +6,15 @@ pool to give ``h_l``) learns only from its own LPL delta
 layers. Consecutive "frames" are two random augmentations of the same
 images: each view's features are the other's prediction target (symmetric,
 stop-gradient). Layers train all at once or greedily one after another.
+
+Bad input (DESIGN.md §10): images with NaN or Inf, of the wrong rank or channel
+count, fewer than 2 images per training step, unknown layers, and hyperparameters
+out of range (``lambda1``/``lambda2``/``weight_decay`` finite >= 0, ``eps`` > 0,
+``kernel_size`` odd, ``optimizer`` "adam" or "sgd", ``lr`` finite >= 0) raise a
+ValueError naming the argument. A training step whose update would make a weight
+non-finite raises ``FloatingPointError`` (from the optimiser) and leaves the
+weights and the optimiser as they were. ``forward``/``features`` of an empty batch
+return empty arrays of the right shapes.
 """
 from __future__ import annotations
 
@@ -14,10 +23,12 @@ import numpy as np
 from ..backend import get_backend, to_numpy, _module
 from ..ops.conv import ConvOperator
 from ..ops.pool import max_pool
-from ..optim import Adam, SGD
-from .lpl import ACTIVATIONS, lpl_delta_conv, lpl_losses
+from ..optim import Adam, SGD, _check_finite, _check_int
+from .lpl import ACTIVATIONS, MODES, _check_coefficients, _delta_conv, _losses
 
 __all__ = ["LPLConvNet", "adaptive_avg_pool"]
+
+OPTIMIZERS = ("adam", "sgd")
 
 
 def adaptive_avg_pool(h, size=2):
@@ -52,8 +63,18 @@ class LPLConvNet:
             raise ValueError(f"pools must have one 'm' or 'i' per layer ({len(channels)}), got {pools!r}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
-        if mode not in ("pool", "positions", "mixed"):
+        if mode not in MODES:
             raise ValueError(f"mode must be 'pool', 'positions' or 'mixed', got {mode!r}")
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        in_channels = _check_int(in_channels, "in_channels", minimum=1)
+        if not len(channels):
+            raise ValueError("channels must list at least one layer")
+        channels = [_check_int(k, f"channels[{i}]", minimum=1) for i, k in enumerate(channels)]
+        kernel_size = _check_int(kernel_size, "kernel_size", minimum=1)
+        if kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd (the layers keep the spatial size), got {kernel_size}")
+        lambda1, lambda2, eps, weight_decay = _check_coefficients(lambda1, lambda2, eps, weight_decay)
         self.xp = xp = _module(backend or get_backend())
         self.f, self.fprime = ACTIVATIONS[activation]
         self.pools, self.kernel_size = pools, kernel_size
@@ -69,7 +90,9 @@ class LPLConvNet:
             self.params.append((xp.asarray(W, dtype=dtype), xp.zeros(k, dtype=dtype)))
             c = k
         flat = [p for pair in self.params for p in pair]
-        self.optimizer = (Adam(flat, lr=lr) if optimizer == "adam" else SGD(flat, lr=lr, momentum=0.9))
+        names = [f"{a} of layer {k}" for k in range(len(self.params)) for a in ("W", "b")]
+        self.optimizer = (Adam(flat, lr=lr, names=names) if optimizer == "adam"
+                          else SGD(flat, lr=lr, momentum=0.9, names=names))
         self._ops = {}
 
     def _op(self, layer, shape):
@@ -80,8 +103,33 @@ class LPLConvNet:
         op.update_weights(self.params[layer][0])
         return op
 
+    def _check_images(self, x, name, channels=None, xp=None):
+        """``x`` as an (N, C, H, W) array of ``xp`` (default: the network's), finite, with the right channels."""
+        xp = xp or self.xp
+        if np.iscomplexobj(x):
+            raise TypeError(f"{name} must be real, got a complex array")
+        x = xp.asarray(x)
+        channels = self.params[0][0].shape[1] if channels is None else channels
+        if x.ndim != 4:
+            raise ValueError(f"{name} must be images of shape (N, C, H, W), got shape {tuple(x.shape)}")
+        if x.shape[1] != channels:
+            raise ValueError(f"{name} has {x.shape[1]} channels, the network takes {channels}")
+        _check_finite(xp, x, name)
+        return x
+
+    def _check_layer(self, layer, name="layer"):
+        layer = _check_int(layer, name, minimum=0)
+        if layer >= len(self.params):
+            raise ValueError(f"{name} must be in [0, {len(self.params)}), got {layer}")
+        return layer
+
     def layer_forward(self, layer, h, return_pre=False):
         """``(z, h_next)``: the layer's activation map and its pooled output (and the pre-activation)."""
+        layer = self._check_layer(layer)
+        h = self._check_images(h, "h", channels=self.params[layer][0].shape[1])
+        return self._layer_forward(layer, h, return_pre)
+
+    def _layer_forward(self, layer, h, return_pre=False):
         W, b = self.params[layer]
         a = self._op(layer, h.shape[2:]).forward(h) + b.reshape(1, -1, 1, 1)
         z = self.f(a)
@@ -90,18 +138,30 @@ class LPLConvNet:
 
     def forward(self, x):
         """List of every layer's activation map ``z_l`` for inputs ``x`` (N, C, H, W)."""
+        return self._forward(self._check_images(x, "x"))
+
+    def _forward(self, x):
         zs, h = [], x
         for layer in range(len(self.params)):
-            z, h = self.layer_forward(layer, h)
+            z, h = self._layer_forward(layer, h)
             zs.append(z)
         return zs
 
     def features(self, x, grid=2, batch_size=512):
-        """Per layer, readout features: ``grid x grid`` average-pooled maps, flattened (host arrays)."""
+        """Per layer, readout features: ``grid x grid`` average-pooled maps, flattened (host arrays).
+
+        An empty ``x`` gives arrays with no rows and the right number of columns.
+        """
+        from ..backend import get_xp  # noqa: PLC0415
+
+        grid = _check_int(grid, "grid", minimum=1)
+        batch_size = _check_int(batch_size, "batch_size", minimum=1)
+        x = self._check_images(x, "x", xp=get_xp(x))  # checked where it lives (host data stays on the host)
         out = [[] for _ in self.params]
-        for i in range(0, x.shape[0], batch_size):
-            for layer, z in enumerate(self.forward(self.xp.asarray(x[i:i + batch_size]))):
-                out[layer].append(to_numpy(adaptive_avg_pool(z, grid).reshape(z.shape[0], -1)))
+        for i in range(0, max(x.shape[0], 1), batch_size):
+            for layer, z in enumerate(self._forward(self.xp.asarray(x[i:i + batch_size]))):
+                pooled = adaptive_avg_pool(z, grid)
+                out[layer].append(to_numpy(pooled.reshape(z.shape[0], int(np.prod(pooled.shape[1:])))))
         return [np.concatenate(o) for o in out]
 
     def _pooled(self, z):
@@ -111,29 +171,42 @@ class LPLConvNet:
         """One layer-local LPL step on two views (N, C, H, W) of the same images.
 
         Returns a list of ``(L_pred, L_hebb, L_dec)`` per trained layer (host floats).
+        ``x1``, ``x2``: the same shape, at least 2 images, finite; ``layers``: distinct layer
+        indices (default: all). A step whose update would make a weight non-finite raises
+        FloatingPointError and changes nothing.
         """
         xp = self.xp
-        layers = range(len(self.params)) if layers is None else layers
-        h1, h2 = xp.asarray(x1), xp.asarray(x2)
+        if layers is None:
+            layers = range(len(self.params))
+        else:
+            layers = [self._check_layer(v, "layers[]") for v in layers]
+            if not layers or len(set(layers)) != len(layers):
+                raise ValueError(f"layers must list distinct layer indices, got {layers!r}")
+        h1, h2 = self._check_images(x1, "x1"), self._check_images(x2, "x2")
+        if h1.shape != h2.shape:
+            raise ValueError(f"x1 and x2 (two views of the same images) must have the same shape, got "
+                             f"{tuple(h1.shape)} and {tuple(h2.shape)}")
+        if h1.shape[0] < 2:
+            raise ValueError(f"x1 and x2 need at least 2 images (LPL's batch variance), got {h1.shape[0]}")
         grads, report = [], []
         for layer in range(max(layers) + 1):
             W, b = self.params[layer]
-            z1, n1, a1 = self.layer_forward(layer, h1, return_pre=True)
-            z2, n2, a2 = self.layer_forward(layer, h2, return_pre=True)
+            z1, n1, a1 = self._layer_forward(layer, h1, return_pre=True)
+            z2, n2, a2 = self._layer_forward(layer, h2, return_pre=True)
             if layer in layers:
                 op = self._op(layer, h1.shape[2:])
                 p1, p2 = self._pooled(z1), self._pooled(z2)
                 kw = dict(stride=1, padding=self.kernel_size // 2, mode=self.mode, lambda1=self.lambda1,
                           lambda2=self.lambda2, eps=self.eps, weight_decay=self.weight_decay, terms=self.terms, op=op)
-                dW1, db1, _ = lpl_delta_conv(W, b, h2, p1, self.f, self.fprime, a=a2, **kw)  # view 2 from view 1
-                dW2, db2, _ = lpl_delta_conv(W, b, h1, p2, self.f, self.fprime, a=a1, **kw)
+                dW1, db1, _ = _delta_conv(W, b, h2, p1, self.f, self.fprime, a=a2, **kw)  # view 2 from view 1
+                dW2, db2, _ = _delta_conv(W, b, h1, p2, self.f, self.fprime, a=a1, **kw)
                 grads.append((layer, -0.5 * (dW1 + dW2), -0.5 * (db1 + db2)))
                 flat2 = p2 if p2.ndim == 2 else xp.moveaxis(p2, 1, -1).reshape(-1, p2.shape[1])
                 flat1 = p1 if p1.ndim == 2 else xp.moveaxis(p1, 1, -1).reshape(-1, p1.shape[1])
-                report.append(tuple(float(v) for v in lpl_losses(flat2, flat1, self.eps)))
+                report.append(tuple(float(v) for v in _losses(flat2, flat1, self.eps)))
                 if self.mode == "mixed":  # Hebbian / decorrelation are measured over positions
                     pos = xp.moveaxis(z2, 1, -1).reshape(-1, z2.shape[1])
-                    local = lpl_losses(pos, pos, self.eps)
+                    local = _losses(pos, pos, self.eps)
                     report[-1] = (report[-1][0], float(local[1]), float(local[2]))
             h1, h2 = n1, n2
         full = []
