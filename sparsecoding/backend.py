@@ -10,6 +10,18 @@ name is accepted: :func:`set_backend`, :func:`use_backend`,
 ``asarray(backend=)``, the models' ``backend=`` arguments and the
 ``SPARSECODING_BACKEND`` environment variable (read at import; unset or empty
 means numpy).
+
+Engine families. The numpy backend has two sets of compute engines: the
+``"native"`` one (numba kernels: im2col gather/scatter, the fused per-core
+LCA/FISTA residual, the pool kernels, the fused elementwise updates) and the
+``"generic"`` one (plain array expressions that work on any namespace: the
+code path cupy takes). ``capabilities(xp).engines`` names the family in use;
+it is ``"native"`` on numpy unless the environment variable
+``SPARSECODING_ENGINES=generic`` (read at every operator construction) or the
+:func:`use_engines` context manager asks for the generic one, which is how the
+GPU code path runs in CI on a machine without a GPU. On cupy it is always
+``"generic"``. Operators fix their engine when they are built
+(:mod:`sparsecoding.ops.engines` picks it from this table and the cost model).
 """
 from __future__ import annotations
 
@@ -29,10 +41,15 @@ __all__ = [
     "asarray",
     "capabilities",
     "cupy_available",
+    "use_engines",
+    "engine_family",
 ]
 
 _KNOWN = ("numpy", "cupy")
 ENV_VAR = "SPARSECODING_BACKEND"
+ENGINES_VAR = "SPARSECODING_ENGINES"
+ENGINE_FAMILIES = ("native", "generic")
+_engines_override = None
 
 
 class BackendUnavailable(RuntimeError):
@@ -162,15 +179,56 @@ def _scatter_add_cupy(target, index, values):
     cupyx.scatter_add(target, index, values)
 
 
-_CAPS: dict[str, SimpleNamespace] = {}
+_CAPS: dict[tuple, SimpleNamespace] = {}
+
+
+def _check_family(value, where=""):
+    key = value.strip().lower() if isinstance(value, str) else None
+    if key in ("", "auto"):
+        return "native"
+    if key not in ENGINE_FAMILIES:
+        raise ValueError(f"engine family must be one of {ENGINE_FAMILIES} (or 'auto'), got {value!r}{where}")
+    return key
+
+
+def engine_family(xp=np) -> str:
+    """``"native"`` (numba kernels) or ``"generic"`` (array expressions) for namespace ``xp``.
+
+    cupy is always ``"generic"``; numpy follows :func:`use_engines`, else the environment
+    variable ``SPARSECODING_ENGINES`` (``auto``/``native`` or ``generic``; unset means native).
+    """
+    if xp is not np:
+        return "generic"
+    if _engines_override is not None:
+        return _engines_override
+    return _check_family(os.environ.get(ENGINES_VAR, ""), f" (from the environment variable {ENGINES_VAR})")
+
+
+@contextlib.contextmanager
+def use_engines(family: str):
+    """Context manager: build operators with the ``"native"`` or ``"generic"`` engines inside the block.
+
+    ``with use_engines("generic"): ...`` runs numpy arrays through the engines cupy uses.
+    """
+    global _engines_override
+    previous = _engines_override
+    _engines_override = _check_family(family)
+    try:
+        yield _engines_override
+    finally:
+        _engines_override = previous
 
 
 def capabilities(xp) -> SimpleNamespace:
-    """The capability table for namespace ``xp``.
+    """The capability table for namespace ``xp`` (and the current engine family).
 
     Fields
     ------
     name : "numpy" or "cupy"
+    engines : "native" (numba kernels, numpy only) or "generic" (array expressions, any namespace)
+    numba : bool, whether the numba kernels are to be used (``engines == "native"``)
+    conv_layout : the layout convolutions are fastest in ("channels_last" for the numba im2col
+        engine, "channels_first" for the generic ones): what a model picks when free to choose
     fft : module with ``rfftn``, ``irfftn``, ``next_fast_len``
     fft_kwargs : extra keyword arguments for the FFT calls (``workers`` on CPU)
     sliding_window_view : function as in ``numpy.lib.stride_tricks``
@@ -180,13 +238,18 @@ def capabilities(xp) -> SimpleNamespace:
     on_gpu : bool
     """
     name = "cupy" if xp is not np else "numpy"
-    if name in _CAPS:
-        return _CAPS[name]
+    family = engine_family(xp)
+    key = (name, family)
+    if key in _CAPS:
+        return _CAPS[key]
     if name == "numpy":
         import scipy.fft  # noqa: PLC0415
 
         caps = SimpleNamespace(
             name="numpy",
+            engines=family,
+            numba=family == "native",
+            conv_layout="channels_last" if family == "native" else "channels_first",
             fft=scipy.fft,
             # half the cores: pocketfft's pool competes with the BLAS threads
             # of the surrounding GEMMs (measured on 2 cores: 1 worker is faster)
@@ -202,6 +265,9 @@ def capabilities(xp) -> SimpleNamespace:
 
         caps = SimpleNamespace(
             name="cupy",
+            engines="generic",
+            numba=False,
+            conv_layout="channels_first",
             fft=cupyx.scipy.fft,
             fft_kwargs={},
             sliding_window_view=cupy.lib.stride_tricks.sliding_window_view,
@@ -209,5 +275,5 @@ def capabilities(xp) -> SimpleNamespace:
             fuse=cupy.fuse,
             on_gpu=True,
         )
-    _CAPS[name] = caps
+    _CAPS[key] = caps
     return caps

@@ -10,16 +10,14 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
-from sparsecoding.backend import BackendUnavailable, _load_cupy
+from sparsecoding.backend import BackendUnavailable, _load_cupy, use_engines
 from sparsecoding.backend import to_numpy as _to_numpy
 from sparsecoding.solvers import lasso_energy as _lasso_energy
 
-settings.register_profile(
-    "ci", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
-)
-settings.register_profile(
-    "thorough", max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+# the `engines` fixture is function-scoped and the same for every example of a test: no reset needed
+_SUPPRESS = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+settings.register_profile("ci", max_examples=25, deadline=None, suppress_health_check=_SUPPRESS, derandomize=True)
+settings.register_profile("thorough", max_examples=400, deadline=None, suppress_health_check=_SUPPRESS)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
@@ -39,6 +37,14 @@ def xp(request):
     if cp is None:
         pytest.skip(f"cupy backend not testable here: {reason}")
     return cp
+
+
+@pytest.fixture(params=["native", "generic"])
+def engines(request):
+    """The engine family under test: "native" (numba kernels on numpy) and "generic" (the array
+    expressions cupy runs, here on numpy arrays). Operators built inside the test use it."""
+    with use_engines(request.param):
+        yield request.param
 
 
 @pytest.fixture
@@ -62,8 +68,8 @@ def duality_gap(op, s, a, lam, nonneg):
     P(a) - P* <= gap). D(theta) = 1/2||s||^2 - 1/2||s - theta||^2 with Phi theta <= lam
     (|Phi theta| <= lam when signed)."""
     n = s.shape[0]
-    r = _to_numpy(s - op.synthesis(a)).reshape(n, -1)
-    c = _to_numpy(op.analysis(s - op.synthesis(a))).reshape(n, -1)
+    r = _to_numpy(s - op.adjoint(a)).reshape(n, -1)
+    c = _to_numpy(op.forward(s - op.adjoint(a))).reshape(n, -1)
     worst = c.max(1) if nonneg else np.abs(c).max(1)
     theta = r * np.minimum(1.0, lam / np.maximum(worst, 1e-300))[:, None]
     ss = _to_numpy(s).reshape(n, -1)

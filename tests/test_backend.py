@@ -63,3 +63,20 @@ def test_capability_table(xp):
     t = xp.zeros(3)
     caps.scatter_add(t, xp.asarray([0, 0, 2]), xp.asarray([1.0, 2.0, 5.0]))
     np.testing.assert_array_equal(to_numpy(t), [3.0, 0.0, 5.0])
+
+
+def test_engine_family_from_environment_and_context(monkeypatch):
+    # SPARSECODING_ENGINES=generic runs numpy arrays through the generic (cupy) engines; use_engines wins
+    monkeypatch.delenv("SPARSECODING_ENGINES", raising=False)
+    caps = capabilities(np)
+    assert caps.engines == "native" and caps.numba and caps.conv_layout == "channels_last"
+    monkeypatch.setenv("SPARSECODING_ENGINES", "Generic")
+    assert capabilities(np).engines == "generic" and not capabilities(np).numba
+    with backend.use_engines("native"):
+        assert capabilities(np).engines == "native"
+    assert capabilities(np).conv_layout == "channels_first"
+    monkeypatch.setenv("SPARSECODING_ENGINES", "cuda")
+    with pytest.raises(ValueError, match="SPARSECODING_ENGINES"):
+        capabilities(np)
+    with pytest.raises(ValueError, match="engine family must be one of"):
+        backend.use_engines("numba").__enter__()

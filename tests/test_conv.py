@@ -64,7 +64,7 @@ TOL = {np.float64: 1e-10, np.float32: 2e-4}
 @pytest.mark.parametrize("method", ["im2col", "fft"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @given(prob=conv_problems())
-def test_conv_matches_direct_sum(xp, method, dtype, prob):
+def test_conv_matches_direct_sum(xp, engines, method, dtype, prob):
     d, kernel, stride, pad, shape, *_ = prob
     x, w, xd, wd = _arrays(xp, prob, dtype)
     y = conv(xd, wd, stride, pad, method=method)
@@ -77,7 +77,7 @@ def test_conv_matches_direct_sum(xp, method, dtype, prob):
 @pytest.mark.parametrize("method", ["im2col", "fft"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @given(prob=conv_problems(), data=st.data())
-def test_conv_transpose_matches_scatter_definition(xp, method, dtype, prob, data):
+def test_conv_transpose_matches_scatter_definition(xp, engines, method, dtype, prob, data):
     d, kernel, stride, pad, shape, n, c, kk, seed = prob
     out = conv_output_shape(shape, kernel, stride, pad)
     opad = tuple(data.draw(st.integers(0, s - 1)) for s in stride)
@@ -98,7 +98,7 @@ def test_conv_transpose_matches_scatter_definition(xp, method, dtype, prob, data
 
 @pytest.mark.parametrize("method", ["im2col", "fft"])
 @given(prob=conv_problems())
-def test_adjoint_dot_product(xp, method, prob):
+def test_adjoint_dot_product(xp, engines, method, prob):
     d, kernel, stride, pad, shape, n, c, kk, seed = prob
     _, _, xd, wd = _arrays(xp, prob, np.float64)
     op = ConvOperator(wd, shape, stride, pad, method=method)
@@ -109,7 +109,7 @@ def test_adjoint_dot_product(xp, method, prob):
 
 
 @given(prob=conv_problems())
-def test_im2col_equals_fft(xp, prob):
+def test_im2col_equals_fft(xp, engines, prob):
     d, kernel, stride, pad, shape, *_ = prob
     _, _, xd, wd = _arrays(xp, prob, np.float64)
     a = conv(xd, wd, stride, pad, method="im2col")
@@ -125,7 +125,7 @@ def test_same_padding_keeps_size_at_stride_one(xp):
     assert conv(x, w, padding="valid").shape == (2, 5, 8, 3)
 
 
-def test_auto_method_matches_explicit(xp):
+def test_auto_method_matches_explicit(xp, engines):
     r = np.random.default_rng(0)
     x = xp.asarray(r.standard_normal((2, 3, 16, 16)))
     for k, s in [(3, 1), (9, 2), (9, 1)]:
@@ -165,15 +165,18 @@ def test_non_finite_input_detected_when_asked():
 
 @pytest.mark.parametrize("method", ["im2col", "fft"])
 @given(prob=conv_problems(max_dims=2))
-def test_channels_last_layout_and_weight_gradient(xp, method, prob):
+def test_channels_last_layout_and_weight_gradient(xp, engines, method, prob):
+    # channels-first inputs with channels-last codes (the solvers' layout) against channels-first codes
     d, kernel, stride, pad, shape, n, c, kk, seed = prob
     x, w, xd, wd = _arrays(xp, prob, np.float64)
     op = ConvOperator(wd, shape, stride, pad, method=method)
+    opc = ConvOperator(wd, shape, stride, pad, method=method, code_layout="channels_last")
     y = op.forward(xd)
-    np.testing.assert_allclose(to_numpy(op.forward(xd, channels_last=True)), np.moveaxis(to_numpy(y), 1, -1), atol=1e-10)
+    np.testing.assert_allclose(to_numpy(opc.forward(xd)), np.moveaxis(to_numpy(y), 1, -1), atol=1e-10)
     yy = xp.asarray(np.random.default_rng(seed + 5).standard_normal(y.shape))
     cl = xp.ascontiguousarray(xp.moveaxis(yy, 1, -1))
-    np.testing.assert_allclose(to_numpy(op.adjoint(cl, channels_last=True)), to_numpy(op.adjoint(yy)), atol=1e-10)
+    np.testing.assert_allclose(to_numpy(opc.adjoint(cl)), to_numpy(op.adjoint(yy)), atol=1e-10)
+    np.testing.assert_allclose(to_numpy(opc.weight_grad(xd, cl)), to_numpy(op.weight_grad(xd, yy)), atol=1e-9)
     # weight gradient: <conv(x, w), y> is linear in w, so it equals <w, weight_grad(x, y)>
     lhs = float(xp.sum(y * yy))
     rhs = float(xp.sum(wd * op.weight_grad(xd, yy)))
@@ -183,10 +186,10 @@ def test_channels_last_layout_and_weight_gradient(xp, method, prob):
 @pytest.mark.parametrize("method", ["im2col", "fft"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @given(prob=conv_problems(), chunk=st.sampled_from([None, 64]))
-def test_channels_last_operator_matches_direct_sums(xp, method, dtype, prob, chunk):
+def test_channels_last_operator_matches_direct_sums(xp, engines, method, dtype, prob, chunk):
     # layout="channels_last": x (N, *L, C) -> y (N, *O, K) and back, against the explicit sums;
-    # chunk=64 bytes forces the batch to be processed a sample pair at a time
-    conv_module = importlib.import_module("sparsecoding.ops.conv")  # the package re-exports the function `conv`
+    # chunk=64 bytes forces the batch to be processed a sample pair at a time (numba engine)
+    conv_module = importlib.import_module("sparsecoding.ops.engines.im2col_numba")
 
     saved = conv_module.CHUNK_BYTES
     conv_module.CHUNK_BYTES = chunk or saved
@@ -226,7 +229,7 @@ def test_channels_last_shape_errors():
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @given(prob=conv_problems(), l2=st.sampled_from([None, 64]), threads=st.sampled_from(["1", "2", "3"]))
-def test_forward_residual_matches_two_direct_sums(xp, dtype, prob, l2, threads):
+def test_forward_residual_matches_two_direct_sums(xp, engines, dtype, prob, l2, threads):
     # c = conv(s - conv_transpose(a)) and the residual itself, against the explicit sums; the fused
     # CPU path splits the batch over worker threads and (l2=64 bytes) one sample per chunk
     import os
@@ -238,17 +241,20 @@ def test_forward_residual_matches_two_direct_sums(xp, dtype, prob, l2, threads):
     try:
         d, kernel, stride, pad, shape, n, c, kk, seed = prob
         x, w, xd, wd = _arrays(xp, prob, dtype)
-        op = ConvOperator(wd, shape, stride, pad, method="im2col")
+        op = ConvOperator(wd, shape, stride, pad, method="im2col", code_layout="channels_last")
         out_shape = conv_output_shape(shape, kernel, stride, pad)
         a = np.random.default_rng(seed + 11).standard_normal((n, *out_shape, kk))
         opad = [L - ((o - 1) * s - 2 * p + k) for L, o, s, p, k in zip(shape, out_shape, stride, pad, kernel)]
         r_ref = x - ref_conv_transpose(np.moveaxis(a, -1, 1), w, stride, pad, opad)
         c_ref = np.moveaxis(ref_conv(r_ref, w, stride, pad), 1, -1)
-        resid = xp.zeros(x.shape, dtype=dtype)
-        c_out = to_numpy(op.forward_residual(op.residual_plan(xd), xp.asarray(a, dtype=dtype), resid=resid))
+        plan = op.residual_plan(xd)
+        c_out, resid = op.forward_residual(plan, xp.asarray(a, dtype=dtype))
         tol = TOL[dtype]
         np.testing.assert_allclose(to_numpy(resid), r_ref, atol=tol * (1 + np.abs(r_ref).max()))
-        np.testing.assert_allclose(c_out, c_ref, atol=tol * 10 * (1 + np.abs(c_ref).max()))
+        np.testing.assert_allclose(to_numpy(c_out), c_ref, atol=tol * 10 * (1 + np.abs(c_ref).max()))
+        c_only, nothing = op.forward_residual(plan, xp.asarray(a, dtype=dtype), residual=False)
+        assert nothing is None
+        np.testing.assert_array_equal(to_numpy(c_only), to_numpy(c_out))
     finally:
         par.L2_CHUNK_BYTES = saved
         if env is None:
@@ -258,21 +264,20 @@ def test_forward_residual_matches_two_direct_sums(xp, dtype, prob, l2, threads):
 
 
 @given(prob=conv_problems())
-def test_residual_alone_matches_direct_sum(xp, prob):
+def test_residual_alone_matches_direct_sum(xp, engines, prob):
     d, kernel, stride, pad, shape, n, c, kk, seed = prob
     x, w, xd, wd = _arrays(xp, prob, np.float64)
-    op = ConvOperator(wd, shape, stride, pad, method="im2col")
+    op = ConvOperator(wd, shape, stride, pad, method="im2col", code_layout="channels_last")
     out_shape = conv_output_shape(shape, kernel, stride, pad)
     a = np.random.default_rng(seed + 13).standard_normal((n, *out_shape, kk))
     opad = [L - ((o - 1) * s - 2 * p + k) for L, o, s, p, k in zip(shape, out_shape, stride, pad, kernel)]
     r_ref = x - ref_conv_transpose(np.moveaxis(a, -1, 1), w, stride, pad, opad)
-    resid = xp.full(x.shape, np.nan)
-    assert op.residual(op.residual_plan(xd), xp.asarray(a), resid) is None
+    resid = op.residual(op.residual_plan(xd), xp.asarray(a))
     np.testing.assert_allclose(to_numpy(resid), r_ref, atol=1e-10 * (1 + np.abs(r_ref).max()))
 
 
-def test_forward_residual_bad_code_shape():
-    op = ConvOperator(np.ones((4, 3, 3, 3)), (8, 8), stride=2, padding=1, method="im2col")
+def test_forward_residual_bad_code_shape(engines):
+    op = ConvOperator(np.ones((4, 3, 3, 3)), (8, 8), stride=2, padding=1, method="im2col", code_layout="channels_last")
     plan = op.residual_plan(np.zeros((2, 3, 8, 8)))
     with pytest.raises(ValueError, match=r"a must have shape \(2, 4, 4, 4\)"):
         op.forward_residual(plan, np.zeros((2, 4, 4, 3)))
@@ -282,7 +287,7 @@ def test_forward_residual_bad_code_shape():
 
 @pytest.mark.parametrize("method", ["im2col", "fft"])
 @pytest.mark.parametrize("layout", ["channels_first", "channels_last"])
-def test_operator_follows_in_place_weight_changes(method, layout):
+def test_operator_follows_in_place_weight_changes(engines, method, layout):
     # optimisers update weights in place: every derived operand (channels-last GEMM operand,
     # FFT kernel spectrum) must follow, except inside frozen_weights where the caller promised
     # that w stays fixed
@@ -308,3 +313,29 @@ def test_operator_follows_in_place_weight_changes(method, layout):
         np.testing.assert_allclose(public(op.forward(xin)), ref_conv(x, w_new, (2, 2), (1, 1)), rtol=1e-9, atol=1e-9)
     w[...] = 0.0  # the cache of the frozen block is released with it
     assert not np.any(public(op.forward(xin))) and not np.any(public(op.adjoint(yin)))
+
+
+@pytest.mark.parametrize("method", ["im2col", "fft"])
+@pytest.mark.parametrize("layout,code_layout", [("channels_first", "channels_first"),
+                                                ("channels_first", "channels_last"),
+                                                ("channels_last", "channels_last"),
+                                                ("channels_last", "channels_first")])
+@given(prob=conv_problems())
+def test_engine_families_agree(method, layout, code_layout, prob):
+    # the numba engines and the generic-array ones (cupy's path) give the same maps, weight
+    # gradient and fused residual, in every layout
+    from sparsecoding.backend import use_engines
+
+    d, kernel, stride, pad, shape, n, c, kk, seed = prob
+    x, w, _, _ = _arrays(np, prob, np.float64)
+    results = {}
+    for family in ("native", "generic"):
+        with use_engines(family):
+            op = ConvOperator(w, shape, stride, pad, method=method, layout=layout, code_layout=code_layout)
+        assert op.engine == f"{method}-{family}"
+        xi = np.ascontiguousarray(np.moveaxis(x, 1, -1)) if layout == "channels_last" else x
+        y = np.random.default_rng(seed + 3).standard_normal((n, *op.out_shape))
+        plan = op.residual_plan(xi)
+        results[family] = (op.forward(xi), op.adjoint(y), op.weight_grad(xi, y), *op.forward_residual(plan, y))
+    for a, b in zip(results["native"], results["generic"]):
+        np.testing.assert_allclose(a, b, atol=1e-10 * (1 + np.abs(b).max()))

@@ -7,7 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sparsecoding.backend import to_numpy
-from sparsecoding.ops.pool import avg_pool, avg_pool_adjoint, max_pool, max_unpool
+from sparsecoding.backend import use_engines
+from sparsecoding.ops.pool import AvgPool, MaxPool, avg_pool, avg_pool_adjoint, max_pool, max_unpool
 
 
 @st.composite
@@ -29,7 +30,7 @@ def _windows(shape, k, s):
 
 
 @given(pool_problems())
-def test_max_pool_matches_window_loop(xp, prob):
+def test_max_pool_matches_window_loop(xp, engines, prob):
     k, s, x, _ = prob
     y, idx = max_pool(xp.asarray(x), k, s)
     y, idx = to_numpy(y), to_numpy(idx)
@@ -42,7 +43,7 @@ def test_max_pool_matches_window_loop(xp, prob):
 
 
 @given(pool_problems())
-def test_avg_pool_matches_window_loop(xp, prob):
+def test_avg_pool_matches_window_loop(xp, engines, prob):
     k, s, x, _ = prob
     y = to_numpy(avg_pool(xp.asarray(x), k, s))
     for o, sl in _windows(x.shape[2:], k, s):
@@ -50,7 +51,7 @@ def test_avg_pool_matches_window_loop(xp, prob):
 
 
 @given(pool_problems())
-def test_pool_adjoint_identities(xp, prob):
+def test_pool_adjoint_identities(xp, engines, prob):
     k, s, x, seed = prob
     r = np.random.default_rng(seed + 3)
     xd = xp.asarray(x)
@@ -69,7 +70,7 @@ def test_pool_adjoint_identities(xp, prob):
     assert abs(lhs - rhs) < 1e-10 * (1 + abs(lhs))
 
 
-def test_unpool_places_maxima(xp):
+def test_unpool_places_maxima(xp, engines):
     x = xp.asarray(np.arange(16.0).reshape(1, 1, 4, 4))
     y, idx = max_pool(x, 2)
     np.testing.assert_array_equal(to_numpy(idx)[0, 0], [[5, 7], [13, 15]])
@@ -89,7 +90,7 @@ def test_pool_bad_input():
 
 
 @given(pool_problems())
-def test_channels_last_pools_match_window_loop(xp, prob):
+def test_channels_last_pools_match_window_loop(xp, engines, prob):
     # (N, *L, C) arrays: values against the window loop, indices point at the maxima, adjoints hold
     k, s, x, seed = prob
     xl = xp.asarray(np.ascontiguousarray(np.moveaxis(x, 1, -1)))
@@ -112,3 +113,44 @@ def test_channels_last_pools_match_window_loop(xp, prob):
     w = to_numpy(avg_pool_adjoint(xp.asarray(v), x.shape[2:], k, s, channels_last=True))
     lhs = np.sum(to_numpy(avg_pool(xp.asarray(z), k, s, channels_last=True)) * v)
     assert abs(lhs - np.sum(z * w)) < 1e-10 * (1 + abs(lhs))
+
+
+@pytest.mark.parametrize("layout", ["channels_first", "channels_last"])
+@given(pool_problems())
+def test_pool_operators_match_the_functions(engines, layout, prob):
+    # MaxPool remembers the argmax of its forward call and unpools to it; AvgPool is the function pair
+    k, s, x, seed = prob
+    cl = layout == "channels_last"
+    xl = np.ascontiguousarray(np.moveaxis(x, 1, -1)) if cl else x
+    spatial = x.shape[2:]
+    mp = MaxPool(2, spatial, k, s, layout=layout, dtype=np.float64)
+    ap = AvgPool(2, spatial, k, s, layout=layout, dtype=np.float64)
+    y, idx = max_pool(xl, k, s, channels_last=cl)
+    np.testing.assert_array_equal(mp.forward(xl), y)
+    np.testing.assert_array_equal(mp.indices, idx)
+    v = np.random.default_rng(seed + 9).standard_normal(y.shape)
+    np.testing.assert_array_equal(mp.adjoint(v), max_unpool(v, idx, spatial, channels_last=cl))
+    np.testing.assert_allclose(ap.forward(xl), avg_pool(xl, k, s, channels_last=cl))
+    np.testing.assert_allclose(ap.adjoint(v), avg_pool_adjoint(v, spatial, k, s, channels_last=cl))
+    # lipschitz of the max pool at its argmax: the largest multiplicity of a picked position
+    counts = np.zeros((2, 2, int(np.prod(spatial))))
+    flat_idx = np.moveaxis(idx, -1, 1).reshape(2, 2, -1) if cl else idx.reshape(2, 2, -1)
+    for i in range(2):
+        for j in range(2):
+            np.add.at(counts[i, j], flat_idx[i, j], 1)
+    assert mp.lipschitz() == counts.max()
+
+
+@given(pool_problems())
+def test_pool_engine_families_agree(prob):
+    k, s, x, seed = prob
+    for cl in (False, True):
+        xl = np.ascontiguousarray(np.moveaxis(x, 1, -1)) if cl else x
+        out = {}
+        for family in ("native", "generic"):
+            with use_engines(family):
+                y, idx = max_pool(xl, k, s, channels_last=cl)
+                out[family] = (y, idx, max_unpool(y, idx, x.shape[2:], channels_last=cl),
+                               avg_pool(xl, k, s, channels_last=cl))
+        for a, b in zip(out["native"], out["generic"]):
+            np.testing.assert_array_equal(a, b)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ..backend import get_xp
+from ..backend import capabilities, get_xp
 from . import _kernels  # noqa: F401  (sets numba's threading layer before any parallel kernel)
 from ._jit import njit_cached
 
@@ -69,8 +69,10 @@ def _momentum_kernel(a_new, a, beta, y):  # pragma: no cover - compiled
 
 
 def _cpu(*arrays):
-    return all(isinstance(x, np.ndarray) and x.flags.c_contiguous and x.dtype in (np.float32, np.float64)
-               for x in arrays)
+    """Whether the numba kernels take these arrays: the native engine family (backend.capabilities)
+    and plain contiguous float32/float64 numpy arrays."""
+    return capabilities(get_xp(*arrays)).numba and all(
+        type(x) is np.ndarray and x.flags.c_contiguous and x.dtype in (np.float32, np.float64) for x in arrays)
 
 
 def _check_real(**arrays):
@@ -125,7 +127,7 @@ def momentum(a_new, a, beta):
     n = a_new.shape[0]
     if n == 0:
         return get_xp(a_new).empty_like(a_new)
-    if _cpu(a_new, a) and a_new.dtype == a.dtype and isinstance(beta, np.ndarray):
+    if _cpu(a_new, a, beta) and a_new.dtype == a.dtype:
         y = np.empty_like(a_new)
         _momentum_kernel(a_new.reshape(n, -1), a.reshape(n, -1), beta.astype(a_new.dtype), y.reshape(n, -1))
         return y

@@ -11,7 +11,16 @@ provides:
   step bound of gradient methods on ``1/2 ||s - A^T a||^2``;
 * ``residual_plan(s)`` and ``forward_residual(plan, a) -> (A (s - A^T a), s - A^T a)``:
   the LASSO solvers' fused step (the operator's analysis of its own residual);
-  the default composes ``adjoint`` and ``forward``, operators may fuse it.
+  the default composes ``adjoint`` and ``forward``, operators may fuse it;
+  ``forward_residual(plan, a, residual=False)`` skips writing the residual out
+  (``(c, None)``) and ``residual(plan, a)`` computes only ``s - A^T a``;
+* ``iteration_view()``: the same map with its output (codes) in the layout the
+  engine iterates fastest in, fixed when the operator was built, with
+  ``to_inner(a)`` / ``to_outer(a)`` converting codes between the operator's public
+  layout and the view's (identity where they agree). Solvers iterate on the view
+  and hand back public arrays;
+* ``frozen()``: a context in which the weights promise not to change (operands
+  derived from them are computed once, e.g. an FFT kernel spectrum).
 
 For a dictionary ``Phi`` with atoms as rows, ``forward`` is the analysis
 ``Phi s`` (the LCA input drive) and ``adjoint`` the synthesis ``Phi^T a``
@@ -22,6 +31,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from contextlib import nullcontext
 
 from ..backend import get_xp
 
@@ -70,10 +81,30 @@ class LinearOperator:
         """``s`` prepared for repeated :meth:`forward_residual` calls (here: ``s`` itself)."""
         return s
 
-    def forward_residual(self, plan, a):
-        """``(A r, r)`` with ``r = s - A^T a``, ``s`` the planned input."""
+    def forward_residual(self, plan, a, residual=True):
+        """``(A r, r)`` with ``r = s - A^T a``, ``s`` the planned input (``(A r, None)`` without ``residual``)."""
         r = plan - self.adjoint(a)
-        return self.forward(r), r
+        return self.forward(r), (r if residual else None)
+
+    def residual(self, plan, a):
+        """``r = s - A^T a`` alone."""
+        return plan - self.adjoint(a)
+
+    def iteration_view(self):
+        """The operator the solvers iterate with (here: itself; see the module notes)."""
+        return self
+
+    def to_inner(self, a):
+        """Codes in the operator's public layout, converted to this view's (identity here)."""
+        return a
+
+    def to_outer(self, a):
+        """Codes in this view's layout, converted to the public one (identity here)."""
+        return a
+
+    def frozen(self):
+        """Context in which the weights do not change (nothing to cache here)."""
+        return nullcontext(self)
 
 
 class DenseOperator(LinearOperator):
@@ -85,14 +116,30 @@ class DenseOperator(LinearOperator):
     """
 
     def __init__(self, W):
-        dtype = getattr(W, "dtype", None)
-        if dtype is None or dtype not in (np.float32, np.float64):
-            raise TypeError(f"W must be a float32 or float64 array, got "
-                            f"{dtype if dtype is not None else type(W).__name__}")
+        self._check_weights(W)
         if W.ndim != 2:
             raise ValueError(f"W must have shape (K, D), got shape {tuple(W.shape)}")
         self.W, self.xp, self.dtype = W, get_xp(W), W.dtype
         self.out_shape, self.in_shape = (W.shape[0],), (W.shape[1],)
+
+    @staticmethod
+    def _check_weights(W):
+        dtype = getattr(W, "dtype", None)
+        if dtype is None or dtype not in (np.float32, np.float64):
+            raise TypeError(
+                f"W must be a float32 or float64 array, got {dtype if dtype is not None else type(W).__name__}"
+                + ("; cast it first, e.g. W.astype(np.float32)" if dtype is not None and dtype.kind in "biuf" else ""))
+
+    def update_weights(self, W):
+        """Use a new weight matrix of the same shape (in-place changes of ``W`` need no call)."""
+        self._check_weights(W)
+        if tuple(W.shape) != (self.out_shape[0], self.in_shape[0]):
+            raise ValueError(f"W must keep shape {(self.out_shape[0], self.in_shape[0])}, got {tuple(W.shape)}")
+        self.W = W
+
+    def gram(self):
+        """``W W^T`` (K, K): the precomputed lateral term of the dense LCA."""
+        return self.W @ self.W.T
 
     def _check(self, a, shape, name):
         if a.ndim != 2 or tuple(a.shape[1:]) != shape:
@@ -106,6 +153,13 @@ class DenseOperator(LinearOperator):
         self._check(y, self.out_shape, "y")
         return y @ self.W
 
+    def forward_residual(self, plan, a, residual=True):
+        r = plan - a @ self.W
+        return r @ self.W.T, (r if residual else None)
+
+    def residual(self, plan, a):
+        return plan - a @ self.W
+
     def weight_grad(self, x, y):
         self._check(x, self.in_shape, "x")
         self._check(y, self.out_shape, "y")
@@ -113,9 +167,9 @@ class DenseOperator(LinearOperator):
 
     def lipschitz(self, n_iter=None, seed=0):
         """``||W||_2^2`` exactly (largest singular value, from the smaller Gram matrix)."""
-        W = self.W
+        W = self.W.astype(np.float64)
         G = W @ W.T if W.shape[0] <= W.shape[1] else W.T @ W
-        return float(self.xp.linalg.eigvalsh(G.astype(np.float64))[-1])
+        return float(self.xp.linalg.eigvalsh(G)[-1])
 
 
 def dottest(op, n=2, seed=0, rtol=None):

@@ -1,4 +1,4 @@
-"""Pooling over the spatial dims of channels-first arrays, and the adjoints.
+"""Pooling over the spatial dims of channels-first arrays, and the adjoints: functions and operators.
 
 Every function takes ``channels_last=True`` for ``(N, *L, C)`` arrays (the
 indices then have the same layout and the same meaning: flat spatial position
@@ -10,6 +10,13 @@ values at those indices". ``avg_pool_adjoint`` is the adjoint of ``avg_pool``.
 No padding; output size ``floor((L - k) / s) + 1`` (PyTorch's default
 ``ceil_mode=False``). ``stride`` defaults to ``kernel_size``.
 
+The operators :class:`MaxPool` and :class:`AvgPool` implement the
+:class:`~sparsecoding.ops.linop.LinearOperator` contract: ``MaxPool.forward``
+remembers the argmax, and its ``adjoint`` unpools to it (the adjoint of the pool at
+the current argmax, as the EqProp dynamics use it). The work is done by the pool
+engine of the arrays' namespace (:func:`sparsecoding.ops.engines.select_pool_engine`:
+numba kernels on the CPU, array expressions elsewhere).
+
 Edge cases: an empty batch (N = 0) gives empty results of the usual shapes;
 float16 works (through the generic array path: the numba kernels take
 float32/float64 and integers); complex input to ``max_pool`` / ``max_unpool``
@@ -19,11 +26,14 @@ is a ``TypeError`` (a maximum of complex values is undefined); indices out of
 from __future__ import annotations
 
 import math
-from itertools import product
 
-from ..backend import capabilities, get_xp
+import numpy as np
 
-__all__ = ["max_pool", "max_unpool", "avg_pool", "avg_pool_adjoint", "pool_output_shape"]
+from ..backend import get_xp
+from .engines import pool_output_shape, select_pool_engine
+from .linop import LinearOperator
+
+__all__ = ["max_pool", "max_unpool", "avg_pool", "avg_pool_adjoint", "pool_output_shape", "MaxPool", "AvgPool"]
 
 
 def _check_real(a, name):
@@ -34,45 +44,26 @@ def _check_real(a, name):
         raise TypeError(f"{name} must be a real numeric array, got dtype {a.dtype}")
 
 
-def _numba_dtype(a):
-    """The compiled kernels take every real dtype numba knows, which excludes float16."""
-    return a.dtype.kind in "iuf" and a.dtype.itemsize >= 4
-
-
 def _params(x, kernel_size, stride, name="x", channels_last=False):
     d = x.ndim - 2
     if d < 1:
         layout = "(N, *spatial, C)" if channels_last else "(N, C, *spatial)"
         raise ValueError(f"{name} must have shape {layout}, got shape {tuple(x.shape)}")
+    return (d, *_kernel_stride(d, kernel_size, stride, f"{name} of shape {tuple(x.shape)}"))
+
+
+def _kernel_stride(d, kernel_size, stride, what):
     k = (kernel_size,) * d if isinstance(kernel_size, int) else tuple(kernel_size)
     s = k if stride is None else ((stride,) * d if isinstance(stride, int) else tuple(stride))
     if len(k) != d or len(s) != d:
-        raise ValueError(f"kernel_size and stride need {d} entries for {name} of shape {tuple(x.shape)}")
+        raise ValueError(f"kernel_size and stride need {d} entries for {what}")
     if any(v < 1 for v in k + s):
         raise ValueError(f"kernel_size {k} and stride {s} must be positive")
-    return d, k, s
-
-
-def pool_output_shape(in_shape, kernel_size, stride):
-    out = tuple((L - k) // s + 1 for L, k, s in zip(in_shape, kernel_size, stride))
-    if any(o < 1 for o in out):
-        raise ValueError(f"input of spatial shape {tuple(in_shape)} is smaller than the pool {tuple(kernel_size)}")
-    return out
-
-
-def _offsets(k, s, out):
-    """(offset, slice tuple) for each kernel offset: the inputs that offset sees."""
-    for off in product(*(range(ki) for ki in k)):
-        yield off, tuple(slice(j, j + (o - 1) * si + 1, si) for j, o, si in zip(off, out, s))
+    return k, s
 
 
 def _spatial(a, channels_last):
     return tuple(a.shape[1:-1]) if channels_last else tuple(a.shape[2:])
-
-
-def _index(sl, channels_last):
-    """Index tuple selecting the spatial slices ``sl`` in either layout."""
-    return (slice(None), *sl, slice(None)) if channels_last else (slice(None), slice(None), *sl)
 
 
 def _with_spatial(a, spatial, channels_last):
@@ -82,12 +73,7 @@ def _with_spatial(a, spatial, channels_last):
 def avg_pool(x, kernel_size=2, stride=None, channels_last=False):
     """Average pool: (N, C, *L) -> (N, C, *O) (or (N, *L, C) -> (N, *O, C))."""
     d, k, s = _params(x, kernel_size, stride, channels_last=channels_last)
-    out = pool_output_shape(_spatial(x, channels_last), k, s)
-    xp = get_xp(x)
-    y = xp.zeros(_with_spatial(x, out, channels_last), dtype=x.dtype)
-    for _, sl in _offsets(k, s, out):
-        y += x[_index(sl, channels_last)]
-    return y * (1.0 / math.prod(k))
+    return select_pool_engine(get_xp(x)).avg_pool(x, k, s, channels_last)
 
 
 def avg_pool_adjoint(y, output_size, kernel_size=2, stride=None, channels_last=False):
@@ -101,12 +87,7 @@ def avg_pool_adjoint(y, output_size, kernel_size=2, stride=None, channels_last=F
         raise ValueError(
             f"output_size {output_size} does not pool to y's spatial shape {_spatial(y, channels_last)}"
         )
-    xp = get_xp(y)
-    x = xp.zeros(_with_spatial(y, output_size, channels_last), dtype=y.dtype)
-    yk = y * (1.0 / math.prod(k))
-    for _, sl in _offsets(k, s, _spatial(y, channels_last)):
-        x[_index(sl, channels_last)] += yk
-    return x
+    return select_pool_engine(get_xp(y)).avg_pool_adjoint(y, output_size, k, s, channels_last)
 
 
 def max_pool(x, kernel_size=2, stride=None, channels_last=False):
@@ -121,43 +102,7 @@ def max_pool(x, kernel_size=2, stride=None, channels_last=False):
     """
     _check_real(x, "x")
     d, k, s = _params(x, kernel_size, stride, channels_last=channels_last)
-    xp = get_xp(x)
-    if channels_last:
-        if d == 2 and xp.__name__ == "numpy" and _numba_dtype(x):
-            from ._kernels import max_pool_2d_cl  # noqa: PLC0415
-
-            out = pool_output_shape(x.shape[1:3], k, s)
-            y = xp.empty((x.shape[0], *out, x.shape[3]), dtype=x.dtype)
-            idx = xp.empty(y.shape, dtype=xp.int64)
-            max_pool_2d_cl(xp.ascontiguousarray(x), k[0], k[1], s[0], s[1], y, idx)
-            return y, idx
-        y, idx = max_pool(xp.moveaxis(x, -1, 1), k, s)
-        return xp.ascontiguousarray(xp.moveaxis(y, 1, -1)), xp.ascontiguousarray(xp.moveaxis(idx, 1, -1))
-    out = pool_output_shape(x.shape[2:], k, s)
-    if d == 2 and xp.__name__ == "numpy" and _numba_dtype(x):
-        from ._kernels import max_pool_2d  # noqa: PLC0415
-
-        n, c, h, w = x.shape
-        y = xp.empty((n * c, *out), dtype=x.dtype)
-        idx = xp.empty((n * c, *out), dtype=xp.int64)
-        max_pool_2d(xp.ascontiguousarray(x).reshape(n * c, h, w), k[0], k[1], s[0], s[1], y, idx)
-        return y.reshape(n, c, *out), idx.reshape(n, c, *out)
-    swv = capabilities(xp).sliding_window_view
-    win = swv(x, k, axis=tuple(range(2, 2 + d)))
-    win = win[(slice(None), slice(None), *(slice(None, (o - 1) * si + 1, si) for o, si in zip(out, s)))]
-    win = win.reshape(*x.shape[:2], *out, math.prod(k))
-    local = xp.argmax(win, axis=-1)
-    y = xp.take_along_axis(win, local[..., None], axis=-1)[..., 0]
-    # local offset -> global flat index: coordinate_i = o_i * s_i + j_i
-    flat = xp.zeros(local.shape, dtype=xp.int64)
-    rem = local
-    grids = xp.meshgrid(*(xp.arange(o) for o in out), indexing="ij")
-    strides_k = [math.prod(k[i + 1:]) for i in range(d)]
-    for i in range(d):
-        j = rem // strides_k[i]
-        rem = rem - j * strides_k[i]
-        flat = flat * x.shape[2 + i] + (grids[i] * s[i] + j)
-    return y, flat
+    return select_pool_engine(get_xp(x)).max_pool(x, k, s, channels_last)
 
 
 def _check_unpool(y, indices, output_size, channels_last):
@@ -204,21 +149,85 @@ def max_unpool(y, indices, output_size, channels_last=False):
     xp = get_xp(y)
     if y.shape[0] == 0:
         return xp.zeros(_with_spatial(y, output_size, channels_last), dtype=y.dtype)
-    if channels_last:
-        n, c = y.shape[0], y.shape[-1]
-        if xp.__name__ == "numpy" and _numba_dtype(y):
-            from ._kernels import max_unpool_cl  # noqa: PLC0415
+    return select_pool_engine(xp).max_unpool(y, indices, output_size, channels_last)
 
-            out = xp.zeros((n, math.prod(output_size), c), dtype=y.dtype)
-            max_unpool_cl(xp.ascontiguousarray(y).reshape(n, -1, c),
-                          xp.ascontiguousarray(indices).reshape(n, -1, c), out)
-            return out.reshape(n, *output_size, c)
-        x = max_unpool(xp.moveaxis(y, -1, 1), xp.moveaxis(indices, -1, 1), output_size)
-        return xp.ascontiguousarray(xp.moveaxis(x, 1, -1))
-    n, c = y.shape[:2]
-    plane = math.prod(output_size)
-    base = (xp.arange(n * c, dtype=xp.int64) * plane).reshape(n, c, *([1] * (y.ndim - 2)))
-    flat_idx = (indices + base).ravel()
-    # bincount sums duplicates (overlapping windows) without np.add.at
-    out = xp.bincount(flat_idx, weights=y.ravel(), minlength=n * c * plane)
-    return out.astype(y.dtype, copy=False).reshape(n, c, *output_size)
+
+class _Pool(LinearOperator):
+    """Shared set-up of the pool operators: shapes in the layout, the engine of the namespace."""
+
+    def __init__(self, n_channels, spatial_shape, kernel_size=2, stride=None, layout="channels_first",
+                 dtype="float32", xp=None):
+        if layout not in ("channels_first", "channels_last"):
+            raise ValueError(f"layout must be 'channels_first' or 'channels_last', got {layout!r}")
+        spatial = tuple(int(v) for v in spatial_shape)
+        self.kernel_size, self.stride = _kernel_stride(len(spatial), kernel_size, stride,
+                                                       f"inputs of spatial shape {spatial}")
+        self.spatial_in = spatial
+        self.spatial_out = pool_output_shape(spatial, self.kernel_size, self.stride)
+        self.channels_last = layout == "channels_last"
+        self.layout, self.n_channels = layout, int(n_channels)
+        c = self.n_channels
+        self.in_shape = (*spatial, c) if self.channels_last else (c, *spatial)
+        self.out_shape = (*self.spatial_out, c) if self.channels_last else (c, *self.spatial_out)
+        self.xp = get_xp() if xp is None else xp
+        self.dtype = np.dtype(dtype)
+        self._engine = select_pool_engine(self.xp)
+
+    def _check(self, a, shape, name):
+        if tuple(a.shape[1:]) != tuple(shape) or a.ndim != len(shape) + 1:
+            raise ValueError(f"{name} must have shape (N, {', '.join(map(str, shape))}), got shape {tuple(a.shape)}")
+
+
+class AvgPool(_Pool):
+    """Average pool as a linear operator: ``forward`` = :func:`avg_pool`, ``adjoint`` = :func:`avg_pool_adjoint`.
+
+    ``in_shape`` / ``out_shape`` are ``(C, *L)`` / ``(C, *O)`` (channels-last: ``(*L, C)`` / ``(*O, C)``).
+    """
+
+    def forward(self, x):
+        self._check(x, self.in_shape, "x")
+        return self._engine.avg_pool(x, self.kernel_size, self.stride, self.channels_last)
+
+    def adjoint(self, y):
+        self._check(y, self.out_shape, "y")
+        return self._engine.avg_pool_adjoint(y, self.spatial_in, self.kernel_size, self.stride, self.channels_last)
+
+
+class MaxPool(_Pool):
+    """Max pool at the current argmax, as a linear operator.
+
+    ``forward(x)`` is :func:`max_pool` and remembers the indices (``self.indices``);
+    ``adjoint(y)`` unpools ``y`` to them (:func:`max_unpool` without the range check: the
+    indices are its own). For fixed indices the pair is linear and adjoint
+    (``<take(x, idx), y> = <x, unpool(y, idx)>``), which is what the EqProp dynamics use
+    (the feedback term through a max-pooled layer). ``lipschitz()`` is the largest number
+    of windows whose maximum sits at one input position (1 without overlapping windows).
+    """
+
+    indices = None
+
+    def forward(self, x):
+        self._check(x, self.in_shape, "x")
+        _check_real(x, "x")
+        y, self.indices = self._engine.max_pool(x, self.kernel_size, self.stride, self.channels_last)
+        return y
+
+    def adjoint(self, y):
+        self._check(y, self.out_shape, "y")
+        if self.indices is None or self.indices.shape != y.shape:
+            raise ValueError("MaxPool.adjoint needs the indices of a forward call on a batch of the same size")
+        if y.shape[0] == 0:
+            return self.xp.zeros((0, *self.in_shape), dtype=y.dtype)
+        return self._engine.max_unpool(y, self.indices, self.spatial_in, self.channels_last)
+
+    def lipschitz(self, n_iter=None, seed=0):
+        if self.indices is None:
+            return float(math.prod(-(-k // s) for k, s in zip(self.kernel_size, self.stride)))
+        xp, idx = self.xp, self.indices
+        n = idx.shape[0]
+        plane = math.prod(self.spatial_in)
+        per_plane = xp.moveaxis(idx, -1, 1) if self.channels_last else idx
+        per_plane = per_plane.reshape(n * self.n_channels, -1)
+        base = (xp.arange(per_plane.shape[0], dtype=xp.int64) * plane)[:, None]
+        counts = xp.bincount((per_plane + base).ravel(), minlength=per_plane.shape[0] * plane)
+        return float(counts.max()) if counts.size else 0.0

@@ -111,6 +111,12 @@ class DenseDictionary:
     def code_shape(self, n):
         return (n, self.n_atoms)
 
+    def forward(self, s):
+        return self.analysis(s)
+
+    def adjoint(self, a):
+        return self.synthesis(a)
+
     def input_shape(self, n):
         return (n, self.n_features)
 
@@ -140,6 +146,7 @@ class ConvDictionary:
             raise ValueError(f"layout must be 'channels_first' or 'channels_last', got {layout!r}")
         _check_phi(phi)
         self.op = ConvOperator(phi, in_shape, stride, padding, method)
+        self.op_cl = ConvOperator(phi, in_shape, stride, padding, method, code_layout="channels_last")
         self.channels_last = layout == "channels_last"
         self.phi = phi
         self.xp = self.op.xp
@@ -152,29 +159,43 @@ class ConvDictionary:
         """Use new atoms of the same shape: the plan is updated, the Lipschitz constant recomputed on demand."""
         _check_phi(phi)
         self.op.update_weights(phi)
+        self.op_cl.update_weights(phi)
         self.phi = phi
         self._L = None
 
     def residual_plan(self, s):
         """``s`` prepared for :meth:`residual_analysis` (for a solve's duration: the plan holds a
         padded copy, so a later in-place change of ``s`` needs a new plan)."""
-        return self.op.residual_plan(s, self.channels_last)
+        return self._o.residual_plan(s)
+
+    @property
+    def _o(self):
+        return self.op_cl if self.channels_last else self.op
 
     def residual(self, plan, a, resid):
         """Write ``s - Phi^T a`` into ``resid`` (fused per core on the CPU with channels-last codes)."""
-        self.op.residual(plan, a, resid, self.channels_last)
+        resid[...] = self._o.residual(plan, a)
         return resid
 
     def residual_analysis(self, plan, a, resid=None):
         """``Phi (s - Phi^T a)`` (fused per core on the CPU with channels-last codes); with ``resid``
         the residual ``s - Phi^T a`` is also written there."""
-        return self.op.forward_residual(plan, a, self.channels_last, resid)
+        c, r = self._o.forward_residual(plan, a, resid is not None)
+        if resid is not None:
+            resid[...] = r
+        return c
 
     def analysis(self, s):
-        return self.op.forward(s, channels_last=self.channels_last)
+        return self._o.forward(s)
 
     def synthesis(self, a):
-        return self.op.adjoint(a, channels_last=self.channels_last)
+        return self._o.adjoint(a)
+
+    def forward(self, s):
+        return self.analysis(s)
+
+    def adjoint(self, a):
+        return self.synthesis(a)
 
     def code_shape(self, n):
         if self.channels_last:

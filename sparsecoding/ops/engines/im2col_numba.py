@@ -1,0 +1,247 @@
+"""numba im2col on the CPU: index-table gather/scatter kernels around single large GEMMs.
+
+Layouts (inputs / codes):
+
+* channels-first / channels-first: numba gather into columns ``(N, M, C, J)``, one
+  ``(N M, C J) x (C J, K)`` GEMM, a parallel batched transpose to ``(N, K, M)``;
+  the adjoint is the swap, one GEMM and a race-free scatter-add (col2im);
+* channels-first / channels-last codes: the same without the transposes (the GEMM
+  produces ``(N, *O, K)``): the layout the solvers iterate in, and the one with the
+  fused per-core residual (:meth:`Im2colNumba.forward_residual`);
+* channels-last / channels-last: contiguous-run gathers ``(N, M, J, C)`` of the
+  channels-last padded input, worked through the batch in chunks of about
+  :data:`CHUNK_BYTES` of columns so the gather writes and the GEMM reads stay in cache
+  (the layout the EqProp networks keep on the CPU).
+
+The kernels live in :mod:`sparsecoding.ops._kernels`; the per-core split in
+:mod:`sparsecoding.ops.parallel`.
+"""
+from __future__ import annotations
+
+import math
+
+from .. import _kernels as K
+from .. import parallel
+from .._geometry import check_real, embed_slices
+from .base import ConvEngine
+
+__all__ = ["Im2colNumba", "CHUNK_BYTES"]
+
+# Channels-last im2col works through the batch in chunks whose columns take about
+# this many bytes, so the gather writes and the GEMM reads them in cache: measured
+# on the 2-core development machine (bench/eqprop layers, 1 MiB L2 per core, 32 MiB
+# L3), a conv + adjoint pair ran at 0.55 of the GEMM rate unchunked and 0.73-0.85
+# with 2-6 MB chunks; below 1 MB the small GEMMs lose more than the cache gains.
+CHUNK_BYTES = 4 << 20
+
+
+class Im2colNumba(ConvEngine):
+    method, family = "im2col", "native"
+    native_code_layout = "channels_last"
+
+    def __init__(self, geometry, xp, dtype, x_layout, y_layout, caps):
+        super().__init__(geometry, xp, dtype, x_layout, y_layout, caps)
+        g = geometry
+        self.buffer = tuple((o - 1) * s + k for o, s, k in zip(g.out_shape, g.stride, g.kernel))
+        self.idx = K.window_index(self.buffer, g.kernel, g.stride, g.out_shape)
+        self._scratch = self._pad_buf = None  # reused channels-last work buffers
+
+    def _derive(self, w):
+        if not self.x_cl:
+            return {}
+        # (K, *k, C) flattened: the column order of the channels-last gather
+        return {"w2cl": self.xp.ascontiguousarray(self.xp.moveaxis(w, 1, -1)).reshape(self.g.n_out, -1)}
+
+    @property
+    def _w2(self):
+        # (K, C*prod(k)) for the channels-first GEMMs: a view of w, so it follows in-place changes
+        return self.w.reshape(self.g.n_out, -1)
+
+    def _chunks(self, n, per_sample):
+        """Sample ranges whose columns (``per_sample`` values each) take about CHUNK_BYTES, and a
+        scratch buffer for them reused across calls."""
+        nb = max(min(n, 2), min(n, CHUNK_BYTES // max(per_sample * self.dtype.itemsize, 1)))
+        size = nb * per_sample
+        if self._scratch is None or self._scratch.size < size:
+            self._scratch = self.xp.empty(size, dtype=self.dtype)
+        return [(a, min(n, a + nb)) for a in range(0, n, nb)], self._scratch
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, x):
+        if self.x_cl:
+            y = self._forward_cl(x)
+            return y if self.y_cl else self.y_from_cl(y)
+        return self._forward_cf_cols(self.embed(x, self.buffer))
+
+    def y_from_cl(self, y):
+        return self.xp.ascontiguousarray(self.xp.moveaxis(y, -1, 1))
+
+    def _forward_cf_cols(self, buf):
+        # numba gather into (N, M, C, J), one (N*M, CJ) x (CJ, K) GEMM, swap to (N, K, M) unless codes are cl
+        g, np_ = self.g, self.xp
+        n = buf.shape[0]
+        m, nj = self.idx.shape
+        cols = np_.empty((n, m, g.n_in, nj), dtype=self.dtype)
+        K.gather_columns(buf.reshape(n, g.n_in, -1), self.idx, cols)
+        out = cols.reshape(n * m, -1) @ self._w2.T  # (N*M, K)
+        if self.y_cl:
+            return out.reshape(n, *g.out_shape, g.n_out)
+        res = np_.empty((n, g.n_out, m), dtype=self.dtype)
+        K.swap_last_two(out.reshape(n, m, g.n_out), res)
+        return res.reshape(n, g.n_out, *g.out_shape)
+
+    def _padded_input(self, x):
+        """x (N, *L, C) in the zero-padded buffer, flattened to (N, P, C). The buffer is kept between
+        calls: only its interior is written, so the padding stays zero without clearing it."""
+        g = self.g
+        n, c = x.shape[0], g.n_in
+        shape = (n, *self.buffer, c)
+        if self._pad_buf is None or self._pad_buf.shape != shape:
+            self._pad_buf = self.xp.zeros(shape, dtype=self.dtype)
+        bsl, xsl = embed_slices(g, self.buffer, channels_last=True)
+        self._pad_buf[bsl] = x[xsl]
+        return self._pad_buf.reshape(n, -1, c)
+
+    def _forward_cl(self, x):
+        # channels-last: embed in the zero-padded buffer (N, *B, C), then per chunk of samples a
+        # contiguous-run gather into columns (b, M, J, C) and one (b*M, J*C) x (J*C, K) GEMM
+        g, np_ = self.g, self.xp
+        n, c = x.shape[0], g.n_in
+        m, nj = self.idx.shape
+        buf = self._padded_input(x)
+        w2cl = self.derived()["w2cl"]
+        out = np_.empty((n * m, g.n_out), dtype=self.dtype)
+        chunks, scratch = self._chunks(n, m * nj * c)
+        for a, b in chunks:
+            cols = scratch[:(b - a) * m * nj * c].reshape(b - a, m, nj, c)
+            K.gather_columns_cl(buf[a:b], self.idx, cols)
+            np_.matmul(cols.reshape((b - a) * m, -1), w2cl.T, out=out[a * m:b * m])
+        return out.reshape(n, *g.out_shape, g.n_out)
+
+    # ---------------------------------------------------------------- adjoint
+    def adjoint(self, y):
+        if self.x_cl:
+            if not self.y_cl:
+                y = self.xp.moveaxis(y, 1, -1)
+            return self._adjoint_cl(y)
+        return self.crop(self._adjoint_cf_cols(y), self.buffer)
+
+    def _adjoint_cf_cols(self, y):
+        g, np_ = self.g, self.xp
+        n = y.shape[0]
+        m, nj = self.idx.shape
+        if self.y_cl:
+            yt = np_.ascontiguousarray(y).reshape(n, m, g.n_out)
+        else:
+            yt = np_.empty((n, m, g.n_out), dtype=self.dtype)
+            K.swap_last_two(np_.ascontiguousarray(y).reshape(n, g.n_out, m), yt)
+        cols = yt.reshape(n * m, g.n_out) @ self._w2  # (N*M, C*J)
+        buf = np_.zeros((n, g.n_in, *self.buffer), dtype=self.dtype)
+        K.scatter_add_columns(cols.reshape(n, m, g.n_in, nj), self.idx, buf.reshape(n, g.n_in, -1))
+        return buf
+
+    def _adjoint_cl(self, y):
+        # per chunk: one (b*M, K) x (K, J*C) GEMM into columns, contiguous-run scatter-add (col2im)
+        g, np_ = self.g, self.xp
+        n, c = y.shape[0], g.n_in
+        m, nj = self.idx.shape
+        yf = np_.ascontiguousarray(y).reshape(n * m, g.n_out)
+        w2cl = self.derived()["w2cl"]
+        buf = np_.zeros((n, math.prod(self.buffer), c), dtype=self.dtype)
+        chunks, scratch = self._chunks(n, m * nj * c)
+        for a, b in chunks:
+            cols = scratch[:(b - a) * m * nj * c]
+            np_.matmul(yf[a * m:b * m], w2cl, out=cols.reshape((b - a) * m, nj * c))
+            K.scatter_add_columns_cl(cols.reshape(b - a, m, nj, c), self.idx, buf[a:b])
+        bsl, xsl = embed_slices(g, self.buffer, channels_last=True)
+        inner = buf.reshape(n, *self.buffer, c)[bsl]
+        if tuple(inner.shape[1:-1]) == tuple(g.in_shape):
+            return inner  # the buffer covers the whole input: a view, no copy
+        out = np_.zeros((n, *g.in_shape, c), dtype=self.dtype)
+        out[xsl] = inner
+        return out
+
+    # ------------------------------------------------------- weight gradient
+    def weight_grad(self, x, y):
+        g, np_ = self.g, self.xp
+        n, m = x.shape[0], math.prod(g.out_shape)
+        if self.x_cl:
+            if not self.y_cl:
+                y = np_.moveaxis(y, 1, -1)
+            return self._weight_grad_cl(x, y)
+        buf = self.embed(x, self.buffer)
+        cols = np_.empty((n, m, g.n_in, self.idx.shape[1]), dtype=self.dtype)
+        K.gather_columns(buf.reshape(n, g.n_in, -1), self.idx, cols)
+        if self.y_cl:
+            yt = np_.ascontiguousarray(y).reshape(n, m, g.n_out)
+        else:
+            yt = np_.empty((n, m, g.n_out), dtype=self.dtype)
+            K.swap_last_two(np_.ascontiguousarray(y).reshape(n, g.n_out, m), yt)
+        dw = yt.reshape(n * m, g.n_out).T @ cols.reshape(n * m, -1)
+        return dw.reshape(g.n_out, g.n_in, *g.kernel)
+
+    def _weight_grad_cl(self, x, y):
+        # dW (K, J*C) = sum over chunks of y_chunk^T (K, b*M) x columns (b*M, J*C)
+        g, np_ = self.g, self.xp
+        n, c = x.shape[0], g.n_in
+        m, nj = self.idx.shape
+        buf = self._padded_input(x)
+        yf = np_.ascontiguousarray(y).reshape(n * m, g.n_out)
+        dw = np_.zeros((g.n_out, nj * c), dtype=self.dtype)
+        chunks, scratch = self._chunks(n, m * nj * c)
+        for a, b in chunks:
+            cols = scratch[:(b - a) * m * nj * c].reshape(b - a, m, nj, c)
+            K.gather_columns_cl(buf[a:b], self.idx, cols)
+            dw += yf[a * m:b * m].T @ cols.reshape((b - a) * m, -1)
+        return np_.ascontiguousarray(np_.moveaxis(dw.reshape(g.n_out, *g.kernel, c), -1, 1))
+
+    # ------------------------------------------------ fused residual analysis
+    def _fused(self):
+        return not self.x_cl and self.y_cl
+
+    def residual_plan(self, s):
+        """``s`` embedded once in the zero-padded buffer, with the mask of the unpadded region (the
+        fused path: channels-first inputs, channels-last codes)."""
+        if not self._fused():
+            return {"s": s}
+        g, n = self.g, s.shape[0]
+        buf = self.embed(s, self.buffer)
+        mask = self.xp.zeros(self.buffer, dtype=self.dtype)
+        mask[embed_slices(g, self.buffer)[0][2:]] = 1
+        return {"s": s, "s_buf": buf.reshape(n, g.n_in, -1), "mask": mask.reshape(-1)}
+
+    def forward_residual(self, plan, a, want_c=True, want_r=True):
+        """``(forward(r), r)`` with ``r = s - adjoint(a)``, the two convolutions fused per core and per
+        cache-sized chunk of samples (:mod:`sparsecoding.ops.parallel`): the columns never leave
+        the core's cache."""
+        if "s_buf" not in plan:
+            return super().forward_residual(plan, a, want_c, want_r)
+        xp, g = self.xp, self.g
+        check_real(a, "a")
+        n, c = plan["s"].shape[0], g.n_in
+        m, nj = self.idx.shape
+        af = xp.ascontiguousarray(a, dtype=self.dtype).reshape(n * m, g.n_out)
+        out = xp.empty((n * m, g.n_out), dtype=self.dtype) if want_c else None
+        resid = xp.empty_like(plan["s"]) if want_r else None
+        s_buf, mask, w2 = plan["s_buf"], plan["mask"], self._w2
+        nb = max(1, parallel.L2_CHUNK_BYTES // (m * c * nj * self.dtype.itemsize))
+        bsl, xsl = embed_slices(g, self.buffer)
+        if want_r and tuple(sl.stop - sl.start for sl in xsl[2:]) != tuple(g.in_shape):
+            resid[...] = plan["s"]  # inputs no window reaches: nothing reconstructs them
+
+        def work(lo, hi):
+            cols = xp.empty((min(nb, hi - lo), m, c, nj), dtype=self.dtype)
+            rb = xp.empty((cols.shape[0], c, s_buf.shape[2]), dtype=self.dtype)
+            for i in range(lo, hi, nb):
+                j = min(hi, i + nb)
+                cv, rv = cols[:j - i], rb[:j - i]
+                xp.matmul(af[i * m:j * m], w2, out=cv.reshape((j - i) * m, -1))  # Phi^T a, as columns
+                K.scatter_residual_1t(cv, self.idx, s_buf[i:j], mask, rv)  # r = s - col2im(columns)
+                if want_r:
+                    resid[i:j][xsl] = rv.reshape(j - i, c, *self.buffer)[bsl]
+                if want_c:
+                    K.gather_columns_1t(rv, self.idx, cv)  # im2col(r)
+                    xp.matmul(cv.reshape((j - i) * m, -1), w2.T, out=out[i * m:j * m])  # Phi r
+
+        parallel.run_split(work, n)
+        return (out.reshape(n, *g.out_shape, g.n_out) if want_c else None), resid
