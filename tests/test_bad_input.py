@@ -20,8 +20,8 @@ from sparsecoding.ops.conv import ConvOperator, conv, conv_transpose
 from sparsecoding.ops.fused import lca_step, momentum, prox_step
 from sparsecoding.ops.pool import avg_pool, avg_pool_adjoint, max_pool, max_unpool
 from sparsecoding.ops.threshold import hard_threshold, nonneg_hard_threshold, nonneg_soft_threshold, soft_threshold
-from sparsecoding.solvers import ConvDictionary, DenseDictionary, coordinate_descent, fista, ista, lasso_energy
-from sparsecoding.solvers.operators import power_iteration  # noqa: F401  (public; no array input to check)
+from sparsecoding.ops.linop import DenseOperator, power_iteration  # noqa: F401  (public; no array input to check)
+from sparsecoding.solvers import coordinate_descent, fista, ista, lasso_energy
 from sparsecoding.viz import save_curves, save_dictionary, tile_dictionary
 
 R = np.random.default_rng(0)
@@ -63,7 +63,7 @@ def _conv_op(**kw):
 
 
 def _dense():
-    return DenseDictionary(PHI)
+    return DenseOperator(PHI)
 
 
 def _lca_run(s=S, **kw):
@@ -173,12 +173,13 @@ BAD += [
     (lambda: ista(_dense(), S, 0.1, a0=np.zeros((2, 5), C128)), TypeError, "a0 must be real"),
     (lambda: coordinate_descent(_dense(), S.astype(C128), 0.1), TypeError, "s must be real"),
     (lambda: fista(_dense(), np.full((2, 6), np.inf), 0.1), ValueError, "s contains NaN or Inf"),
-    (lambda: fista(DenseDictionary(PHI.astype(F32)), 1e30 * S.astype(F32), 0.1), ValueError,
+    (lambda: fista(DenseOperator(PHI.astype(F32)), 1e30 * S.astype(F32), 0.1), ValueError,
      "too large for float32 arithmetic"),
-    (lambda: DenseDictionary(PHI.astype(np.float16)), TypeError, "phi must be a float32 or float64 array"),
-    (lambda: DenseDictionary(PHI.astype(C128)), TypeError, "phi must be a float32 or float64 array"),
-    (lambda: _dense().set_weights(PHI[:3]), ValueError, "phi must keep shape"),
-    (lambda: ConvDictionary(W2.astype(np.float16), (8, 8)), TypeError, "phi must be a float32 or float64 array"),
+    (lambda: DenseOperator(PHI.astype(np.float16)), TypeError, "W must be a float32 or float64 array"),
+    (lambda: DenseOperator(PHI.astype(C128)), TypeError, "W must be a float32 or float64 array"),
+    (lambda: _dense().update_weights(PHI[:3]), ValueError, "W must keep shape"),
+    (lambda: ConvOperator(W2.astype(np.float16), (8, 8), 1, "same"), TypeError, "w must be float32 or float64"),
+    (lambda: ConvOperator(W2, (8, 8), 1, "same").update_weights(W2[:2]), ValueError, "w must keep shape"),
     # LCA dynamics
     (lambda: _lca_run(check_every=0), ValueError, "check_every must be an integer >= 1"),
     (lambda: _lca_run(n_iter=0), ValueError, "n_iter must be an integer >= 1"),
@@ -188,7 +189,7 @@ BAD += [
     (lambda: _lca_run(s=S.astype(C128)), TypeError, "s must be real"),
     (lambda: _lca_run(initial_states=np.zeros((2, 5), C128)), TypeError, "initial_states must be real"),
     (lambda: _lca_run(drive_scaling=np.full((2, 5), np.nan)), ValueError, "drive_scaling contains NaN or Inf"),
-    (lambda: _lca_run(s=1e30 * S.astype(F32), op=DenseDictionary(PHI.astype(F32))), ValueError,
+    (lambda: _lca_run(s=1e30 * S.astype(F32), op=DenseOperator(PHI.astype(F32))), ValueError,
      "too large for float32 arithmetic"),
     (lambda: run_lca(_dense(), np.ones((1, 6)), 0.0, 0.05, lambda u: u, 500), FloatingPointError,
      "diverged at iteration"),
@@ -321,7 +322,7 @@ EMPTY += [
     (lambda: ista(_dense(), np.zeros((0, 6)), 0.1).codes, (0, 5)),
     (lambda: coordinate_descent(_dense(), np.zeros((0, 6)), 0.1).codes, (0, 5)),
     (lambda: fista(_dense(), np.zeros((0, 6)), 0.1).energy, (0,)),
-    (lambda: fista(ConvDictionary(W2, (8, 8)), np.zeros((0, 3, 8, 8)), 0.1).codes, (0, 4, 8, 8)),
+    (lambda: fista(ConvOperator(W2, (8, 8), 1, "same"), np.zeros((0, 3, 8, 8)), 0.1).codes, (0, 4, 8, 8)),
     (lambda: lasso_energy(_dense(), np.zeros((0, 6)), np.zeros((0, 5)), 0.1), (0,)),
     (lambda: _lca_run(s=np.zeros((0, 6)))["acts"], (0, 5)),
     (lambda: _lca_run(s=np.zeros((0, 6)))["recons"], (0, 6)),
@@ -350,8 +351,8 @@ EMPTY += [
     (lambda: lca_step(np.zeros((0, 5)), np.zeros((0, 5)), np.zeros((0, 5)), 0.1, 0.1, True)[1], (0, 5)),
     (lambda: prox_step(np.zeros((0, 5)), np.zeros((0, 5)), np.zeros((0, 5)), 0.1, 0.1, False)[1], (0,)),
     (lambda: momentum(np.zeros((0, 5)), np.zeros((0, 5)), np.zeros(0)), (0, 5)),
-    (lambda: _dense().analysis(np.zeros((0, 6))), (0, 5)),
-    (lambda: ConvDictionary(W2, (8, 8)).synthesis(np.zeros((0, 4, 8, 8))), (0, 3, 8, 8)),
+    (lambda: _dense().forward(np.zeros((0, 6))), (0, 5)),
+    (lambda: ConvOperator(W2, (8, 8), 1, "same").adjoint(np.zeros((0, 4, 8, 8))), (0, 3, 8, 8)),
 ]
 
 
@@ -394,7 +395,7 @@ def test_float16_conv_computes_in_float32():
 
 def test_float16_elsewhere_works():
     # solvers cast float16 data to the dictionary's dtype; pools and thresholds keep float16
-    res = fista(DenseDictionary(PHI.astype(F32)), S.astype(np.float16), 0.1)
+    res = fista(DenseOperator(PHI.astype(F32)), S.astype(np.float16), 0.1)
     assert res.codes.dtype == F32
     y, idx = max_pool(X2.astype(np.float16), 2)
     assert y.dtype == np.float16

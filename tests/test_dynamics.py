@@ -8,7 +8,8 @@ from conftest import duality_gap
 from sparsecoding.backend import to_numpy
 from sparsecoding.lca.dynamics import check_tau, run_lca
 from sparsecoding.ops.threshold import hard_threshold, nonneg_soft_threshold, soft_threshold
-from sparsecoding.solvers import ConvDictionary, DenseDictionary, coordinate_descent, fista
+from sparsecoding.ops import ConvOperator, DenseOperator
+from sparsecoding.solvers import coordinate_descent, fista
 
 
 @st.composite
@@ -19,7 +20,7 @@ def dense(draw):
     phi /= np.linalg.norm(phi, axis=1, keepdims=True)
     # nearly duplicate atoms (coherence -> 1) make the convergence arbitrarily slow
     assume(np.abs(phi @ phi.T - np.eye(k)).max() < 0.99)
-    return DenseDictionary(phi), r.standard_normal((3, d)), draw(st.floats(0.05, 1.0)), draw(st.booleans())
+    return DenseOperator(phi), r.standard_normal((3, d)), draw(st.floats(0.05, 1.0)), draw(st.booleans())
 
 
 @given(dense(), st.floats(1.0, 4.0))
@@ -35,12 +36,12 @@ def test_energy_non_increasing_when_step_below_inverse_L(prob, factor):
 def test_lca_converges_to_lasso_minimiser(prob):
     op, s, lam, nonneg = prob
     # the fixed point is the same, but very overcomplete problems converge too slowly for a unit test
-    assume(op.phi.shape[0] <= 2 * op.phi.shape[1])
+    assume(op.W.shape[0] <= 2 * op.W.shape[1])
     T = nonneg_soft_threshold if nonneg else soft_threshold
     out = run_lca(op, s, lam, 1.05 * op.lipschitz(), lambda u: T(u, lam), 20000, tol=1e-15)
     ref = coordinate_descent(op, s, lam, nonneg=nonneg, max_iter=20000, tol=1e-13)
     a = out["acts"]
-    e = 0.5 * ((s - a @ op.phi) ** 2).sum(1) + lam * np.abs(a).sum(1)
+    e = 0.5 * ((s - a @ op.W) ** 2).sum(1) + lam * np.abs(a).sum(1)
     e_ref = to_numpy(ref.energy)
     # both certified by their duality gaps (P(a) - P* <= gap): the reference is at the minimum,
     # the LCA fixed point is reached up to the iteration budget
@@ -56,16 +57,16 @@ def test_conv_lca_matches_fista_and_kkt(dims, k, stride, seed, nonneg):
     phi = r.standard_normal((3, 2, *([k] * dims)))
     phi /= np.sqrt((phi**2).reshape(3, -1).sum(1)).reshape(-1, *([1] * (dims + 1)))
     s = r.standard_normal((2, 2, *([9] * dims)))
-    op = ConvDictionary(phi, s.shape[2:], stride, "same")
+    op = ConvOperator(phi, s.shape[2:], stride, "same")
     lam = 0.3
     T = nonneg_soft_threshold if nonneg else soft_threshold
     out = run_lca(op, s, lam, 1.05 * op.lipschitz(), lambda u: T(u, lam), 20000, tol=1e-15)
     ref = fista(op, s, lam, nonneg=nonneg, max_iter=20000, tol=1e-15)
     a = out["acts"]
-    e = 0.5 * ((s - op.synthesis(a)) ** 2).reshape(2, -1).sum(1) + lam * np.abs(a).reshape(2, -1).sum(1)
+    e = 0.5 * ((s - op.adjoint(a)) ** 2).reshape(2, -1).sum(1) + lam * np.abs(a).reshape(2, -1).sum(1)
     np.testing.assert_allclose(e, to_numpy(ref.energy), rtol=1e-7)
     # optimality: c = Phi(s - Phi^T a) equals lambda sign(a) on the support, |c| <= lambda off it
-    c = op.analysis(s - op.synthesis(a))
+    c = op.forward(s - op.adjoint(a))
     on = a != 0
     target = lam * (np.ones_like(a) if nonneg else np.sign(a))
     assert np.abs(c[on] - target[on]).max(initial=0) < 1e-5
@@ -79,10 +80,10 @@ def test_hard_threshold_fixed_point_is_least_squares_on_support(prob):
     out = run_lca(op, s, lam, 2.0 * op.lipschitz(), lambda u: hard_threshold(u, lam), 5000, tol=1e-15)
     u, a = out["states"], out["acts"]
     # at a fixed point u = b - (G - I) a; check it is one, then the support's normal equations
-    drift = np.abs(op.analysis(s - op.synthesis(a)) + a - u).max()
+    drift = np.abs(op.forward(s - op.adjoint(a)) + a - u).max()
     if drift > 1e-9:
         return  # hard-threshold LCA can cycle; the property is about fixed points
-    phi = op.phi
+    phi = op.W
     for i in range(s.shape[0]):
         S = a[i] != 0
         if not S.any():
@@ -95,7 +96,7 @@ def test_hard_threshold_fixed_point_is_least_squares_on_support(prob):
 
 
 def test_stability_bound_and_divergence():
-    op = DenseDictionary(np.eye(4) * 2.0)  # L = 4
+    op = DenseOperator(np.eye(4) * 2.0)  # L = 4
     with pytest.raises(ValueError, match="unstable"):
         check_tau(1.0, op.lipschitz())
     assert check_tau(2.0, op.lipschitz()) == 2.0
@@ -107,7 +108,7 @@ def test_initial_states_warm_start_and_drive_scaling():
     r = np.random.default_rng(0)
     phi = r.standard_normal((6, 4))
     phi /= np.linalg.norm(phi, axis=1, keepdims=True)
-    op = DenseDictionary(phi)
+    op = DenseOperator(phi)
     s = r.standard_normal((2, 4))
     T = lambda u: soft_threshold(u, 0.2)  # noqa: E731
     full = run_lca(op, s, 0.2, 2 * op.lipschitz(), T, 400)

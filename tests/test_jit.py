@@ -14,7 +14,8 @@ import numpy as np
 from sparsecoding.ops.conv import ConvOperator
 from sparsecoding.ops.pool import max_pool, max_unpool
 from sparsecoding.lca import LCA, LCAConv2D
-from sparsecoding.solvers import DenseDictionary, fista, coordinate_descent
+from sparsecoding.ops import DenseOperator
+from sparsecoding.solvers import fista, coordinate_descent
 rng = np.random.default_rng(0)
 x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
 w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
@@ -28,7 +29,7 @@ for layout in ("channels_first", "channels_last"):
 LCAConv2D(4, 3, kernel_size=3, lca_iters=5, seed=0)(x)
 LCAConv2D(4, 3, kernel_size=3, lca_iters=5, seed=0, solver="fista")(x)
 LCA(6, 10, lca_iters=5, seed=0)(rng.standard_normal((3, 10)).astype(np.float32))
-D = DenseDictionary(rng.standard_normal((6, 10)))
+D = DenseOperator(rng.standard_normal((6, 10)))
 s = rng.standard_normal((3, 10))
 fista(D, s, 0.1, max_iter=5)
 coordinate_descent(D, s, 0.1, max_iter=5)

@@ -6,12 +6,13 @@ from hypothesis import strategies as st
 
 from conftest import duality_gap
 from sparsecoding.backend import to_numpy
-from sparsecoding.solvers import ConvDictionary, DenseDictionary, coordinate_descent, fista, ista, lasso_energy
+from sparsecoding.ops import ConvOperator, DenseOperator
+from sparsecoding.solvers import coordinate_descent, fista, ista, lasso_energy
 
 
 def kkt_violation(op, s, a, lam, nonneg):
     """Largest violation of the LASSO optimality conditions at a (0 at the optimum)."""
-    c = to_numpy(op.analysis(s - op.synthesis(a)))
+    c = to_numpy(op.forward(s - op.adjoint(a)))
     a = to_numpy(a)
     on = a != 0
     if nonneg:
@@ -54,13 +55,13 @@ def conv_problems(draw):
     assume(np.abs(flat @ flat.T - np.eye(kk)).max() < 0.995)  # no nearly duplicate atoms
     s = r.standard_normal((n, c, *([size] * dims)))
     pad = draw(st.sampled_from(["same", "valid"]))
-    return ConvDictionary(phi, s.shape[2:], stride, pad), s, draw(st.floats(0.05, 0.8)), draw(st.booleans())
+    return ConvOperator(phi, s.shape[2:], stride, pad), s, draw(st.floats(0.05, 0.8)), draw(st.booleans())
 
 
 @given(dense_problems())
 def test_dense_solvers_agree_and_satisfy_kkt(prob):
     phi, s, lam, nonneg = prob
-    op = DenseDictionary(phi)
+    op = DenseOperator(phi)
     ref = coordinate_descent(op, s, lam, nonneg=nonneg, max_iter=20000, tol=1e-13)
     assert kkt_violation(op, s, ref.codes, lam, nonneg) < 1e-7
     e_ref = to_numpy(ref.energy)
@@ -90,7 +91,7 @@ def test_conv_fista_and_ista_reach_the_minimum_certified_by_duality(prob):
 @given(dense_problems())
 def test_large_lambda_gives_zero_code(prob):
     phi, s, _, nonneg = prob
-    op = DenseDictionary(phi)
+    op = DenseOperator(phi)
     b = s @ phi.T
     lam = (b.max() if nonneg else np.abs(b).max()) + 1e-9
     lam = max(lam, 1e-9)
@@ -106,14 +107,14 @@ def test_orthonormal_dictionary_closed_form(d, seed, lam, nonneg):
     b = s @ q.T
     expect = np.maximum(b - lam, 0) if nonneg else np.sign(b) * np.maximum(np.abs(b) - lam, 0)
     for solver in (fista, coordinate_descent):
-        np.testing.assert_allclose(to_numpy(solver(DenseDictionary(q), s, lam, nonneg=nonneg, tol=1e-14).codes),
+        np.testing.assert_allclose(to_numpy(solver(DenseOperator(q), s, lam, nonneg=nonneg, tol=1e-14).codes),
                                    expect, atol=1e-9)
 
 
 @given(dense_problems(), st.floats(0.1, 10.0))
 def test_scaling_input_and_lambda_scales_code(prob, c):
     phi, s, lam, nonneg = prob
-    op = DenseDictionary(phi)
+    op = DenseOperator(phi)
     a1 = coordinate_descent(op, s, lam, nonneg=nonneg, max_iter=20000, tol=1e-14)
     a2 = coordinate_descent(op, c * s, c * lam, nonneg=nonneg, max_iter=20000, tol=1e-14)
     np.testing.assert_allclose(to_numpy(a2.energy), c * c * to_numpy(a1.energy), rtol=1e-8)
@@ -126,13 +127,13 @@ def test_solvers_on_backend(xp):
     phi = r.standard_normal((12, 6))
     phi /= np.linalg.norm(phi, axis=1, keepdims=True)
     s = r.standard_normal((3, 6))
-    ref = coordinate_descent(DenseDictionary(phi), s, 0.2, tol=1e-13)
-    res = fista(DenseDictionary(xp.asarray(phi)), xp.asarray(s), 0.2, max_iter=20000, tol=1e-15)
+    ref = coordinate_descent(DenseOperator(phi), s, 0.2, tol=1e-13)
+    res = fista(DenseOperator(xp.asarray(phi)), xp.asarray(s), 0.2, max_iter=20000, tol=1e-15)
     np.testing.assert_allclose(to_numpy(res.energy), to_numpy(ref.energy), rtol=1e-8)
 
 
 def test_bad_input():
-    op = DenseDictionary(np.eye(3))
+    op = DenseOperator(np.eye(3))
     with pytest.raises(ValueError, match="lambda_"):
         fista(op, np.zeros((2, 3)), -1.0)
     with pytest.raises(ValueError, match="shape"):
@@ -142,12 +143,12 @@ def test_bad_input():
     with pytest.raises(ValueError, match="step"):
         ista(op, np.zeros((2, 3)), 0.1, step=5.0)
     with pytest.raises(TypeError, match="Dense"):
-        coordinate_descent(ConvDictionary(np.ones((1, 1, 3)), (5,)), np.zeros((1, 1, 5)), 0.1)
+        coordinate_descent(ConvOperator(np.ones((1, 1, 3)), (5,), 1, "same"), np.zeros((1, 1, 5)), 0.1)
 
 
 def test_energy_is_the_lasso_objective():
     r = np.random.default_rng(2)
     phi, s, a = r.standard_normal((5, 4)), r.standard_normal((2, 4)), r.standard_normal((2, 5))
-    e = lasso_energy(DenseDictionary(phi), s, a, 0.3)
+    e = lasso_energy(DenseOperator(phi), s, a, 0.3)
     expect = [0.5 * np.sum((s[i] - phi.T @ a[i]) ** 2) + 0.3 * np.abs(a[i]).sum() for i in range(2)]
     np.testing.assert_allclose(e, expect)

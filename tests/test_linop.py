@@ -73,3 +73,45 @@ def test_dense_operator_bad_input_shape():
         op.forward(np.zeros((4, 2)))
     with pytest.raises(ValueError, match=r"y must have shape \(N, 2\)"):
         op.adjoint(np.zeros((4, 3)))
+
+
+def _every_operator():
+    """(id, factory) for every operator, engine family, method, pool and layout."""
+    from sparsecoding.ops import AvgPool, ConvOperator, MaxPool
+
+    r = np.random.default_rng(7)
+    cases = [("dense", lambda: DenseOperator(r.standard_normal((5, 7))))]
+    layouts = [("channels_first", "channels_first"), ("channels_first", "channels_last"),
+               ("channels_last", "channels_last"), ("channels_last", "channels_first")]
+    for family in ("native", "generic"):
+        for method in ("im2col", "fft"):
+            for layout, code_layout in layouts:
+                for d, shape, stride, pad in [(1, (11,), 2, 1), (2, (7, 6), (2, 1), "same"), (3, (5, 4, 5), 1, 0)]:
+                    w = r.standard_normal((3, 2, *([3] * d)))
+                    cases.append((f"conv{d}d-{method}-{family}-{layout}-{code_layout}", family,
+                                  lambda w=w, shape=shape, stride=stride, pad=pad, method=method, layout=layout,
+                                  code_layout=code_layout: ConvOperator(w, shape, stride, pad, method=method,
+                                                                        layout=layout, code_layout=code_layout)))
+        for pool in (MaxPool, AvgPool):
+            for layout in ("channels_first", "channels_last"):
+                for spatial, k, s in [((9,), 2, None), ((6, 7), 3, 2), ((4, 5, 4), 2, 1)]:
+                    cases.append((f"{pool.__name__}{len(spatial)}d-{family}-{layout}", family,
+                                  lambda pool=pool, spatial=spatial, k=k, s=s, layout=layout:
+                                  pool(2, spatial, k, s, layout=layout, dtype=np.float64)))
+    return [c if len(c) == 3 else (c[0], "native", c[1]) for c in cases]
+
+
+@pytest.mark.parametrize("name,family,make", _every_operator(), ids=[c[0] for c in _every_operator()])
+def test_dottest_every_operator_engine_pool_and_layout(name, family, make):
+    from sparsecoding.backend import use_engines
+
+    with use_engines(family):
+        op = make()
+    if hasattr(op, "engine"):
+        assert op.engine.endswith(family)
+    lhs, rhs = dottest(op, n=3)
+    assert lhs == pytest.approx(rhs, rel=1e-10)
+    view = op.iteration_view()  # the solvers' view: the same map with codes in the engine's layout
+    dottest(view, n=2)
+    a = np.random.default_rng(0).standard_normal((2, *op.out_shape))
+    np.testing.assert_allclose(view.to_outer(view.to_inner(a)), a)

@@ -86,12 +86,12 @@ def run_lca(op, s, lambda_, tau, transfer, n_iter, initial_states=None, drive_sc
     tol = check_number("tol", tol, 0.0, allow_none=True)
     if not callable(transfer):
         raise TypeError(f"transfer must be a callable u -> a, got {type(transfer).__name__}")
-    expect = op.input_shape(s.shape[0])
+    expect = (s.shape[0], *op.in_shape)
     if tuple(s.shape) != tuple(expect):
         raise ValueError(f"s must have shape {expect} for this dictionary, got {tuple(s.shape)}")
-    dtype = op.phi.dtype
+    dtype = op.dtype
     s = check_real_array(s, "s", s.dtype if s.dtype in (np.float32, np.float64) else dtype, limit_dtype=dtype)
-    code_shape = tuple(op.code_shape(s.shape[0]))
+    code_shape = (s.shape[0], *op.out_shape)
     for name, arr in (("initial_states", initial_states), ("drive_scaling", drive_scaling)):
         if arr is not None:
             if tuple(arr.shape) != code_shape:
@@ -100,7 +100,25 @@ def run_lca(op, s, lambda_, tau, transfer, n_iter, initial_states=None, drive_sc
     xp = get_xp(s)
     if s.shape[0] == 0:
         return _empty_result(xp, op, s, track_metrics, record if record_all else None)
-    b = op.analysis(s)
+    outer = op
+    if lateral is None:  # iterate with the codes in the engine's native layout
+        op = op.iteration_view()
+        initial_states = None if initial_states is None else op.to_inner(initial_states)
+        drive_scaling = None if drive_scaling is None else op.to_inner(drive_scaling)
+    out = _run(op, s, lambda_, tau, transfer, n_iter, initial_states, drive_scaling, tol, check_every, track_metrics,
+               record, record_all, lateral, soft)
+    if op is not outer:
+        for k in ("states", "acts", "input_drives"):
+            out[k] = op.to_outer(out[k])
+            if out["all"] is not None and k in out["all"]:
+                out["all"][k] = [op.to_outer(t) for t in out["all"][k]]
+    return out
+
+
+def _run(op, s, lambda_, tau, transfer, n_iter, initial_states, drive_scaling, tol, check_every, track_metrics,
+         record, record_all, lateral, soft):
+    xp = get_xp(s)
+    b = op.forward(s)
     if drive_scaling is not None:
         b = b + drive_scaling
     u = xp.zeros_like(b) if initial_states is None else xp.array(initial_states, dtype=b.dtype, copy=True)
@@ -114,11 +132,11 @@ def run_lca(op, s, lambda_, tau, transfer, n_iter, initial_states=None, drive_sc
     a = transfer(u)
     if lateral is None and soft is not None and not (track_metrics or record_all):
         return _run_fused(op, s, b, u, a, u_check, lambda_, eta, soft, n_iter, drive_scaling, tol, check_every)
-    recon = op.synthesis(a)
+    recon = op.adjoint(a)
     resid = s - recon
     for it in range(1, n_iter + 1):
         if lateral is None:
-            c = op.analysis(resid)
+            c = op.forward(resid)
             if drive_scaling is not None:
                 c = c + drive_scaling
             u = u + eta * (c + a - u)
@@ -128,7 +146,7 @@ def run_lca(op, s, lambda_, tau, transfer, n_iter, initial_states=None, drive_sc
                 # the Gram form needs the reconstruction only for the energy checks
                 a = transfer(u)
                 if it % check_every == 0 or it == n_iter:
-                    recon = op.synthesis(a)
+                    recon = op.adjoint(a)
                     resid = s - recon
                     stop = _check(xp, history, u, u_check, resid, a, lambda_, tol, it, s, b)
                     u_check = u
@@ -139,7 +157,7 @@ def run_lca(op, s, lambda_, tau, transfer, n_iter, initial_states=None, drive_sc
         if track_metrics or record_all:
             _track(xp, tracks, all_ts, lambda_, s, b, u, a, recon, resid)
         a = transfer(u)
-        recon = op.synthesis(a)
+        recon = op.adjoint(a)
         resid = s - recon
         if it % check_every == 0 or it == n_iter:
             stop = _check(xp, history, u, u_check, resid, a, lambda_, tol, it, s, b)
@@ -148,7 +166,7 @@ def run_lca(op, s, lambda_, tau, transfer, n_iter, initial_states=None, drive_sc
                 converged = True
                 break
     if lateral is not None:
-        recon = op.synthesis(a)
+        recon = op.adjoint(a)
         resid = s - recon
     metrics = None
     if track_metrics:
@@ -158,7 +176,7 @@ def run_lca(op, s, lambda_, tau, transfer, n_iter, initial_states=None, drive_sc
 
 
 def _empty_result(xp, op, s, track_metrics, record):
-    code = xp.zeros(op.code_shape(0), dtype=s.dtype)
+    code = xp.zeros((0, *op.out_shape), dtype=s.dtype)
     metrics = {k: np.zeros(0) for k in ("L1", "L2", "TotalEnergy", "FractionActive")} if track_metrics else None
     all_ts = None if record is None else {k: [] for k in record}
     return _result(s, code, code.copy(), code.copy(), xp.zeros_like(s), xp.zeros_like(s), 0, True, metrics,
@@ -180,14 +198,15 @@ def _run_fused(op, s, b, u, a, u_check, lambda_, eta, soft, n_iter, drive_scalin
     """
     xp = get_xp(s)
     plan = op.residual_plan(s)
-    resid = xp.empty_like(s)
     history = []
     converged = False
     it = 0
     for it in range(1, n_iter + 1):
         # the state after step it-1 is a check point: its residual is a by-product of this drive
         check = it > 1 and (it - 1) % check_every == 0
-        c = op.residual_analysis(plan, a, resid if check else None)
+        c, r = op.forward_residual(plan, a, residual=check)
+        if check:
+            resid = r
         if check:
             if _check(xp, history, u, u_check, resid, a, lambda_, tol, it - 1, s, b):
                 converged = True
@@ -197,7 +216,7 @@ def _run_fused(op, s, b, u, a, u_check, lambda_, eta, soft, n_iter, drive_scalin
         if drive_scaling is not None:
             c = c + drive_scaling
         u, a = lca_step(u, c, a, eta, soft[0], soft[1])  # fused, in place
-    recon = op.synthesis(a)
+    recon = op.adjoint(a)
     resid = s - recon
     if not converged and it:
         # the final state is always checked (energy history, divergence, convergence)

@@ -38,7 +38,8 @@ from ..data.preprocessing import standardize
 from ..ops.conv import conv_output_shape
 from ..ops.threshold import get_transfer
 from ..solvers.lasso import check_integer, check_number, check_real_array, fista
-from ..solvers.operators import ConvDictionary, DenseDictionary
+from ..ops.conv import ConvOperator
+from ..ops.linop import DenseOperator
 from .dynamics import RETURN_VARS, check_tau, run_lca
 
 __all__ = ["LCA", "LCAConv1D", "LCAConv2D", "LCAConv3D"]
@@ -228,7 +229,7 @@ class _LCABase:
 
     def _weights_changed(self):
         for op in self._ops.values():
-            op.set_weights(self._weights)
+            op.update_weights(self._weights)
 
     # ------------------------------------------------------------ operator
     def _check_inputs(self, inputs):
@@ -251,7 +252,7 @@ class _LCABase:
     def compute_input_drive(self, inputs, weights=None):
         """``b = Phi s`` (dense: ``s @ Phi.T``; conv: ``conv(s, Phi)``)."""
         inputs = self._check_inputs(inputs)
-        return self._operator_for(inputs, weights).analysis(inputs)
+        return self._operator_for(inputs, weights).forward(inputs)
 
     def compute_recon(self, acts, weights=None, in_shape=None):
         """Reconstruction ``Phi^T a`` (conv: ``conv_transpose(a, Phi)``).
@@ -262,7 +263,7 @@ class _LCABase:
         ``(O - 1) s - 2p + k + (s - 1)``.
         """
         op = self._recon_operator(acts, weights, in_shape)
-        return op.synthesis(self._array(acts, "acts", overflow=False, finite=False))
+        return op.adjoint(self._array(acts, "acts", overflow=False, finite=False))
 
     def compute_recon_error(self, inputs, recons):
         return inputs - recons
@@ -300,7 +301,7 @@ class _LCABase:
         xp = self.xp
         op = self._operator_for(inputs)
         self._last_in_shape = tuple(inputs.shape[2:])
-        code_shape = op.code_shape(inputs.shape[0])
+        code_shape = (inputs.shape[0], *op.out_shape)
         for name, arr in (("drive_scaling", drive_scaling), ("initial_states", initial_states)):
             if arr is not None and tuple(arr.shape) != tuple(code_shape):
                 raise ValueError(f"{name} must have the code shape {code_shape}, got {tuple(arr.shape)}")
@@ -308,26 +309,10 @@ class _LCABase:
             drive_scaling = self._array(drive_scaling, "drive_scaling")
         if initial_states is not None:
             initial_states = self._array(initial_states, "initial_states")
-        # before any layout copy below, so the copy shares the estimate
         L = op.lipschitz()
         if self.solver == "lca":
             check_tau(self.tau, L)
-        # solvers run channels-last where the CPU im2col engine produces that layout
-        cl = (isinstance(op, ConvDictionary) and op.op.method == "im2col" and xp.__name__ == "numpy"
-              and not (self.solver == "lca" and self.lateral == "gram"))
-        if cl:
-            op = op.with_layout("channels_last")
-            drive_scaling = None if drive_scaling is None else xp.ascontiguousarray(xp.moveaxis(drive_scaling, 1, -1))
-            initial_states = None if initial_states is None else xp.ascontiguousarray(xp.moveaxis(initial_states, 1, -1))
         out = self._encode_with(op, inputs, drive_scaling, initial_states)
-        if cl:
-            back = lambda t: xp.ascontiguousarray(xp.moveaxis(t, -1, 1))  # noqa: E731
-            for k in ("states", "acts", "input_drives"):
-                out[k] = back(out[k])
-            if out["all"] is not None:
-                for k in ("states", "acts", "input_drives"):
-                    if k in out["all"]:
-                        out["all"][k] = [back(t) for t in out["all"][k]]
         self.metrics = out["metrics"]
         self.n_iter_ = out["n_iter"]
         self.converged_ = out["converged"]
@@ -340,11 +325,11 @@ class _LCABase:
         if self.solver == "lca":
             lateral = None
             if self.lateral == "gram":
-                if isinstance(op, DenseDictionary):
+                if isinstance(op, DenseOperator):
                     G = op.gram() - xp.eye(self.out_neurons, dtype=self.dtype)
                     lateral = lambda a: a @ G  # noqa: E731  (G symmetric)
                 else:
-                    gop = lateral_operator(self._weights, self.stride, op.out_shape)
+                    gop = lateral_operator(self._weights, self.stride, op.geometry.out_shape)
                     lateral = lambda a: gop.forward(a) - a  # noqa: E731
             soft = (self.lambda_, self.nonneg) if self.transfer_func == "soft_threshold" else None
             return run_lca(op, inputs, self.lambda_, self.tau, self.transfer, self.lca_iters,
@@ -361,11 +346,11 @@ class _LCABase:
         res = fista(op, inputs, self.lambda_, nonneg=self.nonneg, max_iter=self.lca_iters, tol=self.tol, a0=a0,
                     check_every=self.check_every)
         a = res.codes
-        recon = op.synthesis(a)
+        recon = op.adjoint(a)
         resid = inputs - recon
-        b = op.analysis(inputs)
+        b = op.forward(inputs)
         # membrane potentials consistent with the LCA fixed point: u = b - (Phi Phi^T - I) a
-        u = op.analysis(resid) + a
+        u = op.forward(resid) + a
         n = inputs.shape[0]
         metrics = None
         if self.track_metrics and n == 0:
@@ -546,16 +531,16 @@ class LCA(_LCABase):
 
     def _operator(self, in_shape=None):
         if None not in self._ops:
-            self._ops[None] = DenseDictionary(self._weights)
+            self._ops[None] = DenseOperator(self._weights)
         return self._ops[None]
 
     def _fresh_operator(self, in_shape, weights):
-        return DenseDictionary(weights)
+        return DenseOperator(weights)
 
     def _recon_operator(self, acts, weights=None, in_shape=None):
         if acts.ndim != 2 or acts.shape[1] != self.out_neurons:
             raise ValueError(f"acts must have shape (N, {self.out_neurons}), got {tuple(acts.shape)}")
-        return self._operator() if weights is None else DenseDictionary(weights)
+        return self._operator() if weights is None else DenseOperator(weights)
 
     def compute_weight_update(self, acts, recon_error):
         return acts.T @ recon_error
@@ -572,8 +557,8 @@ def lateral_operator(phi, stride, code_shape):
     kernel = phi.shape[2:]
     D = tuple((k - 1) // s for k, s in zip(kernel, stride))
     # conv of the atoms with the atoms, stride s, padding s*D: output (K, K, 2D+1, ...)
-    G = ConvDictionary(phi, kernel, stride, tuple(s * dd for s, dd in zip(stride, D))).op.forward(phi)
-    return ConvDictionary(G, tuple(code_shape), 1, D).op
+    G = ConvOperator(phi, kernel, stride, tuple(s * dd for s, dd in zip(stride, D))).forward(phi)
+    return ConvOperator(G, tuple(code_shape), 1, D)
 
 
 class _LCAConv(_LCABase):
@@ -617,11 +602,11 @@ class _LCAConv(_LCABase):
         if key not in self._ops:
             if len(self._ops) > 8:
                 self._ops.clear()
-            self._ops[key] = ConvDictionary(self._weights, key, self.stride, self.pad, self.conv_method)
+            self._ops[key] = ConvOperator(self._weights, key, self.stride, self.pad, self.conv_method)
         return self._ops[key]
 
     def _fresh_operator(self, in_shape, weights):
-        return ConvDictionary(weights, tuple(in_shape), self.stride, self.pad, self.conv_method)
+        return ConvOperator(weights, tuple(in_shape), self.stride, self.pad, self.conv_method)
 
     def _recon_operator(self, acts, weights=None, in_shape=None):
         d = self._spatial_dims
@@ -643,7 +628,7 @@ class _LCAConv(_LCABase):
         return self._fresh_operator(in_shape, weights)
 
     def compute_weight_update(self, acts, recon_error):
-        op = self._operator(recon_error.shape[2:]).op
+        op = self._operator(recon_error.shape[2:])
         return op.weight_grad(recon_error.astype(self.dtype, copy=False), acts.astype(self.dtype, copy=False))
 
 

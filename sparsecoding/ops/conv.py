@@ -277,9 +277,12 @@ class ConvOperator(LinearOperator):
         return self._engine.forward_residual(plan, a.astype(self.dtype, copy=False), False, True)[1]
 
     # ------------------------------------------------------------------ misc
-    def lipschitz(self, n_iter=60, seed=0):
+    def lipschitz(self, n_iter=2000, seed=0, tol=1e-5):
         """Largest eigenvalue of ``A A^T`` (power iteration on the code space, +1% margin).
 
+        The iteration stops once the estimate grows by less than ``tol`` (relative) over 10
+        iterations (at most ``n_iter``: close top eigenvalues converge slowly, and the estimate
+        approaches from below, so a fixed short count could return less than ``L``).
         Always from the same seeded start vector (drawn channels-first, so the estimate does not
         depend on the layout), so it is a function of the weights alone and resumed training
         reproduces an uninterrupted run. Cached until :meth:`update_weights`.
@@ -292,7 +295,7 @@ class ConvOperator(LinearOperator):
             v0 = self.xp.asarray(v0, dtype=self.dtype)
             with self.frozen_weights():
                 lam, _ = power_iteration(lambda v: self.forward(self.adjoint(v)), v0.shape, self.xp, self.dtype,
-                                         n_iter, v0=v0)
+                                         n_iter, v0=v0, tol=tol)
             self._shared["L"] = 1.01 * lam
         return self._shared["L"]
 

@@ -39,19 +39,26 @@ from ..backend import get_xp
 __all__ = ["LinearOperator", "DenseOperator", "dottest", "power_iteration"]
 
 
-def power_iteration(apply_gram, shape, xp, dtype, n_iter=100, seed=0, v0=None):
+def power_iteration(apply_gram, shape, xp, dtype, n_iter=100, seed=0, v0=None, tol=None, check_every=10):
     """Largest eigenvalue of a symmetric positive semi-definite map ``v -> G v``.
 
     Returns ``(estimate as a Python float, final unit vector)``; ``v0`` warm-starts
-    (e.g. the previous vector after a small dictionary update).
+    (e.g. the previous vector after a small dictionary update). With ``tol``, ``n_iter`` is a
+    maximum: the iteration stops once the estimate grew by at most ``tol`` (relative) over the
+    last ``check_every`` iterations (one host read per check; the estimate only grows).
     """
     v = xp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype=dtype) if v0 is None else v0
     v = v / xp.sqrt(xp.sum(v * v))
-    lam = 0.0
-    for _ in range(n_iter):
+    lam, last = 0.0, None
+    for i in range(1, n_iter + 1):
         w = apply_gram(v)
         lam = xp.sum(v * w)
         v = w / xp.sqrt(xp.sum(w * w))
+        if tol is not None and i % check_every == 0:
+            value = float(lam)
+            if last is not None and value - last <= tol * abs(value):
+                break
+            last = value
     return float(lam), v
 
 

@@ -1,6 +1,7 @@
-"""LASSO solvers used as references and as fast encoders."""
+"""LASSO solvers over any linear operator, and the relaxation runner every iterative model uses."""
+from ..ops.linop import power_iteration
 from .lasso import SolverResult, coordinate_descent, fista, ista, lasso_energy
-from .operators import ConvDictionary, DenseDictionary, power_iteration
+from .relax import RelaxResult, relax, relative_change
 
-__all__ = ["SolverResult", "coordinate_descent", "fista", "ista", "lasso_energy",
-           "ConvDictionary", "DenseDictionary", "power_iteration"]
+__all__ = ["SolverResult", "coordinate_descent", "fista", "ista", "lasso_energy", "power_iteration",
+           "RelaxResult", "relax", "relative_change"]

@@ -16,7 +16,7 @@ rather than a divergence error later); real inputs of another dtype (float16,
 integers) are cast to the dictionary's dtype. ``max_iter``, ``check_every``
 (integers >= 1), ``tol`` (None or >= 0) and ``step`` (finite, > 0, <= 1/L)
 are range-checked. An empty batch (N = 0) returns empty codes of shape
-``op.code_shape(0)`` with ``n_iter=0``, ``converged=True`` and an empty energy.
+``(0, *op.out_shape)`` with ``n_iter=0``, ``converged=True`` and an empty energy.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from ..backend import get_xp, to_numpy
 from ..ops._jit import njit_cached
 from ..ops.fused import momentum, prox_step
 from ..ops.threshold import nonneg_soft_threshold, soft_threshold
-from .operators import DenseDictionary
+from ..ops.linop import DenseOperator
 
 __all__ = ["lasso_energy", "ista", "fista", "coordinate_descent", "SolverResult", "check_lambda",
            "check_integer", "check_number", "check_real_array"]
@@ -155,7 +155,7 @@ def lasso_energy(op, s, a, lambda_, plan=None):
     ``plan``: ``op.residual_plan(s)`` where a solver has one (the residual is then fused).
     """
     xp = get_xp(s, a)
-    r = s - op.synthesis(a) if plan is None else op.residual(plan, a, xp.empty_like(s))
+    r = s - op.adjoint(a) if plan is None else op.residual(plan, a)
     return 0.5 * _per_sample_sum(xp, r * r) + lambda_ * _per_sample_sum(xp, xp.abs(a))
 
 
@@ -166,15 +166,15 @@ def _prox(nonneg):
 def _check_inputs(op, s, a0):
     """Shapes, dtypes, finiteness and magnitude of ``s`` and ``a0``; returns them in the working dtype
     (``s``'s own float32/float64, else the dictionary's)."""
-    expect = op.input_shape(s.shape[0])
+    expect = (s.shape[0], *op.in_shape)
     if tuple(s.shape) != tuple(expect):
         raise ValueError(f"s must have shape {expect} for this dictionary, got {tuple(s.shape)}")
-    dtype = s.dtype if s.dtype in (np.float32, np.float64) else op.phi.dtype
-    narrow = min(np.dtype(dtype), np.dtype(op.phi.dtype), key=lambda d: d.itemsize)  # the arithmetic's dtype
+    dtype = s.dtype if s.dtype in (np.float32, np.float64) else op.dtype
+    narrow = min(np.dtype(dtype), np.dtype(op.dtype), key=lambda d: d.itemsize)  # the arithmetic's dtype
     s = check_real_array(s, "s", dtype, limit_dtype=narrow)
     if a0 is not None:
-        if tuple(a0.shape) != tuple(op.code_shape(s.shape[0])):
-            raise ValueError(f"a0 must have shape {op.code_shape(s.shape[0])}, got {tuple(a0.shape)}")
+        if tuple(a0.shape) != (s.shape[0], *op.out_shape):
+            raise ValueError(f"a0 must have shape {(s.shape[0], *op.out_shape)}, got {tuple(a0.shape)}")
         a0 = check_real_array(a0, "a0", dtype, limit_dtype=narrow)
     return s, a0
 
@@ -182,7 +182,7 @@ def _check_inputs(op, s, a0):
 def _empty_result(op, s):
     """The documented result for an empty batch: no iterations, nothing to converge."""
     xp = get_xp(s)
-    return SolverResult(xp.zeros(op.code_shape(0), dtype=s.dtype), 0, True, xp.zeros(0, dtype=s.dtype), [])
+    return SolverResult(xp.zeros((0, *op.out_shape), dtype=s.dtype), 0, True, xp.zeros(0, dtype=s.dtype), [])
 
 
 def _check_loop(max_iter, tol, check_every=1):
@@ -225,7 +225,7 @@ def fista(op, s, lambda_, nonneg=False, max_iter=1000, tol=1e-6, a0=None, step=N
 
     Parameters
     ----------
-    op : DenseDictionary or ConvDictionary
+    op : LinearOperator (DenseOperator, ConvOperator, ...)
     s : array, inputs of the operator's input shape
     lambda_ : float >= 0
     nonneg : bool, constrain ``a >= 0``
@@ -238,7 +238,7 @@ def fista(op, s, lambda_, nonneg=False, max_iter=1000, tol=1e-6, a0=None, step=N
 
     Returns
     -------
-    SolverResult; for an empty batch (N = 0) empty codes of shape ``op.code_shape(0)``,
+    SolverResult; for an empty batch (N = 0) empty codes of shape ``(0, *op.out_shape)``,
     ``n_iter=0``, ``converged=True``, an empty energy and history.
 
     Raises
@@ -265,7 +265,8 @@ def _proximal_gradient(op, s, lambda_, nonneg, max_iter, tol, a0, step, check_ev
     elif step > 1.0 / L * 1.0001:
         raise ValueError(f"step {step} exceeds 1/L = {1.0 / L}: the iteration may diverge (step must be in (0, 1/L])")
     prox = _prox(nonneg)
-    a = xp.zeros(op.code_shape(s.shape[0]), dtype=s.dtype) if a0 is None else a0.astype(s.dtype, copy=True)
+    outer, op = op, op.iteration_view()
+    a = xp.zeros((s.shape[0], *op.out_shape), dtype=s.dtype) if a0 is None else op.to_inner(a0.astype(s.dtype, copy=True))
     y = a
     t = 1.0
     plan = op.residual_plan(s)
@@ -273,7 +274,7 @@ def _proximal_gradient(op, s, lambda_, nonneg, max_iter, tol, a0, step, check_ev
     converged = False
     it = 0
     for it in range(1, max_iter + 1):
-        c = op.residual_analysis(plan, y)  # Phi (s - Phi^T y): minus the gradient at y
+        c = op.forward_residual(plan, y, residual=False)[0]  # Phi (s - Phi^T y): minus the gradient at y
         if accelerate:
             a_new, dots = prox_step(y, c, a, step, step * lam, nonneg)
             # restart momentum for samples where it points uphill: <y - a_new, a_new - a> > 0
@@ -293,7 +294,7 @@ def _proximal_gradient(op, s, lambda_, nonneg, max_iter, tol, a0, step, check_ev
             if _converged(history, tol):
                 converged = True
                 break
-    return SolverResult(a, it, converged, lasso_energy(op, s, a, lam, plan), history)
+    return SolverResult(op.to_outer(a), it, converged, lasso_energy(op, s, a, lam, plan), history)
 
 
 @numba.njit(inline="always")
@@ -369,8 +370,8 @@ def coordinate_descent(op, s, lambda_, nonneg=False, max_iter=1000, tol=1e-8, a0
     (e.g. from FISTA, to polish its answer). Input checks and the empty-batch result
     as for :func:`fista` (``max_iter`` >= 1, ``tol`` >= 0).
     """
-    if not isinstance(op, DenseDictionary):
-        raise TypeError("coordinate_descent needs a DenseDictionary (dense (K, D) atoms)")
+    if not isinstance(op, DenseOperator):
+        raise TypeError("coordinate_descent needs a DenseOperator (dense (K, D) atoms)")
     lam = check_lambda(lambda_)
     tol = _check_loop(max_iter, tol)
     if tol is None:
@@ -379,7 +380,7 @@ def coordinate_descent(op, s, lambda_, nonneg=False, max_iter=1000, tol=1e-8, a0
     if s.shape[0] == 0:
         return _empty_result(op, s)
     xp = get_xp(s)
-    phi = to_numpy(op.phi).astype(np.float64)
+    phi = to_numpy(op.W).astype(np.float64)
     G = phi @ phi.T
     B = to_numpy(s).astype(np.float64) @ phi.T
     A = np.zeros_like(B) if a0 is None else to_numpy(a0).astype(np.float64).copy()
