@@ -80,8 +80,9 @@ def duality_gap(op, s, a, lam, nonneg):
 class HostReads(np.ndarray):
     """numpy array that counts every conversion to a host value (``float``, ``int``, ``bool``,
     ``.item()``, ``.tolist()``): on a GPU each is a synchronisation. Operations keep the subclass,
-    reductions included (0-d results stay arrays instead of becoming numpy scalars), so a loop
-    run on these arrays reports how often it read values on the host.
+    reductions and array functions (``where``, ``stack``, ...) included (0-d results stay arrays
+    instead of becoming numpy scalars), so a loop run on these arrays reports how often it read
+    values on the host.
 
     ``HostReads.count`` is the running total; ``guard(x)`` wraps an array.
     """
@@ -90,6 +91,12 @@ class HostReads(np.ndarray):
 
     def __array_wrap__(self, arr, context=None, return_scalar=False):
         return np.asarray(arr).view(HostReads)
+
+    def __array_function__(self, func, types, args, kwargs):
+        out = super().__array_function__(func, types, args, kwargs)
+        if isinstance(out, tuple):
+            return tuple(o.view(HostReads) if isinstance(o, np.ndarray) else o for o in out)
+        return out.view(HostReads) if isinstance(out, np.ndarray) else out
 
     def _read(self):
         HostReads.count += 1

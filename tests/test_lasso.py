@@ -75,7 +75,7 @@ def test_dense_solvers_agree_and_satisfy_kkt(prob):
 
 
 @given(conv_problems())
-def test_conv_fista_and_ista_reach_the_minimum_certified_by_duality(prob):
+def test_conv_fista_and_ista_reach_the_minimum_certified_by_duality(engines, prob):
     op, s, lam, nonneg = prob
     f = fista(op, s, lam, nonneg=nonneg, max_iter=20000, tol=1e-15)
     i = ista(op, s, lam, nonneg=nonneg, max_iter=50000, tol=1e-15, check_every=50)

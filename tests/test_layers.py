@@ -30,7 +30,7 @@ def test_constructor_keeps_lca_pytorch_names_and_defaults(cls):
         assert callable(getattr(cls, method))
 
 
-def test_return_vars_shapes_and_all_timesteps(xp):
+def test_return_vars_shapes_and_all_timesteps(xp, engines):
     layer = LCAConv2D(6, 3, 5, 2, lca_iters=7, return_vars=("inputs", "input_drives", "states", "acts", "recons",
                                                              "recon_errors"), return_all_ts=True, backend=_name(xp))
     x = xp.asarray(np.random.default_rng(0).standard_normal((2, 3, 12, 10)), dtype=xp.float32)
@@ -65,7 +65,7 @@ def test_conv_layer_with_full_size_kernel_equals_dense_layer():
 
 
 @pytest.mark.parametrize("cls,shape", [(LCAConv1D, (2, 2, 11)), (LCAConv2D, (2, 2, 9, 8))])
-def test_fista_solver_reaches_lca_minimum(cls, shape):
+def test_fista_solver_reaches_lca_minimum(engines, cls, shape):
     x = np.random.default_rng(4).standard_normal(shape)
     kw = dict(kernel_size=3, stride=2, lambda_=0.3, lca_iters=20000, dtype="float64", seed=0, tol=1e-13)
     lca = cls(5, 2, tau=10, **kw)
@@ -90,7 +90,7 @@ def explicit_update(acts, err, stride, pad, k):
 
 
 @given(st.integers(1, 2), st.sampled_from([1, 3, 5]), st.integers(1, 2), st.integers(0, 2**31), st.floats(0.001, 0.1))
-def test_builtin_update_matches_lca_pytorch_rule(dims, k, stride, seed, eta):
+def test_builtin_update_matches_lca_pytorch_rule(engines, dims, k, stride, seed, eta):
     r = np.random.default_rng(seed)
     cls = LCAConv1D if dims == 1 else LCAConv2D
     layer = cls(4, 2, k, stride, eta=eta, dtype="float64", seed=seed % 1000, d_update_clip=0.05)
@@ -155,7 +155,7 @@ def test_weights_assignment_checked():
     np.testing.assert_allclose(np.sqrt((layer.weights**2).sum((1, 2, 3))), 1, rtol=1e-5)
 
 
-def test_warm_start_continues_the_trajectory():
+def test_warm_start_continues_the_trajectory(engines):
     x = np.random.default_rng(1).standard_normal((2, 2, 10)).astype(np.float64)
     kw = dict(tau=10, dtype="float64", seed=3, return_vars=("states", "acts"))
     full = LCAConv1D(3, 2, 3, lca_iters=40, **kw)
@@ -209,3 +209,23 @@ def test_conv_gram_lateral_equals_recon_form_for_valid_padding(cls, shape, strid
     np.testing.assert_allclose(a2, a1, atol=1e-10)
     with pytest.raises(ValueError, match="valid"):
         cls(4, 3, 5, lateral="gram", pad="same")
+
+
+@pytest.mark.parametrize("solver", ["lca", "fista"])
+@pytest.mark.parametrize("cls,shape", [(LCAConv1D, (3, 2, 13)), (LCAConv2D, (3, 2, 10, 9))])
+def test_engine_families_give_the_same_encoding(solver, cls, shape):
+    """The numba engines and the generic-array ones (cupy's path) encode alike: every returned variable,
+    the iteration count and the convergence flag."""
+    from sparsecoding.backend import use_engines
+
+    x = np.random.default_rng(6).standard_normal(shape)
+    out = {}
+    for family in ("native", "generic"):
+        with use_engines(family):
+            layer = cls(5, 2, 3, 2, lambda_=0.2, tau=10, lca_iters=300, tol=1e-9, dtype="float64", seed=1,
+                        solver=solver, return_vars=("input_drives", "states", "acts", "recons", "recon_errors"))
+            out[family] = (layer(x), layer.n_iter_, layer.converged_)
+    (vn, nn, cn), (vg, ng, cg) = out["native"], out["generic"]
+    assert (nn, cn) == (ng, cg)
+    for a, b in zip(vn, vg):
+        np.testing.assert_allclose(a, b, atol=1e-9)

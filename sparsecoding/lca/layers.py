@@ -2,8 +2,13 @@
 
 The constructor names and defaults are lca-pytorch's, so its users change
 only the import. What is new: ``solver="fista"`` (same fixed point, far fewer
-iterations), ``tol`` (early stop on the relative energy change, checked every
-``check_every`` steps), ``seed``, ``dtype`` and ``backend``.
+iterations), ``tol`` (early stop once the relative duality gap, a certificate of the
+relative distance of the energy to the optimum computed from the residual, is below it;
+checked every ``check_every`` steps; for hard thresholds and callable transfers, which
+minimise no convex energy, the relative change of the potentials over one step), ``seed``,
+``dtype`` and ``backend``. Every encode returns an
+:class:`~sparsecoding.lca.dynamics.LCAResult` (the relaxation runner's result type, item
+access by lca-pytorch's variable names); the layer keeps ``n_iter_`` and ``converged_``.
 
 Energy per sample (DESIGN.md §5)::
 
@@ -40,7 +45,7 @@ from ..ops.threshold import get_transfer
 from ..solvers.lasso import check_integer, check_number, check_real_array, fista
 from ..ops.conv import ConvOperator
 from ..ops.linop import DenseOperator
-from .dynamics import RETURN_VARS, check_tau, run_lca
+from .dynamics import RETURN_VARS, LCAResult, check_tau, run_lca
 
 __all__ = ["LCA", "LCAConv1D", "LCAConv2D", "LCAConv3D"]
 
@@ -290,7 +295,7 @@ class _LCABase:
                                 advice="rescale the inputs or use dtype='float64'")
 
     def encode(self, inputs, drive_scaling=None, initial_states=None):
-        """Sparse code of already-preprocessed inputs; returns the dict of all variables.
+        """Sparse code of already-preprocessed inputs; returns the :class:`LCAResult` of all variables.
 
         Inputs are checked (shape, real, finite, magnitude) and cast to the layer dtype; an
         empty batch gives empty arrays of the usual shapes.
@@ -345,12 +350,15 @@ class _LCABase:
         a0 = None if initial_states is None else self._transfer(initial_states, self.lambda_)
         res = fista(op, inputs, self.lambda_, nonneg=self.nonneg, max_iter=self.lca_iters, tol=self.tol, a0=a0,
                     check_every=self.check_every)
-        a = res.codes
-        recon = op.adjoint(a)
-        resid = inputs - recon
-        b = op.forward(inputs)
-        # membrane potentials consistent with the LCA fixed point: u = b - (Phi Phi^T - I) a
-        u = op.forward(resid) + a
+        # the LCA variables at the codes, in the solvers' layout (one fused residual step)
+        view = op.iteration_view()
+        with view.frozen():
+            a = view.to_inner(res.codes)
+            c, resid = view.forward_residual(view.residual_plan(inputs), a)
+            b = view.forward(inputs)
+        # membrane potentials consistent with the LCA fixed point: u = b - (Phi Phi^T - I) a = c + a
+        u, b, a = view.to_outer(c + a), view.to_outer(b), res.codes
+        recon = inputs - resid
         n = inputs.shape[0]
         metrics = None
         if self.track_metrics and n == 0:
@@ -364,9 +372,9 @@ class _LCABase:
         if self.return_all_ts:
             vals = {"inputs": inputs, "input_drives": b, "states": u, "acts": a, "recons": recon, "recon_errors": resid}
             all_ts = {k: [vals[k]] for k in self.return_vars}
-        return {"states": u, "acts": a, "recons": recon, "recon_errors": resid, "input_drives": b, "inputs": inputs,
-                "n_iter": res.n_iter, "converged": res.converged, "metrics": metrics, "all": all_ts,
-                "energy_history": res.history[1:]}  # energies at iterations check_every, 2*check_every, ...
+        return LCAResult(u, res.n_iter, res.converged, res.history, codes=a, energy=res.energy,
+                         energy_history=res.energy_history, inputs=inputs, input_drives=b, recons=recon,
+                         recon_errors=resid, metrics=metrics, all_ts=all_ts)
 
     def forward(self, inputs, drive_scaling=None, initial_states=None):
         """Preprocess, encode, and return ``return_vars`` (one array, or a tuple)."""
@@ -671,7 +679,8 @@ class LCAConv2D(_LCAConv):
     d_update_clip : clip for the built-in dictionary update
     lr_schedule : callable forward_pass -> eta
     seed, dtype, backend : initialisation, float32/float64, "numpy"/"cupy"
-    tol : early stop on the relative energy change (checked every ``check_every`` steps)
+    tol : early stop on the relative duality gap (soft thresholds; the relative change of the potentials
+        otherwise), checked every ``check_every`` steps
     solver : "lca" (the dynamics) or "fista" (same minimiser, far fewer iterations)
     lateral : "recon" (re-encode the reconstruction: two convolutions a step, exact for any padding)
         or "gram" (lca-pytorch's precomputed lateral tensor; pad="valid" only; cheaper when C >> K)

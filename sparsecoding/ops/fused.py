@@ -8,6 +8,8 @@ treat arrays as (N, -1): per-sample quantities are length-N vectors.
 * ``lca_step``:   u <- u + eta (c + a - u);  a <- T(u)          (DESIGN.md §5)
 * ``prox_step``:  a' = prox_{thr}(y + step c);  d_n = <y - a', a' - a>_n
 * ``momentum``:   y = a' + beta_n (a' - a)
+* ``gap_terms``:  per sample ``||a||_1``, ``<a, c>`` and ``max c`` (``max |c|`` when signed): the
+  duality-gap certificate's reductions in one pass
 
 The numba kernels take float32/float64 arrays of one dtype; other real dtypes
 (float16) take the array-expression path. Complex arrays are a ``TypeError``;
@@ -22,7 +24,7 @@ from ..backend import capabilities, get_xp
 from . import _kernels  # noqa: F401  (sets numba's threading layer before any parallel kernel)
 from ._jit import njit_cached
 
-__all__ = ["lca_step", "prox_step", "momentum"]
+__all__ = ["lca_step", "prox_step", "momentum", "gap_terms"]
 
 
 # Branch-free soft threshold (thr >= 0) so that the loops vectorise:
@@ -66,6 +68,23 @@ def _momentum_kernel(a_new, a, beta, y):  # pragma: no cover - compiled
         b = beta[i]
         for j in range(m):
             y[i, j] = a_new[i, j] + b * (a_new[i, j] - a[i, j])
+
+
+@njit_cached(parallel=True, fastmath=True)
+def _gap_terms_kernel(a, c, nonneg, l1, ac, worst):  # pragma: no cover - compiled
+    n, m = a.shape
+    for i in numba.prange(n):
+        s1 = 0.0
+        s2 = 0.0
+        w = -np.inf
+        for j in range(m):
+            s1 += abs(a[i, j])
+            s2 += a[i, j] * c[i, j]
+            v = c[i, j] if nonneg else abs(c[i, j])
+            w = max(w, v)
+        l1[i] = s1
+        ac[i] = s2
+        worst[i] = w
 
 
 def _cpu(*arrays):
@@ -132,3 +151,18 @@ def momentum(a_new, a, beta):
         _momentum_kernel(a_new.reshape(n, -1), a.reshape(n, -1), beta.astype(a_new.dtype), y.reshape(n, -1))
         return y
     return a_new + beta.astype(a_new.dtype).reshape((n,) + (1,) * (a_new.ndim - 1)) * (a_new - a)
+
+
+def gap_terms(a, c, nonneg):
+    """Per sample (N,) arrays ``||a||_1``, ``<a, c>`` and ``max c`` (``max |c|`` unless ``nonneg``),
+    accumulated in float64 on the CPU kernel; one pass over ``a`` and ``c``."""
+    _check_real(a=a, c=c)
+    n = a.shape[0]
+    if n and _cpu(a, c) and a.dtype == c.dtype and a.size:
+        l1, ac, worst = (np.empty(n, dtype=np.float64) for _ in range(3))
+        _gap_terms_kernel(a.reshape(n, -1), c.reshape(n, -1), bool(nonneg), l1, ac, worst)
+        return l1, ac, worst
+    xp = get_xp(a)
+    af, cf = a.reshape(n, -1), c.reshape(n, -1)
+    worst = xp.max(cf, axis=1) if nonneg else xp.max(xp.abs(cf), axis=1)
+    return xp.sum(xp.abs(af), axis=1), xp.sum(af * cf, axis=1), worst

@@ -92,7 +92,7 @@ def relative_change(state, previous):
 
 
 def relax(step, state, n_iter, *, tol=None, check_every=10, monitor=relative_change, callbacks=(),
-          what="the relaxation"):
+          what="the relaxation", explain=None):
     """Iterate ``state <- step(state)`` up to ``n_iter`` times; see the module docstring.
 
     Parameters
@@ -108,6 +108,9 @@ def relax(step, state, n_iter, *, tol=None, check_every=10, monitor=relative_cha
     callbacks : callables ``f(t, state)`` called after every step (recording, metrics); they
         must not read values on the host if the loop is to stay free of synchronisations
     what : how the error messages name the run
+    explain : optional callable ``(step, value) -> str``, the divergence message (a model names the
+        likely cause: inputs that overflow the dtype, a step beyond the stability bound); called on
+        the error path only
 
     Returns
     -------
@@ -126,6 +129,7 @@ def relax(step, state, n_iter, *, tol=None, check_every=10, monitor=relative_cha
             history.append((t, value))
             if not math.isfinite(value):
                 raise FloatingPointError(
+                    explain(t, value) if explain is not None else
                     f"{what} diverged at step {t}: the monitored value is {value} (non-finite states; "
                     f"look for a step size beyond the stability bound or non-finite inputs)")
             if tol is not None and value <= tol:
