@@ -19,7 +19,7 @@ from sparsecoding.lca.dynamics import check_tau
 from sparsecoding.ops.conv import ConvOperator, conv, conv_transpose
 from sparsecoding.ops.fused import lca_step, momentum, prox_step
 from sparsecoding.ops.pool import avg_pool, avg_pool_adjoint, max_pool, max_unpool
-from sparsecoding.ops.threshold import hard_threshold, nonneg_hard_threshold, nonneg_soft_threshold, soft_threshold
+from sparsecoding.ops.elementwise import hard_threshold, nonneg_hard_threshold, nonneg_soft_threshold, soft_threshold
 from sparsecoding.ops.linop import DenseOperator, power_iteration  # noqa: F401  (public; no array input to check)
 from sparsecoding.solvers import coordinate_descent, fista, ista, lasso_energy
 from sparsecoding.viz import save_curves, save_dictionary, tile_dictionary

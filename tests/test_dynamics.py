@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from conftest import duality_gap
 from sparsecoding.backend import to_numpy
 from sparsecoding.lca.dynamics import check_tau, run_lca
-from sparsecoding.ops.threshold import hard_threshold, nonneg_soft_threshold, soft_threshold
+from sparsecoding.ops.elementwise import hard_threshold, nonneg_soft_threshold, soft_threshold
 from sparsecoding.ops import ConvOperator, DenseOperator
 from sparsecoding.solvers import coordinate_descent, fista
 

@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from sparsecoding.backend import to_numpy
-from sparsecoding.ops.threshold import get_transfer, hard_threshold, nonneg_soft_threshold, soft_threshold
+from sparsecoding.ops.elementwise import get_transfer, hard_threshold, nonneg_soft_threshold, soft_threshold
 
 finite = st.floats(-10, 10, allow_nan=False)
 

@@ -41,7 +41,7 @@ import numpy as np
 from ..backend import get_backend, to_numpy, _module
 from ..data.preprocessing import standardize
 from ..ops.conv import conv_output_shape
-from ..ops.threshold import get_transfer
+from ..ops.elementwise import get_transfer
 from ..solvers.lasso import check_integer, check_number, check_real_array, fista
 from ..ops.conv import ConvOperator
 from ..ops.linop import DenseOperator

@@ -13,12 +13,17 @@ LPL's relu / linear)::
     my_hard_sig = clip(x/2, 0, 1)     hard_sigmoid = clip(x, 0, 1)    ctrd_hard_sig = clip(x, -1/2, 1/2)
     mysig = 1/(1+exp(-4(x-1/2)))      sigmoid = 1/(1+exp(-x))         tanh, relu = max(x, 0), linear = x
 
+Transfer functions take real ``u`` of any dtype (complex is a ``TypeError``: the
+thresholds compare magnitudes with signs) and a scalar ``lambda_ >= 0`` (else a
+``ValueError``); an empty ``u`` works.
+
 The logistic functions are written with ``tanh`` (``1/(1+exp(-x)) = (1 + tanh(x/2))/2``),
 which cannot overflow for large ``|x|``. Every function takes its array namespace
 from its argument (numpy or cupy).
 """
 from __future__ import annotations
 
+import numbers
 from collections.abc import Hashable
 
 from ..backend import get_xp
@@ -28,24 +33,38 @@ __all__ = ["soft_threshold", "nonneg_soft_threshold", "hard_threshold", "nonneg_
 
 
 # ------------------------------------------------------------------ transfer functions
+def _check_transfer(u, lambda_):
+    kind = getattr(getattr(u, "dtype", None), "kind", "f")
+    if kind == "c":
+        raise TypeError(f"u must be real, got complex dtype {u.dtype}")
+    if kind not in "biuf":
+        raise TypeError(f"u must be a real numeric array, got dtype {u.dtype}")
+    if isinstance(lambda_, numbers.Real) and not lambda_ >= 0:  # NaN fails too
+        raise ValueError(f"lambda_ must be a number >= 0, got {lambda_!r}")
+
+
 def soft_threshold(u, lambda_):
     """Proximal map of ``lambda ||.||_1``: ``sign(u) max(|u| - lambda, 0)``."""
+    _check_transfer(u, lambda_)
     xp = get_xp(u)
     return xp.sign(u) * xp.maximum(xp.abs(u) - lambda_, 0)
 
 
 def nonneg_soft_threshold(u, lambda_):
     """Proximal map of ``lambda ||.||_1 + indicator(a >= 0)``: ``max(u - lambda, 0)``."""
+    _check_transfer(u, lambda_)
     return get_xp(u).maximum(u - lambda_, 0)
 
 
 def hard_threshold(u, lambda_):
     """``u * (|u| > lambda)``."""
+    _check_transfer(u, lambda_)
     return u * (get_xp(u).abs(u) > lambda_)
 
 
 def nonneg_hard_threshold(u, lambda_):
     """``u * (u > lambda)``."""
+    _check_transfer(u, lambda_)
     return u * (u > lambda_)
 
 

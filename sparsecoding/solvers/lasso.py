@@ -44,7 +44,7 @@ from ..backend import get_xp, to_numpy
 from ..ops._jit import njit_cached
 from ..ops.fused import gap_terms, momentum, prox_step
 from ..ops.linop import DenseOperator
-from ..ops.threshold import nonneg_soft_threshold, soft_threshold
+from ..ops.elementwise import nonneg_soft_threshold, soft_threshold
 from .relax import RelaxResult, relax
 
 __all__ = ["lasso_energy", "ista", "fista", "coordinate_descent", "SolveResult", "SolverResult", "duality_gap",
