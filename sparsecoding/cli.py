@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 
-from .cliutil import HelpFormatter, run_command
+from .cliutil import HelpFormatter, one_line_errors, run_command
 
 
 def _info(args):
@@ -34,6 +34,7 @@ def build_parser():
     from .plasticity import cli as plasticity_cli
 
     parser = argparse.ArgumentParser(prog="sparsecoding", description=__doc__, formatter_class=HelpFormatter)
+    one_line_errors(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="versions and backends")
     p.set_defaults(func=_info)

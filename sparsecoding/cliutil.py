@@ -13,7 +13,7 @@ import os
 import sys
 import tempfile
 
-__all__ = ["CLIError", "HelpFormatter", "positive_int", "nonnegative_int", "positive_float", "nonnegative_float",
+__all__ = ["CLIError", "HelpFormatter", "one_line_errors", "positive_int", "nonnegative_int", "positive_float", "nonnegative_float",
            "finite_float", "probability", "device_backend", "writable_dir", "run_command"]
 
 
@@ -23,6 +23,16 @@ class CLIError(Exception):
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Shows every option's default after its help text and keeps the description's line breaks."""
+
+
+def one_line_errors(parser):
+    """Make ``parser`` (and the parsers it creates later) report a bad value as one line, not usage + error."""
+
+    def error(message):
+        parser.exit(2, f"{parser.prog}: error: {message} (see --help)\n")
+
+    parser.error = error
+    return parser
 
 
 def _number(kind, text):
@@ -122,7 +132,9 @@ def run_command(prog, func, args):
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except SettingsChanged as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        hint = "" if "--allow-changed-settings" in str(exc) else \
+            " (--allow-changed-settings accepts the change, --no-resume starts over)"
+        print(f"{prog}: error: {exc}{hint}", file=sys.stderr)
         return 2
     except (CLIError, ValueError, TypeError, OSError, FloatingPointError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)

@@ -1,21 +1,25 @@
-"""End-to-end runs of the command line on bundled data (small settings)."""
-import csv
-import json
+"""The top-level command: every family registered, `info`, one-line errors."""
+import subprocess
+import sys
 
-import numpy as np
-
-from sparsecoding.cli import main
+from sparsecoding.cli import build_parser, main
 
 
-def test_lca_digits_job_writes_outputs_and_resumes(tmp_path):
-    out = tmp_path / "lca"
-    args = ["lca", "--data", "digits", "--features", "16", "--steps", "4", "--batch-size", "32", "--lca-iters", "30",
-            "--out", str(out), "--quiet", "--checkpoint-every", "2"]
-    assert main(args) == 0
-    for name in ("dictionary.png", "weights.npy", "history.csv", "checkpoint.npz", "energy.png"):
-        assert (out / name).exists(), name
-    w = np.load(out / "weights.npy")
-    np.testing.assert_allclose(np.linalg.norm(w, axis=1), 1, rtol=1e-5)
-    assert main(args[:-3] + ["--steps", "6", "--quiet"]) == 0  # resumes from the checkpoint at step 4
-    rows = list(csv.DictReader(open(out / "history.csv")))
-    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+def test_every_family_is_registered_and_every_option_has_help():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert set(sub.choices) == {"info", "lca", "lpl", "foldiak", "eqprop"}
+    for name, p in sub.choices.items():
+        for action in p._actions:
+            if action.dest != "help":
+                assert action.help, f"sparsecoding {name} {action.option_strings} has no help text"
+
+
+def test_info(capsys):
+    assert main(["info"]) == 0
+    assert "sparsecoding" in capsys.readouterr().out
+
+
+def test_unknown_command_is_one_line():
+    r = subprocess.run([sys.executable, "-m", "sparsecoding", "bogus"], capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "invalid choice" in r.stderr

@@ -1,107 +1,145 @@
-"""Dictionary learning loops for the LCA layers.
+"""Dictionary learning for the LCA layers, on the library's learning loop (:mod:`sparsecoding.training`).
 
-``fit`` alternates encoding a batch and one dictionary step, either
-lca-pytorch's built-in rule (``layer.update_weights``) or an optimiser from
+Each step encodes a batch and takes one dictionary step: lca-pytorch's
+built-in rule (``layer.update_weights``) or an optimiser from
 ``sparsecoding.optim`` on the closed-form gradient
 ``dE/dPhi = -(1/N) sum a * patch(s - Phi^T a)`` followed by renormalisation.
-Progress is shown with tqdm; checkpoints are atomic and resume exactly (the
-batch order of epoch ``e`` is ``default_rng([seed, e]).permutation``).
+The batch order of epoch ``e`` is ``default_rng([seed, e]).permutation``
+(full batches only); checkpoints are atomic, hold the dictionary, the
+optimiser and the position in the run, and resume bit-exactly; resuming with
+other settings raises :class:`~sparsecoding.training.SettingsChanged`.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 from ..backend import to_numpy
-from ..checkpoint import load_checkpoint, pack_optimizer, save_checkpoint, unpack_optimizer
+from ..checkpoint import pack_optimizer, unpack_optimizer
+from ..training import fit_loop
 
 __all__ = ["fit"]
 
 
-def _batches(n, batch_size, seed, epoch):
-    perm = np.random.default_rng([seed, epoch]).permutation(n)
-    return [perm[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)] or [perm]
+class _Learner:
+    """The layer and its optimiser as the learning loop's model (``get_state`` / ``set_state``)."""
+
+    def __init__(self, layer, optimizer, keep_hyper):
+        self.layer, self.optimizer, self.keep_hyper = layer, optimizer, keep_hyper
+
+    def get_state(self):
+        layer = self.layer
+        arrays = {"weights": to_numpy(layer.weights)}
+        meta = {"eta": layer.eta, "lambda_": layer.lambda_, "forward_pass": layer.forward_pass}
+        if self.optimizer is not None:
+            meta["optimizer"] = pack_optimizer(self.optimizer, arrays)
+        return arrays, meta
+
+    def set_state(self, arrays, meta):
+        layer = self.layer
+        if tuple(arrays["weights"].shape) != tuple(layer.weights.shape):
+            raise ValueError(f"the checkpoint's dictionary has shape {tuple(arrays['weights'].shape)}, "
+                             f"the layer's {tuple(layer.weights.shape)}")
+        if (self.optimizer is None) != ("optimizer" not in meta):
+            raise ValueError("the checkpoint was written " + ("without" if self.optimizer is not None else "with")
+                             + " an optimiser; resume it the same way")
+        layer.assign_weight_values(layer.xp.asarray(arrays["weights"]), normalize=False)
+        layer.forward_pass = meta["forward_pass"]
+        if not self.keep_hyper:  # unchanged settings: the stored values are the run's own
+            layer.eta, layer.lambda_ = meta["eta"], meta["lambda_"]
+        if self.optimizer is not None:
+            unpack_optimizer(self.optimizer, arrays, meta["optimizer"])
+
+
+def _scheduled_lambda(schedule, step):
+    value = schedule(step)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"lambda_schedule({step}) must return a number, got {value!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"lambda_schedule({step}) returned {value}: lambda_ must be a finite number >= 0")
+    return value
 
 
 def fit(layer, X, n_epochs=1, batch_size=128, optimizer=None, lambda_schedule=None, checkpoint=None,
-        checkpoint_every=50, resume=True, seed=0, progress=True, callback=None, max_steps=None):
+        checkpoint_every=50, resume=True, seed=0, progress=True, callback=None, max_steps=None, *,
+        settings=None, allow_changes=False, callbacks=()):
     """Learn the dictionary of ``layer`` on ``X``.
 
     Parameters
     ----------
     layer : LCA / LCAConv{1,2,3}D
     X : host array (N, ...) of inputs (moved to the layer's backend batch by batch)
-    n_epochs, batch_size : passes over ``X`` and samples per step
+    n_epochs, batch_size : passes over ``X`` and samples per step (full batches; all of ``X`` in
+        one batch when ``batch_size > N``)
     optimizer : None for the built-in ``update_weights`` rule, or a ``sparsecoding.optim``
         optimiser constructed on ``[layer.weights]``
-    lambda_schedule : optional callable ``step -> lambda_``
-    checkpoint : optional path (.npz); written every ``checkpoint_every`` steps and at the end
-    resume : continue from ``checkpoint`` if it exists
-    callback : optional ``f(step, record)``
+    lambda_schedule : optional callable ``step -> lambda_`` (0-based step; a finite value >= 0)
+    checkpoint : optional path (.npz); written every ``checkpoint_every`` steps, after every
+        epoch, at ``max_steps`` and on Ctrl-C
+    resume : continue from ``checkpoint`` if it exists (False: start over, the file is replaced)
+    callback : optional ``f(step, record)`` after every step (1-based step)
     max_steps : stop after this many steps in total
+    settings : JSON-able dict stored in the checkpoint and compared on resume (the batch size,
+        number of samples, optimiser and layer hyperparameters are always included)
+    allow_changes : resume even if the settings differ (the current lambda_ / eta are kept)
+    callbacks : ``f(record)`` after every epoch
 
     Returns
     -------
-    list of dicts per step: step, epoch, energy (mean per sample), L1, L2, frac_active, lambda_
+    list of per-step records: step (1-based), epoch (1-based), energy (mean per sample of the
+    batch before the step), L1, L2, frac_active, lambda_, lca_iters_run. The per-epoch
+    :class:`~sparsecoding.training.History` is kept in ``layer.history_``.
     """
-    from tqdm.auto import tqdm  # noqa: PLC0415
+    import os  # noqa: PLC0415
 
     xp = layer.xp
     X = np.asarray(X)
-    if X.shape[0] < 1:
-        raise ValueError("X is empty")
-    per_epoch = len(_batches(X.shape[0], batch_size, seed, 0))
-    total = n_epochs * per_epoch if max_steps is None else min(max_steps, n_epochs * per_epoch)
-    history, step = [], 0
-    if checkpoint is not None and resume:
-        try:
-            arrays, meta = load_checkpoint(checkpoint)
-        except FileNotFoundError:
-            pass
-        else:
-            layer.assign_weight_values(xp.asarray(arrays["weights"]), normalize=False)
-            step, history = meta["step"], meta["history"]
-            layer.eta, layer.lambda_, layer.forward_pass = meta["eta"], meta["lambda_"], meta["forward_pass"]
-            if optimizer is not None and "optimizer" in meta:
-                unpack_optimizer(optimizer, arrays, meta["optimizer"])
+    if X.ndim < 2 or X.shape[0] < 1:
+        raise ValueError(f"X must hold at least one sample, got shape {X.shape}")
+    n = X.shape[0]
+    batch_size = min(int(batch_size), n) if isinstance(batch_size, (int, np.integer)) and batch_size >= 1 \
+        else batch_size  # fit_loop names a bad value
+    if checkpoint is not None and not resume and os.path.exists(checkpoint):
+        os.remove(checkpoint)
+    own = {"batch_size": batch_size, "n_samples": n, "sample_shape": list(X.shape[1:]),
+           "optimizer": None if optimizer is None else type(optimizer).__name__,
+           "layer": type(layer).__name__, "weights_shape": list(layer.weights.shape),
+           "lambda_": None if lambda_schedule is not None else layer.lambda_, "eta": layer.eta,
+           "solver": layer.solver, "lca_iters": layer.lca_iters, "tol": layer.tol, "nonneg": layer.nonneg}
+    learner = _Learner(layer, optimizer, keep_hyper=allow_changes)
 
-    def save():
-        arrays = {"weights": to_numpy(layer.weights)}
-        meta = {"step": step, "history": history, "eta": layer.eta, "lambda_": layer.lambda_,
-                "forward_pass": layer.forward_pass}
-        if optimizer is not None:
-            meta["optimizer"] = pack_optimizer(optimizer, arrays)
-        save_checkpoint(checkpoint, arrays, meta)
-
-    bar = tqdm(total=total, initial=step, disable=not progress, desc="dictionary learning")
-    while step < total:
-        epoch, within = divmod(step, per_epoch)
-        idx = _batches(X.shape[0], batch_size, seed, epoch)[within]
+    def step(idx, rng, info):
         if lambda_schedule is not None:
-            layer.lambda_ = float(lambda_schedule(step))
+            layer.lambda_ = _scheduled_lambda(lambda_schedule, info["step"])
         s = layer.preprocess(xp.asarray(X[idx]))
         out = layer.encode(s)
         layer.forward_pass += 1
         acts, err = out["acts"], out["recon_errors"]
-        n = s.shape[0]
-        l2 = float(0.5 * xp.sum(err * err)) / n
-        l1 = layer.lambda_ * float(xp.sum(xp.abs(acts))) / n
-        record = {"step": step + 1, "epoch": epoch, "energy": l1 + l2, "L1": l1, "L2": l2,
+        m = s.shape[0]
+        l2 = float(0.5 * xp.sum(err * err)) / m
+        l1 = layer.lambda_ * float(xp.sum(xp.abs(acts))) / m
+        record = {"energy": l1 + l2, "L1": l1, "L2": l2,
                   "frac_active": float(xp.mean((acts != 0).astype(acts.dtype))), "lambda_": layer.lambda_,
                   "lca_iters_run": int(out["n_iter"])}
         if not np.isfinite(record["energy"]):
-            raise FloatingPointError(f"dictionary learning diverged at step {step + 1}: energy {record['energy']}")
+            raise FloatingPointError(f"dictionary learning diverged at step {info['step'] + 1}: "
+                                     f"energy {record['energy']}")
         if optimizer is None:
             layer.update_weights(acts, err)
         else:
             optimizer.step([layer.dictionary_gradient(acts, err)])
             layer.normalize_weights()
-        history.append(record)
-        step += 1
-        bar.update(1)
-        bar.set_postfix(energy=f"{record['energy']:.4g}", active=f"{record['frac_active']:.3f}")
         if callback is not None:
-            callback(step, record)
-        if checkpoint is not None and (step % checkpoint_every == 0 or step == total):
-            save()
-    bar.close()
-    return history
+            callback(info["step"] + 1, {"step": info["step"] + 1, "epoch": info["epoch"] + 1, **record})
+        return record
+
+    history = fit_loop(learner, n, step, epochs=n_epochs, batch_size=batch_size, seed=seed, checkpoint=checkpoint,
+                       checkpoint_every=checkpoint_every, settings=own | dict(settings or {}),
+                       allow_changes=allow_changes, kind=f"lca.{type(layer).__name__}", callbacks=callbacks,
+                       progress=progress, desc="dictionary learning", drop_last=True, max_steps=max_steps,
+                       record_steps=True)
+    layer.history_ = history
+    return history.steps
