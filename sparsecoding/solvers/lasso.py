@@ -17,8 +17,9 @@ makes it feasible: ``|Phi theta| <= lambda``, or ``Phi theta <= lambda`` for non
 codes) certifies ``E(a) - E* <= gap = E(a) - D(theta)``; the solvers stop at the first
 check (every ``check_every`` iterations, one host read each) where
 ``sum_n gap_n <= tol * sum_n E_n(a)``: the codes' energy is then within ``tol`` of the
-optimum (relative). The gap is computed from the residual the iteration has anyway (for
-FISTA one extra ``Phi r`` per check at the codes). A gap within the rounding error of its
+optimum (relative). The gap is computed from the residual the iteration has anyway (FISTA
+takes its dual point from the extrapolated point ``y``, where it computes ``Phi r``, and
+the primal value at the codes from their residual: one synthesis per check). A gap within the rounding error of its
 own computation (about ``16 eps (1 + ||a||_1 max|Phi s| / E)``, ``eps`` of the dtype)
 counts as zero: a ``tol`` below that precision is met at it. With ``lambda = 0`` the
 certificate vanishes only with the residual.
@@ -184,15 +185,25 @@ def duality_gap(a, c, r, lambda_, nonneg, drive=None):
     return _duality_gap(a, c, r, lambda_, nonneg, drive)[:2]
 
 
-def _duality_gap(a, c, r, lambda_, nonneg, drive=None):
-    """:func:`duality_gap` and the per-sample ``||a||_1``."""
+def _duality_gap(a, c, r, lambda_, nonneg, drive=None, dual=None):
+    """:func:`duality_gap` and the per-sample ``||a||_1``. ``dual=(y, c_y, r_y)`` takes the dual point
+    from the residual at another point ``y`` (FISTA's extrapolated point, whose ``c_y`` the
+    iteration computes anyway; ``c`` is then not needed):
+    ``D = beta <s, r_y> - beta^2 ||r_y||^2 / 2`` with ``<s, r_y> = ||r_y||^2 + <y, c_y>``."""
     xp = get_xp(a)
     n = a.shape[0]
-    cf = c.reshape(n, -1)
     rf = r.reshape(n, -1)
     r2 = xp.sum(rf * rf, axis=1)
-    l1, ac, worst = gap_terms(a, c, nonneg)
+    if dual is None:
+        y, cy, r2y = a, c, r2
+        l1, ac, worst = gap_terms(a, c, nonneg)
+    else:
+        y, cy, ry = dual
+        _, ac, worst = gap_terms(y, cy, nonneg)  # ac = <y, c_y> here
+        l1 = xp.sum(xp.abs(a).reshape(n, -1), axis=1)
+        r2y = xp.sum((ry * ry).reshape(n, -1), axis=1)
     tiny = xp.finfo(r2.dtype).tiny
+    cf = cy.reshape(n, -1)
     if drive is None:
         beta = xp.minimum(1.0, lambda_ / xp.maximum(worst, tiny))
         da = 0.0
@@ -214,7 +225,10 @@ def _duality_gap(a, c, r, lambda_, nonneg, drive=None):
         infeasible = (lo > hi) | xp.any(zero_bad, axis=1)
         beta = xp.where(xp.isfinite(beta), beta, 1.0)
     primal = 0.5 * r2 + lambda_ * l1 - da
-    gap = 0.5 * (1.0 - beta) ** 2 * r2 + lambda_ * l1 - da - beta * ac
+    if dual is None:
+        gap = 0.5 * (1.0 - beta) ** 2 * r2 + lambda_ * l1 - da - beta * ac
+    else:
+        gap = 0.5 * (r2 - r2y) + 0.5 * (1.0 - beta) ** 2 * r2y + lambda_ * l1 - da - beta * ac
     if infeasible is not None:
         gap = xp.where(infeasible, xp.abs(primal), gap)
     return primal, gap, l1
@@ -241,10 +255,11 @@ class _GapMonitor:
         self.scale = scale  # max |Phi s| (device scalar) for the rounding estimate
         self.energies = []
 
-    def value(self, a, c, r):
-        """The relative duality gap of the codes ``a`` (``c = Phi r``, ``r`` the residual)."""
+    def value(self, a, c, r, dual=None):
+        """The relative duality gap of the codes ``a`` (``c = Phi r``, ``r`` the residual; ``dual``: see
+        :func:`_duality_gap`)."""
         xp = self.xp
-        primal, gap, l1 = _duality_gap(a, c, r, self.lam, self.nonneg, self.drive)
+        primal, gap, l1 = _duality_gap(a, c, r, self.lam, self.nonneg, self.drive, dual)
         ptot = xp.sum(primal)
         size = xp.maximum(xp.abs(ptot), xp.finfo(ptot.dtype).tiny)
         rel = xp.sum(gap) / size
@@ -367,8 +382,8 @@ def fista(op, s, lambda_, nonneg=False, max_iter=1000, tol=1e-6, a0=None, step=N
 
 
 class _PGState:
-    """ISTA/FISTA state: codes ``a``, extrapolated point ``y``, momentum scalar ``t``, and where known
-    ``c = Phi (s - Phi^T y)`` and the residual ``r`` at ``y`` (ISTA: ``y = a``, ``r`` on check steps)."""
+    """ISTA/FISTA state: codes ``a``, extrapolated point ``y`` (ISTA: ``y = a``), momentum scalar ``t``,
+    ``c = Phi (s - Phi^T y)`` and the residual ``r = s - Phi^T y`` (on check steps)."""
 
     __slots__ = ("a", "y", "t", "c", "r")
 
@@ -402,14 +417,15 @@ def _proximal_gradient(op, s, lambda_, nonneg, max_iter, tol, a0, step, check_ev
         count = [0]
 
         def fista_step(st):
-            c = st.c  # known at the start (y = a0); else Phi (s - Phi^T y), minus the gradient at y
-            if c is None:
-                c = view.forward_residual(plan, st.y, residual=False)[0]
-            a_new, dots = prox_step(st.y, c, st.a, step, step * lam, nonneg)
+            # st.c = Phi (s - Phi^T y), minus the gradient at y, computed at the end of the previous step
+            count[0] += 1
+            a_new, dots = prox_step(st.y, st.c, st.a, step, step * lam, nonneg)
             # restart momentum for samples where it points uphill: <y - a_new, a_new - a> > 0
             t_new = 0.5 * (1.0 + np.sqrt(1.0 + 4.0 * st.t * st.t))
             beta = xp.where(dots > 0, 0.0, (st.t - 1.0) / t_new)
-            return _PGState(a_new, momentum(a_new, st.a, beta), t_new)
+            y = momentum(a_new, st.a, beta)
+            c, r = view.forward_residual(plan, y, residual=count[0] % check_every == 0)
+            return _PGState(a_new, y, t_new, c, r)
 
         def ista_step(st):
             count[0] += 1
@@ -418,9 +434,10 @@ def _proximal_gradient(op, s, lambda_, nonneg, max_iter, tol, a0, step, check_ev
             return _PGState(a_new, a_new, 1.0, c, r)
 
         def monitor(st, previous):
-            # FISTA took its gradient at y; the certificate is for a (one more Phi r per check)
-            c, r = view.forward_residual(plan, st.a) if accelerate else (st.c, st.r)
-            return mon.value(st.a, c, r)
+            if not accelerate:
+                return mon.value(st.a, st.c, st.r)
+            # FISTA: the primal value at a needs its residual (no Phi r); the dual point is y's residual
+            return mon.value(st.a, None, view.residual(plan, st.a), dual=(st.y, st.c, st.r))
 
         def explain(t, value):
             return _divergence_message("solver", t, mon.last_energy(), s, "reduce the step")
