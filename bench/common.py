@@ -65,8 +65,23 @@ def _has_avx512():
         return None
 
 
+def code_version():
+    """The git commit of the code measured (with '+' if the tree has uncommitted changes)."""
+    import subprocess  # noqa: PLC0415
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "sparsecoding"], cwd=root, capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+" if dirty else "")
+
+
 def machine_info(xp=np):
-    info = {"python": platform.python_version(), "numpy": np.__version__, "cpus": os.cpu_count(),
+    info = {"code": code_version(), "python": platform.python_version(), "numpy": np.__version__, "cpus": os.cpu_count(),
             "cpu_model": cpu_model(), "avx512": _has_avx512(), "machine": platform.machine(),
             "backend": "numpy" if xp is np else "cupy"}
     if xp is not np:

@@ -30,7 +30,8 @@ def _where(result):
     m = result.get("machine", {})
     cpu = m.get("cpu_model", "CPU model not recorded")
     gemm = result.get("gemm_flops")
-    return f"{cpu}, {m.get('cpus', '?')} cores" + (f", GEMM {gemm / 1e9:.0f} GFLOP/s" if gemm else "")
+    code = f"code {m['code']}" if m.get("code") else "code before the session-3 changes (re-measure)"
+    return f"{cpu}, {m.get('cpus', '?')} cores" + (f", GEMM {gemm / 1e9:.0f} GFLOP/s" if gemm else "") + f"; {code}"
 
 
 def rows():
