@@ -350,3 +350,13 @@ def test_exploding_learning_rate_foldiak_raises_and_keeps_the_state():
         np.testing.assert_array_equal(a, b)
         assert np.isfinite(a).all()
     assert net.n_presented == presented
+
+
+def test_eqprop_relax_empty_batch_with_tol_and_bad_T():
+    from sparsecoding.eqprop.network import ConvEBM
+
+    net = ConvEBM(8, [1, 2], [3], [1], [1], "m", [3], seed=0)
+    out = net.relax(np.zeros((0, 1, 8, 8)), net.init_states(0), 10, tol=1e-3)
+    assert [tuple(s.shape) for s in out] == [(0, *s) for s in net.state_shapes]
+    with pytest.raises(ValueError, match="T"):
+        net.relax(np.zeros((2, 1, 8, 8)), net.init_states(2), 0)

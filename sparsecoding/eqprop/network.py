@@ -447,11 +447,17 @@ class ConvEBM:
     def relax(self, x, states, T, y=None, beta=0.0, schedule="sync", tol=None, check_every=5):
         """Run up to ``T`` steps; with ``tol`` stop once ``max |s_t - s_{t-1}| < tol`` (checked every few steps).
 
-        Returns the final states (and sets ``self.last_steps``).
+        Returns the final states (and sets ``self.last_steps``); an empty batch returns its
+        (empty) states unchanged.
         """
         x = self._check_x(x)
+        T = self._check_steps(T)
+        tol = self._check_schedule(schedule, tol)
         if len(states) != self.n_states:
             raise ValueError(f"need {self.n_states} state arrays, got {len(states)}")
+        if x.shape[0] == 0:
+            self.last_steps = 0
+            return list(states)
         self._input_term = None
         with ExitStack() as frozen:
             # the weights cannot change during a relaxation: operands derived from them
