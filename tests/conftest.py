@@ -1,8 +1,11 @@
 """Shared fixtures: the backend parametrisation and hypothesis profiles.
 
 ``xp`` runs a test on every available backend; the cupy case skips with the
-reason where no GPU is visible. Hypothesis profiles: ``ci`` (default, fast)
-and ``thorough`` (``HYPOTHESIS_PROFILE=thorough``).
+reason where no GPU is visible. ``engines`` runs a test through both engine
+families: the numba kernels and the generic-array engines cupy takes, on numpy
+arrays (so the GPU code path runs without a GPU); ``SPARSECODING_ENGINES=generic``
+runs the whole suite on the generic engines. Hypothesis profiles: ``ci``
+(default, fast) and ``thorough`` (``HYPOTHESIS_PROFILE=thorough``).
 """
 import os
 

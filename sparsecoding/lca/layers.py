@@ -40,11 +40,10 @@ import numpy as np
 
 from ..backend import get_backend, to_numpy, _module
 from ..data.preprocessing import standardize
-from ..ops.conv import conv_output_shape
+from ..ops.conv import ConvOperator, conv_output_shape
 from ..ops.elementwise import get_transfer
-from ..solvers.lasso import check_integer, check_number, check_real_array, fista
-from ..ops.conv import ConvOperator
 from ..ops.linop import DenseOperator
+from ..solvers.lasso import check_integer, check_number, check_real_array, fista
 from .dynamics import RETURN_VARS, LCAResult, check_tau, run_lca
 
 __all__ = ["LCA", "LCAConv1D", "LCAConv2D", "LCAConv3D"]
