@@ -13,8 +13,8 @@ import os
 import sys
 import tempfile
 
-__all__ = ["CLIError", "HelpFormatter", "one_line_errors", "positive_int", "nonnegative_int", "positive_float", "nonnegative_float",
-           "finite_float", "probability", "device_backend", "writable_dir", "run_command"]
+__all__ = ["CLIError", "HelpFormatter", "one_line_errors", "positive_int", "nonnegative_int", "positive_float",
+           "nonnegative_float", "finite_float", "probability", "device_backend", "writable_dir", "run_command"]
 
 
 class CLIError(Exception):
@@ -45,43 +45,25 @@ def _number(kind, text):
     return value
 
 
-def positive_int(text):
-    value = _number(int, text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
+def _bounded(kind, accept, expected):
+    """An argparse type: a finite number of ``kind`` for which ``accept(value)`` holds."""
+
+    def parse(text):
+        value = _number(kind, text)
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    parse.__name__ = expected
+    return parse
 
 
-def nonnegative_int(text):
-    value = _number(int, text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def finite_float(text):
-    return _number(float, text)
-
-
-def positive_float(text):
-    value = _number(float, text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
-
-
-def nonnegative_float(text):
-    value = _number(float, text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
-
-
-def probability(text):
-    value = _number(float, text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number strictly between 0 and 1, got {text!r}")
-    return value
+positive_int = _bounded(int, lambda v: v >= 1, "an integer >= 1")
+nonnegative_int = _bounded(int, lambda v: v >= 0, "an integer >= 0")
+finite_float = _bounded(float, lambda v: True, "a finite number")
+positive_float = _bounded(float, lambda v: v > 0, "a number > 0")
+nonnegative_float = _bounded(float, lambda v: v >= 0, "a number >= 0")
+probability = _bounded(float, lambda v: 0 < v < 1, "a number strictly between 0 and 1")
 
 
 def device_backend(device):

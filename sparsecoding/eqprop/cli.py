@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from ..cliutil import (CLIError, HelpFormatter, device_backend, finite_float, nonnegative_float, nonnegative_int,
-                       positive_float, positive_int, run_command, writable_dir)
+                       one_line_errors, positive_float, positive_int, run_command, writable_dir)
 from .activations import ACTIVATIONS
 
 N_CLASSES = {"DIGITS": 10, "MNIST": 10, "CIFAR10": 10}
@@ -47,18 +47,8 @@ def _pools(text):
     return text
 
 
-def _one_line_errors(parser):
-    """argparse errors as one line (``prog: error: ...``), without the usage block."""
-
-    def error(message):
-        parser.exit(2, f"{parser.prog}: error: {message}\n")
-
-    parser.error = error
-    return parser
-
-
 def add_arguments(p):
-    _one_line_errors(p)
+    one_line_errors(p)
     a = p.add_argument
     a("--model", default="CNN", choices=["CNN", "MLP", "LCACNN"],
       help="convolutional or fully connected energy-based network (LCACNN: not available yet)")

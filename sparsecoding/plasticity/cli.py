@@ -18,8 +18,8 @@ import time
 
 import numpy as np
 
-from ..cliutil import (CLIError, HelpFormatter, device_backend, nonnegative_float, nonnegative_int, positive_float,
-                       positive_int, probability, writable_dir)
+from ..cliutil import (CLIError, HelpFormatter, device_backend, nonnegative_float, nonnegative_int, one_line_errors,
+                       positive_float, positive_int, probability, writable_dir)
 
 LPL_CHECKPOINTS = {"lpl": "checkpoint.npz", "hebbian+decorrelation": "checkpoint_nopred.npz"}
 FOLDIAK_CHECKPOINT = "checkpoint.npz"
@@ -81,16 +81,8 @@ def _restore(net, path, current, args):
     return History(loop.get("history", []))
 
 
-def _one_line_errors(parser):
-    """A bad value ends with one line on stderr (no usage block) and exit status 2."""
-    def error(message):
-        parser.exit(2, f"{parser.prog}: error: {message} (see --help)\n")
-
-    parser.error = error
-
-
 def _add_run_options(p, checkpoint_every):
-    _one_line_errors(p)
+    one_line_errors(p)
     p.add_argument("--checkpoint-every", type=positive_int, default=checkpoint_every, metavar="N",
                    help="also write the checkpoint every N batches (it is always written after each epoch and "
                         "on Ctrl-C)")
