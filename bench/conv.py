@@ -23,12 +23,13 @@ def pair_time(xp, n, c, size, k_feats, k, stride, method, repeats=5, channels_la
     r = np.random.default_rng(0)
     x = xp.asarray(r.standard_normal((n, c, size, size)), dtype="float32")
     w = xp.asarray(r.standard_normal((k_feats, c, k, k)), dtype="float32")
-    op = ConvOperator(w, (size, size), stride, "same", method=method)
-    y = op.forward(x, channels_last=channels_last)
+    op = ConvOperator(w, (size, size), stride, "same", method=method,
+                      code_layout="channels_last" if channels_last else "channels_first")
+    y = op.forward(x)
 
     def pair():
-        op.forward(x, channels_last=channels_last)
-        op.adjoint(y, channels_last=channels_last)
+        op.forward(x)
+        op.adjoint(y)
 
     t = median_time(pair, repeats=repeats, xp=xp)
     m = n * int(np.prod(op.geometry.out_shape))

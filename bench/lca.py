@@ -28,7 +28,8 @@ import numpy as np
 from bench.common import RESULTS, begin, finish, median_time, print_table, write_json
 from sparsecoding.data import extract_patches, natural_images, random_crops
 from sparsecoding.lca import LCAConv2D
-from sparsecoding.solvers import ConvDictionary, DenseDictionary, coordinate_descent, fista, lasso_energy
+from sparsecoding.ops import ConvOperator, DenseOperator
+from sparsecoding.solvers import coordinate_descent, fista, lasso_energy
 
 
 def conv_workload(xp, quick=False):
@@ -36,7 +37,7 @@ def conv_workload(xp, quick=False):
     kw = dict(lambda_=0.25, nonneg=True, seed=0)
     ref_layer = LCAConv2D(64, 3, 9, 2, dtype="float64", **kw)
     s64 = ref_layer.preprocess(X.astype(np.float64))
-    op64 = ConvDictionary(ref_layer.weights, (32, 32), 2, "same")
+    op64 = ConvOperator(ref_layer.weights, (32, 32), 2, "same")
     t0 = time.perf_counter()
     opt = fista(op64, s64, 0.25, nonneg=True, max_iter=800 if quick else 4000, tol=1e-12)
     e_star = float(np.sum(opt.energy))
@@ -87,7 +88,7 @@ def dense_workload(quick=False):
     D = r.standard_normal((256, 64))
     D /= np.linalg.norm(D, axis=1, keepdims=True)
     lam = 0.1
-    op = DenseDictionary(D)
+    op = DenseOperator(D)
     rows = []
     ladder = [1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9, 1e-10, 1e-11]
     def polished(tol):  # FISTA to a loose tolerance, then coordinate descent from its answer
