@@ -34,6 +34,7 @@ import numpy as np
 __all__ = [
     "BackendUnavailable",
     "get_xp",
+    "namespace",
     "set_backend",
     "get_backend",
     "use_backend",
@@ -98,6 +99,15 @@ def _module(name: str):
     if name == "numpy":  # the common case, without the checks
         return np
     return np if _check_name(name) == "numpy" else _load_cupy()
+
+
+def namespace(backend: str | None = None):
+    """The array module (``numpy`` or ``cupy``) of backend ``backend``; None: the default backend.
+
+    What a model's ``backend=`` argument resolves to: an unknown name is a ValueError listing
+    the choices, and ``"cupy"`` without a visible GPU is :class:`BackendUnavailable`.
+    """
+    return _module(_current if backend is None else _check_name(backend))
 
 
 def _from_environment() -> str:

@@ -42,7 +42,7 @@ from contextlib import ExitStack
 
 import numpy as np
 
-from ..backend import get_backend, _module
+from ..backend import namespace
 from ..ops.conv import ConvOperator, conv_output_shape
 from ..ops.pool import avg_pool, avg_pool_adjoint, max_pool, max_unpool, pool_output_shape
 from ..optim import _check_finite, _check_int, _check_labels, _check_number
@@ -111,7 +111,7 @@ class ConvEBM:
         self.act_name = activation
         self.sigma, self.dsigma = get_activation(activation)
         self.softmax, self.loss = bool(softmax), loss
-        self.xp = _module(backend or get_backend())
+        self.xp = namespace(backend)
         if layout not in ("auto", "channels_first", "channels_last"):
             raise ValueError(f"layout must be 'auto', 'channels_first' or 'channels_last', got {layout!r}")
         if layout == "auto":

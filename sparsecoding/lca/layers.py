@@ -38,7 +38,7 @@ import os
 
 import numpy as np
 
-from ..backend import get_backend, to_numpy, _module
+from ..backend import to_numpy, namespace
 from ..data.preprocessing import standardize
 from ..ops.conv import ConvOperator, conv_output_shape
 from ..ops.elementwise import get_transfer
@@ -180,7 +180,7 @@ class _LCABase:
         self.forward_pass = 1
         self.metrics = None
         self._ops = {}
-        xp = _module(backend or get_backend())
+        xp = namespace(backend)
         self.xp = xp
         self._weights = xp.asarray(self._init_weights(np.random.default_rng(seed)), dtype=self.dtype)
         self.normalize_weights()

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import get_backend, _module
+from ..backend import namespace
 from ..optim import _check_finite, _check_int, _check_number
 
 __all__ = ["FoldiakNetwork"]
@@ -75,7 +75,7 @@ class FoldiakNetwork:
         self.p, self.alpha, self.beta, self.gamma, self.lam = p, alpha, beta, gamma, lam
         self.dt, self.tol, self.max_settle, self.one_shot = dt, tol, max_settle, bool(one_shot)
         self.rng = np.random.default_rng(seed)
-        xp = _module(backend or get_backend())
+        xp = namespace(backend)
         self.xp = xp
         Q = self.rng.random((self.n_units, self.n_inputs))
         Q /= np.linalg.norm(Q, axis=1, keepdims=True)

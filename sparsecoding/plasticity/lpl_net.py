@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import get_backend, to_numpy, _module
+from ..backend import to_numpy, namespace
 from ..ops.conv import ConvOperator
 from ..ops.pool import max_pool
 from ..optim import Adam, SGD, _check_finite, _check_int
@@ -75,7 +75,7 @@ class LPLConvNet:
         if kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd (the layers keep the spatial size), got {kernel_size}")
         lambda1, lambda2, eps, weight_decay = _check_coefficients(lambda1, lambda2, eps, weight_decay)
-        self.xp = xp = _module(backend or get_backend())
+        self.xp = xp = namespace(backend)
         self.f, self.fprime = ACTIVATIONS[activation]
         self.pools, self.kernel_size = pools, kernel_size
         self.lambda1, self.lambda2, self.eps, self.mode = lambda1, lambda2, eps, mode
