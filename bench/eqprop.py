@@ -76,7 +76,7 @@ def step_time(xp, cfg, batch=128, repeats=5, steps=5):
     net = ConvEBM(**cfg, activation="my_hard_sig", seed=0, backend="numpy" if xp is np else "cupy")
     r = np.random.default_rng(0)
     x = xp.asarray(r.uniform(0, 1, (batch, cfg["channels"][0], cfg["in_size"], cfg["in_size"])), dtype=xp.float32)
-    s = net.relax(x, net.init_states(batch), 3)
+    s = net.relax(x, net.init_states(batch), 3).state
     t = median_time(lambda: net.relax(x, s, steps), repeats=repeats, xp=xp) / steps
     return net, t, useful_flops(net, batch), useful_flops(net, batch, first_forward=False)
 

@@ -3,8 +3,11 @@
 Used to evaluate learned representations (LPL layers, EqProp features).
 Loss: mean cross-entropy of ``softmax(X W^T + b)`` plus ``l2/2 ||W||^2``;
 gradient ``(softmax - onehot)^T X / N + l2 W``. Features are standardised
-with the training statistics. On numpy the optimiser is scipy's L-BFGS; on
-cupy, full-batch Adam on the device.
+with the training statistics. ``solver="lbfgs"`` is scipy's L-BFGS on the host
+(loss and gradient evaluated on the arrays' backend, float64); ``"adam"`` is
+full-batch Adam that stays on the device; ``"auto"`` takes L-BFGS for host
+arrays and Adam for GPU arrays (``backend.capabilities(xp).on_gpu``), where the
+host round trip per L-BFGS iteration would dominate.
 
 Bad input gets a ValueError naming the argument: non-finite or empty ``X``/``F``,
 a feature count that differs from the fitted one, labels ``y`` that are not
@@ -17,10 +20,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import get_xp, to_numpy
+from .backend import capabilities, get_xp, to_numpy
+from .ops.elementwise import softmax
 from .optim import _check_finite, _check_int, _check_labels, _check_number
 
-__all__ = ["LogisticRegression", "softmax", "participation_ratio"]
+__all__ = ["LogisticRegression", "participation_ratio"]
+SOLVERS = ("auto", "lbfgs", "adam")
 
 
 def participation_ratio(F):
@@ -39,13 +44,6 @@ def participation_ratio(F):
     return float(lam.sum() ** 2 / max((lam**2).sum(), 1e-300))
 
 
-def softmax(z, axis=-1):
-    xp = get_xp(z)
-    z = z - z.max(axis=axis, keepdims=True)
-    e = xp.exp(z)
-    return e / e.sum(axis=axis, keepdims=True)
-
-
 class LogisticRegression:
     """Multinomial logistic regression (scikit-learn-like ``fit`` / ``predict`` / ``score``).
 
@@ -54,12 +52,20 @@ class LogisticRegression:
     l2 : float, ridge penalty on the weights
     max_iter : optimiser iterations
     standardize : z-score features with the training mean and standard deviation
+    solver : "auto", "lbfgs" or "adam" (see the module docstring)
+
+    Attributes
+    ----------
+    coef_ : (n_classes, n_features), intercept_ : (n_classes,), classes_ : (n_classes,) sorted labels
     """
 
-    def __init__(self, l2=1e-3, max_iter=300, standardize=True):
+    def __init__(self, l2=1e-3, max_iter=300, standardize=True, solver="auto"):
         self.l2 = _check_number(l2, "l2", low=0)
         self.max_iter = _check_int(max_iter, "max_iter", minimum=1)
         self.standardize = bool(standardize)
+        if solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+        self.solver = solver
 
     @staticmethod
     def _rows(X, name="X"):
@@ -99,7 +105,9 @@ class LogisticRegression:
         X = self._rows(X)
         if X.shape[0] == 0:
             raise ValueError("X is empty: fit needs at least one sample")
-        X = X.astype(np.float64 if xp is np or not np.issubdtype(X.dtype, np.floating) else X.dtype)
+        solver = self.solver if self.solver != "auto" else ("adam" if capabilities(xp).on_gpu else "lbfgs")
+        # L-BFGS runs in float64 (scipy's line search); Adam keeps a floating input's dtype
+        X = X.astype(np.float64 if solver == "lbfgs" or not np.issubdtype(X.dtype, np.floating) else X.dtype)
         y_host = to_numpy(y)
         if np.ndim(y_host) == 1 and y_host.shape[0] != X.shape[0]:
             raise ValueError(f"X has {X.shape[0]} rows but y has {y_host.shape[0]} labels")
@@ -110,17 +118,17 @@ class LogisticRegression:
         self.std_ = X.std(axis=0) + 1e-8 if self.standardize else 1.0
         Xs = self._prep(X)
         Y = xp.asarray(np.searchsorted(self.classes_, y_host)[:, None] == np.arange(k)[None], dtype=Xs.dtype)
-        if xp is np:
+        if solver == "lbfgs":
             from scipy.optimize import minimize  # noqa: PLC0415
 
             def fun(theta):
-                W, b = theta[: k * d].reshape(k, d), theta[k * d:]
-                loss, gW, gb = self._loss_grad(np, Xs, Y, W, b)
-                return float(loss), np.concatenate([gW.ravel(), gb])
+                W, b = xp.asarray(theta[: k * d].reshape(k, d)), xp.asarray(theta[k * d:])
+                loss, gW, gb = self._loss_grad(xp, Xs, Y, W, b)
+                return float(loss), np.concatenate([to_numpy(gW).ravel(), to_numpy(gb)])
 
             res = minimize(fun, np.zeros(k * d + k), jac=True, method="L-BFGS-B",
                            options={"maxiter": self.max_iter})
-            self.coef_, self.intercept_ = res.x[: k * d].reshape(k, d), res.x[k * d:]
+            self.coef_, self.intercept_ = xp.asarray(res.x[: k * d].reshape(k, d)), xp.asarray(res.x[k * d:])
         else:
             from .optim import Adam  # noqa: PLC0415
 

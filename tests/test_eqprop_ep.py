@@ -6,7 +6,7 @@ from sparsecoding.eqprop.network import ConvEBM, MLPEBM
 
 
 def settled_loss(net, x, y, T):
-    s = net.relax(x, net.init_states(x.shape[0]), T)
+    s = net.relax(x, net.init_states(x.shape[0]), T).state
     return float(net.loss_value(s, y).mean())
 
 

@@ -92,10 +92,10 @@ def test_free_phase_reaches_fixed_point(layout):
     r = np.random.default_rng(2)
     net = make_net("mm", act="my_hard_sig", seed=3, layout=layout)
     x = r.uniform(0, 1, (4, 2, 8, 8))
-    s = net.relax(x, net.init_states(4), 200)
+    s = net.relax(x, net.init_states(4), 200).state
     s2 = net.step(x, s)
     assert max(np.abs(a - b).max() for a, b in zip(s, s2)) < 1e-8
-    s_async = net.relax(x, net.init_states(4), 200, schedule="async")
+    s_async = net.relax(x, net.init_states(4), 200, schedule="async").state
     assert max(np.abs(a - b).max() for a, b in zip(s, s_async)) < 1e-6
 
 
@@ -109,7 +109,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match="layout"):
         ConvEBM(8, [1, 2], [3], [1], [1], "m", [3], layout="nhwc")
     net = ConvEBM(8, [1, 2], [3], [1], [1], "m", [3])
-    assert net.state_shapes[0] == (4, 4, 2)  # "auto" is channels-last on the CPU
+    assert net.state_shapes[0] == (2, 4, 4)  # public states are channels-first whatever the layout
     with pytest.raises(ValueError, match="shape"):
         net.phi(np.zeros((2, 3, 8, 8)), net.init_states(2))
     with pytest.raises(ValueError, match="labels"):
@@ -142,7 +142,7 @@ def test_relax_with_cached_input_term_equals_plain_steps(layout):
     manual = s
     for _ in range(6):
         manual = net.step(x, manual, y, 0.2)
-    relaxed = net.relax(x, s, 6, y, 0.2)
+    relaxed = net.relax(x, s, 6, y, 0.2).state
     for a, b in zip(manual, relaxed):
         np.testing.assert_array_equal(a, b)
     assert net._input_term is None  # the cache does not outlive the relaxation
@@ -168,10 +168,90 @@ def test_in_place_optimiser_steps_reach_every_layer(layout):
     for (W, b), (W2, b2) in zip(fresh.params, net.params):
         W[...], b[...] = W2, b2
     assert not np.allclose(net.params[1][0], make_net("mm", layout=layout).params[1][0])  # weights moved
-    s_net = net.relax(x, net.init_states(6), 15)
-    s_ref = fresh.relax(x, fresh.init_states(6), 15)
+    s_net = net.relax(x, net.init_states(6), 15).state
+    s_ref = fresh.relax(x, fresh.init_states(6), 15).state
     for a, b in zip(s_net, s_ref):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
     g_net, g_ref = net.state_grads(x, s_net), fresh.state_grads(x, s_ref)
     for a, b in zip(g_net, g_ref):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("layout", ["auto", *LAYOUTS])
+def test_public_states_are_channels_first_in_every_internal_layout(layout):
+    # whatever the internal layout, every state the network takes or returns is (N, C, H, W),
+    # and the dynamics agree with the channels-first computation
+    r = np.random.default_rng(7)
+    net, ref = make_net("ma", layout=layout), make_net("ma", layout="channels_first")
+    assert [s.shape for s in net.init_states(3)] == [(3, 3, 4, 4), (3, 4, 1, 1), (3, 5), (3, 3)]
+    assert net.state_shapes == [(3, 4, 4), (4, 1, 1), (5,), (3,)]
+    x, y = r.uniform(0, 1, (3, 2, 8, 8)), np.array([0, 2, 1])
+    out, want = net.relax(x, net.init_states(3), 7, y, 0.3), ref.relax(x, ref.init_states(3), 7, y, 0.3)
+    assert out.n_iter == 7 and not out.converged
+    for a, b in zip(out.state, want.state):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    for a, b in zip(net.step(x, out.state, y, 0.3, "async"), ref.step(x, want.state, y, 0.3, "async")):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    net.ep_gradients(x, y, 5, 3)
+    ref.ep_gradients(x, y, 5, 3)
+    assert [s.shape for s in net.last_free_states] == [s.shape for s in ref.last_free_states]
+    for a, b in zip(net.last_free_states, ref.last_free_states):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_relax_tol_is_the_runners_relative_change():
+    # converged means max_k max|s_t - s_{t-1}| <= tol * max_k max|s_t| at a check (every check_every steps)
+    r = np.random.default_rng(8)
+    net = make_net("mm", act="my_hard_sig", seed=3)
+    x = r.uniform(0, 1, (4, 2, 8, 8))
+    out = net.relax(x, net.init_states(4), 500, tol=1e-6, check_every=5)
+    assert out.converged and out.n_iter % 5 == 0 and out.n_iter < 500
+    before = net.relax(x, net.init_states(4), out.n_iter - 1).state
+    change = max(np.abs(a - b).max() for a, b in zip(out.state, before))
+    assert change <= 1e-6 * max(np.abs(a).max() for a in out.state)
+    assert out.history[-1] == (out.n_iter, pytest.approx(change / max(np.abs(a).max() for a in out.state)))
+
+
+@pytest.mark.parametrize("pools", ["ma", "mm"])
+def test_generic_engines_relax_like_the_native_ones(pools):
+    # the code path cupy takes (generic-array convolutions and pools, channels-first), run on numpy
+    from sparsecoding.backend import use_engines
+
+    r = np.random.default_rng(9)
+    native = make_net(pools)
+    with use_engines("generic"):
+        generic = make_net(pools)
+        assert generic.layout == "channels_first"
+        x, y = r.uniform(0, 1, (3, 2, 8, 8)), np.array([0, 2, 1])
+        g_out = generic.relax(x, generic.init_states(3), 9, y, 0.4, schedule="async").state
+        g_grad = generic.ep_gradients(x, y, 6, 3, third_phase=True)
+    assert native.layout == "channels_last"
+    n_out = native.relax(x, native.init_states(3), 9, y, 0.4, schedule="async").state
+    n_grad = native.ep_gradients(x, y, 6, 3, third_phase=True)
+    for a, b in zip(g_out, n_out):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    for (a, b), (c, d) in zip(g_grad, n_grad):
+        np.testing.assert_allclose(a, c, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(b, d, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("schedule", ["sync", "async"])
+def test_no_host_read_between_checks(host_reads, schedule):
+    # relaxations of 20 and 40 steps with check_every 10: the extra 20 steps cost exactly the
+    # 2 extra checks' reads, so no step reads a value on the host (generic engines: the numba
+    # kernels take plain arrays only, not the counting subclass)
+    from sparsecoding.backend import use_engines
+
+    guard, reads = host_reads
+    r = np.random.default_rng(10)
+    with use_engines("generic"):
+        net = make_net("ma", softmax=True, loss="cel")
+        net.params = [(guard(W), guard(b)) for W, b in net.params]
+        x, y = guard(r.uniform(0, 1, (3, 2, 8, 8))), np.array([0, 2, 1])
+        counts = []
+        for T in (20, 40):
+            before = reads()
+            out = net.relax(x, net.init_states(3), T, y, 0.5, schedule=schedule, check_every=10)
+            counts.append(reads() - before)
+            assert out.n_iter == T and isinstance(out.state[0], type(x))
+    assert counts[1] - counts[0] == 2

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from conftest import central_difference
-from sparsecoding.readout import LogisticRegression, softmax
+from sparsecoding.ops.elementwise import softmax
+from sparsecoding.readout import LogisticRegression
 
 
 def test_gradient_matches_finite_differences():
@@ -27,6 +28,22 @@ def test_separable_classes_are_learned_and_softmax_normalised():
     np.testing.assert_allclose(softmax(r.standard_normal((5, 3))).sum(1), 1)
     with pytest.raises(ValueError, match="labels"):
         LogisticRegression().fit(X, y[:10])
+
+
+@pytest.mark.parametrize("solver", ["lbfgs", "adam"])
+def test_both_solvers_learn_and_agree_with_scipy_optimum(solver):
+    # "adam" is the solver GPU arrays take ("auto"): run here on numpy, it must reach the same
+    # classifier as L-BFGS (the convex problem's unique optimum) on well-separated classes
+    r = np.random.default_rng(3)
+    centers = r.standard_normal((3, 5)) * 4
+    y = r.integers(0, 3, 300)
+    X = centers[y] + r.standard_normal((300, 5))
+    m = LogisticRegression(l2=0.1, max_iter=2000, solver=solver).fit(X, y)
+    ref = LogisticRegression(l2=0.1, max_iter=2000, solver="lbfgs").fit(X, y)
+    assert m.score(X, y) > 0.97
+    np.testing.assert_allclose(m.coef_, ref.coef_, atol=2e-2 if solver == "adam" else 1e-8)
+    with pytest.raises(ValueError, match="solver"):
+        LogisticRegression(solver="sgd")
 
 
 def test_participation_ratio_closed_forms():

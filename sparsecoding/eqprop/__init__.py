@@ -1,6 +1,5 @@
 """Equilibrium propagation for convolutional energy-based networks (DESIGN.md §6)."""
-from .activations import ACTIVATIONS
-from .network import ConvEBM, MLPEBM
+from .network import ACTIVATIONS, ConvEBM, MLPEBM
 from .train import evaluate, make_optimizer, train
 
 __all__ = ["ACTIVATIONS", "ConvEBM", "MLPEBM", "evaluate", "make_optimizer", "train"]

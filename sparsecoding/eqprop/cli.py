@@ -22,7 +22,7 @@ import numpy as np
 
 from ..cliutil import (CLIError, HelpFormatter, device_backend, finite_float, nonnegative_float, nonnegative_int,
                        one_line_errors, positive_float, positive_int, run_command, writable_dir)
-from .activations import ACTIVATIONS
+from .network import ACTIVATIONS
 
 N_CLASSES = {"DIGITS": 10, "MNIST": 10, "CIFAR10": 10}
 # options of the LCA front end (--model LCACNN), refused until it lands

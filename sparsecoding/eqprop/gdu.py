@@ -45,8 +45,7 @@ from collections import deque
 import numpy as np
 
 from ..backend import to_numpy
-from ..readout import softmax
-from .network import _onehot
+from ..ops.elementwise import one_hot, softmax
 
 __all__ = ["hessian_vector", "bptt_gradients", "ep_step_gradients", "gdu_check", "free_phase", "float64_copy",
            "gducheck_command", "GDU_DEFAULTS", "TOL_PER_BETA", "RMSE_MAX", "SIGN_MIN"]
@@ -63,12 +62,24 @@ RMSE_MAX = 0.1
 SIGN_MIN = 0.9
 
 
-def hessian_vector(net, x, states, w, memo, y=None, beta=0.0):
-    """``H w``: Hessian of ``Phi`` (loss term included) in the states, at fixed pool indices."""
+# The public functions take and return channels-first states (the network's public layout); the
+# check itself runs in the network's internal layout through the underscored twins.
+def hessian_vector(net, x, states, w, memo=None, y=None, beta=0.0):
+    """``H w``: Hessian of ``Phi`` (loss term included) in the states, at fixed pool indices.
+
+    ``memo``: the max-pool indices to hold fixed (None: those at ``states``).
+    """
     x = net._check_x(x)
+    states, w = net._internal(states), net._internal(w)
+    if memo is None:
+        memo = _memo(net, x, states)
+    return net._public(_hessian_vector(net, x, states, w, memo, y, beta))
+
+
+def _hessian_vector(net, x, states, w, memo, y=None, beta=0.0):
     zero_x = net.xp.zeros_like(x)
     terms, _ = net._forward_terms(zero_x, w, memo_fixed=memo, bias=False)
-    hw = net.state_grads(x, w, _terms=(terms, memo))
+    hw = net._state_grads(x, w, _terms=(terms, memo))
     if beta != 0.0:
         hw[-1] = hw[-1] - beta * _loss_hessian_vector(net, states, w[-1], y)
     return hw
@@ -94,17 +105,22 @@ def _memo(net, x, states):
 def bptt_gradients(net, x, y, trajectory, K):
     """Cumulative BPTT gradients of the mean loss at ``trajectory[-1]`` through the last ``K`` steps.
 
-    Returns a list (t = 1..K) of per-parameter gradients (same structure as ``params``).
+    ``trajectory``: the states (channels-first) of consecutive synchronous steps, the last one
+    final. Returns a list (t = 1..K) of per-parameter gradients (same structure as ``params``).
     """
-    xp = net.xp
     x = net._check_x(x)
+    return _bptt_gradients(net, x, y, [net._internal(s) for s in trajectory], K)
+
+
+def _bptt_gradients(net, x, y, trajectory, K):
+    xp = net.xp
     n = x.shape[0]
     s_final = trajectory[-1]
     lam = [xp.zeros_like(s) for s in s_final]
     lam[-1] = net._loss_grad_output(s_final, y) / n  # d mean-loss / d s_T
     direct = [(xp.zeros_like(W), xp.zeros_like(b)) for W, b in net.params]
     if net.softmax:  # the loss depends on the readout directly
-        t = _onehot(xp, y, net.n_classes, net.dtype)
+        t = one_hot(y, net.n_classes, net.dtype, xp=xp)
         g = (softmax(net._readout(s_final[-1])) - t) / n
         direct[-1] = (g.T @ net._flat(s_final[-1]), g.sum(axis=0))
     acc = [(a.copy(), b.copy()) for a, b in direct]
@@ -112,28 +128,34 @@ def bptt_gradients(net, x, y, trajectory, K):
     for step in range(1, K + 1):
         s = trajectory[-1 - step]
         memo = _memo(net, x, s)
-        g = net.state_grads(x, s)
+        g = net._state_grads(x, s)
         w = [net.dsigma(gk) * lk for gk, lk in zip(g, lam)]
         # (dF/dtheta)^T lam = d/deps dPhi/dtheta(s + eps w) (exact central difference; batch means -> * n)
-        plus = net.param_grads(x, [a + b for a, b in zip(s, w)], memo=memo)
-        minus = net.param_grads(x, [a - b for a, b in zip(s, w)], memo=memo)
+        plus = net._param_grads(x, [a + b for a, b in zip(s, w)], None, 0.0, memo=memo)
+        minus = net._param_grads(x, [a - b for a, b in zip(s, w)], None, 0.0, memo=memo)
         for k in range(len(acc)):
             acc[k] = (acc[k][0] + 0.5 * n * (plus[k][0] - minus[k][0]),
                       acc[k][1] + 0.5 * n * (plus[k][1] - minus[k][1]))
         out.append([(a.copy(), b.copy()) for a, b in acc])
-        lam = hessian_vector(net, x, s, w, memo)
+        lam = _hessian_vector(net, x, s, w, memo)
     return out
 
 
 def ep_step_gradients(net, x, y, s_star, K, beta):
-    """EP estimates after each of the first ``K`` nudged steps from the free fixed point ``s_star``."""
+    """EP estimates after each of the first ``K`` nudged steps from the free fixed point ``s_star``
+    (channels-first states)."""
     x = net._check_x(x)
-    g0 = net.param_grads(x, s_star, y, 0.0)
+    net._check_y(y, x.shape[0])
+    return _ep_step_gradients(net, x, y, net._internal(s_star), K, beta)
+
+
+def _ep_step_gradients(net, x, y, s_star, K, beta):
+    g0 = net._param_grads(x, s_star, y, 0.0)
     s = s_star
     out = []
     for _ in range(K):
-        s = net.step(x, s, y, beta)
-        gb = net.param_grads(x, s, y, beta)
+        s = net._step(x, s, y, beta)
+        gb = net._param_grads(x, s, y, beta)
         out.append([(-(a[0] - b[0]) / beta, -(a[1] - b[1]) / beta) for a, b in zip(gb, g0)])
     return out
 
@@ -152,7 +174,7 @@ def float64_copy(net):
     new.dtype = np.dtype("float64")
     new.params = [(xp.asarray(W, dtype=np.float64), xp.asarray(b, dtype=np.float64)) for W, b in net.params]
     new._ops, new._prepared, new._input_term = {}, None, None
-    new.__dict__.pop("last_free_states", None)
+    new.__dict__.pop("_last_free", None)
     return new
 
 
@@ -161,14 +183,21 @@ def free_phase(net, x, T1, tol, keep):
 
     Stops once at least ``keep - 1`` steps are done and the last step moved no state by
     ``tol`` or more. Returns ``(trajectory, steps, last_change)``: the last ``keep`` states
-    (the initial one included), the number of steps and ``max |s_t - s_{t-1}|`` of the last step.
+    (the initial one included, channels-first), the number of steps and ``max |s_t - s_{t-1}|``
+    of the last step.
     """
+    traj, t, change = _free_phase(net, net._check_x(x), T1, tol, keep)
+    return [net._public(s) for s in traj], t, change
+
+
+def _free_phase(net, x, T1, tol, keep):
+    # an absolute change, not the runner's relative one: the check's tolerance scales with beta
+    # (TOL_PER_BETA), and the whole trajectory tail is kept for the BPTT
     xp = net.xp
-    x = net._check_x(x)
-    traj = deque([net.init_states(x.shape[0])], maxlen=keep)
+    traj = deque([net._init_states(x.shape[0])], maxlen=keep)
     change, t = float("inf"), 0
     for t in range(1, T1 + 1):
-        traj.append(net.step(x, traj[-1]))
+        traj.append(net._step(x, traj[-1], None, 0.0))
         change = max(float(xp.abs(a - b).max()) for a, b in zip(traj[-1], traj[-2]))
         if t >= keep - 1 and change < tol:
             break
@@ -202,14 +231,15 @@ def gdu_check(net, x, y, T1=GDU_DEFAULTS["T1"], T2=GDU_DEFAULTS["T2"], beta=GDU_
         net = float64_copy(net)
     x = net._check_x(x)
     y = np.asarray(y)
-    traj, steps, change = free_phase(net, x, T1, tol, T2 + 1)
+    traj, steps, change = _free_phase(net, x, T1, tol, T2 + 1)
     notes = []
     if steps < T2:
         notes.append(f"T2 cut from {T2} to the {steps} free steps done")
         T2 = steps
     converged = bool(change < tol)
-    ep = ep_step_gradients(net, x, y, traj[-1], T2, beta)
-    bp = bptt_gradients(net, x, y, traj, T2)
+    net._check_y(y, x.shape[0])
+    ep = _ep_step_gradients(net, x, y, traj[-1], T2, beta)
+    bp = _bptt_gradients(net, x, y, traj, T2)
     summary = {"beta": beta, "T1": T1, "T2": T2, "tol": tol, "steps": steps}
     summary["free_phase"] = {"steps": steps, "last_state_change": change, "converged": converged}
     summary["settings"] = {"T1_max": T1, "T2": T2, "beta": beta, "tol": tol, "batch": int(x.shape[0]),

@@ -18,6 +18,17 @@ pool indices of the transposed term.
 Parameter derivatives (batch means): conv ``dPhi/dW_k = corr(s_{k-1}, U_k(s_k))``,
 bias: ``U_k(s_k)`` summed over positions; fc ``s_k s_{k-1}^T`` and ``s_k``.
 
+Layouts: every public state is channels-first, ``(N, C, H, W)`` for conv layers and
+``(N, size)`` for fc ones. Internally the conv states live in the layout the
+convolution engines are fastest in (``backend.capabilities(xp).conv_layout``); the
+public methods convert once on entry and once on exit, and the EP estimator and the
+GDU check run wholly in the internal layout (underscored twins of the public methods).
+
+Relaxation: :meth:`ConvEBM.relax` iterates :meth:`ConvEBM.step` on the library's
+relaxation runner (:func:`sparsecoding.solvers.relax.relax`): ``tol`` bounds the relative
+change of the states over one step, checked every ``check_every`` steps, and the result
+is a :class:`~sparsecoding.solvers.relax.RelaxResult`.
+
 Losses: ``mse`` (``1/2 ||s_L - onehot(y)||^2``, the output is a state) or
 ``cel`` (cross-entropy of ``s_L``); with ``softmax=True`` the last fc layer is
 a readout ``W_out`` outside the dynamics and the loss is the cross-entropy of
@@ -25,9 +36,9 @@ a readout ``W_out`` outside the dynamics and the loss is the cross-entropy of
 
 Bad input (DESIGN.md §10): every public entry point refuses non-finite ``x`` and
 ``states`` of the wrong count or shape with a ValueError naming the argument
-(``phi`` and ``param_grads`` also refuse non-finite ``states``; ``state_grads``,
-which runs at every relaxation step, checks only their count and shapes, and an
-input this network already checked is not checked again). Labels ``y`` are
+(``phi``, ``param_grads`` and ``relax`` also refuse non-finite ``states``;
+``state_grads`` and ``step`` check only their count and shapes, and an input this
+network already checked is not checked again). Labels ``y`` are
 integers in ``[0, n_classes)``: an integer dtype, or floats with integral values
 such as ``3.0``; one label per sample. ``beta`` and ``betas`` are finite, step
 counts ``T``/``T1``/``T2`` integers >= 1, ``tol`` None or > 0, ``scale`` > 0.
@@ -42,22 +53,21 @@ from contextlib import ExitStack
 
 import numpy as np
 
-from ..backend import namespace
+from ..backend import capabilities, namespace
 from ..ops.conv import ConvOperator, conv_output_shape
-from ..ops.pool import avg_pool, avg_pool_adjoint, max_pool, max_unpool, pool_output_shape
+from ..ops.elementwise import get_activation, one_hot, softmax
+from ..ops.engines import select_pool_engine
+from ..ops.pool import pool_output_shape
 from ..optim import _check_finite, _check_int, _check_labels, _check_number
-from ..readout import softmax
-from .activations import get_activation
+from ..solvers.relax import RelaxResult, relative_change, relax
+
+# the activations of the EqProp reference code (ops.elementwise holds them with their derivatives)
+ACTIVATIONS = ("my_hard_sig", "hard_sigmoid", "ctrd_hard_sig", "mysig", "tanh", "sigmoid")
 
 __all__ = ["ConvEBM", "MLPEBM"]
 
 LOSSES = ("mse", "cel")
 SCHEDULES = ("sync", "async")
-
-
-def _onehot(xp, y, k, dtype):
-    y = xp.asarray(y)
-    return (y[:, None] == xp.arange(k)[None]).astype(dtype)
 
 
 class ConvEBM:
@@ -70,20 +80,28 @@ class ConvEBM:
     kernels, strides, paddings : per conv layer
     pools : string of "m", "a", "i", one per conv layer
     fc : list of fully connected sizes, the last one the number of classes
-    activation : name in ``eqprop.activations.ACTIVATIONS``
+    activation : one of ``ACTIVATIONS`` (the reference code's names; functions and derivatives
+        from :mod:`sparsecoding.ops.elementwise`)
     softmax : last fc layer is a readout outside the dynamics
     loss : "mse" or "cel"
     scale : optional factor multiplying the default (PyTorch-like uniform) initialisation
     seed, dtype, backend
     layout : "auto", "channels_first" or "channels_last"
-        Layout of the conv states: ``(N, C, H, W)`` or ``(N, H, W, C)``. "auto" keeps them
-        channels-last on the CPU, where the convolutions then gather contiguous channel runs
-        (bench/eqprop: about 1.5x faster per step), and channels-first on the GPU. Inputs
-        ``x`` are always ``(N, C, H, W)``; ``state_shapes`` lists the shapes in use.
+        Internal layout of the conv states during a relaxation: ``(N, C, H, W)`` or
+        ``(N, H, W, C)``. "auto" takes the layout the convolution engines are fastest in
+        (``backend.capabilities(xp).conv_layout``: channels-last for the numba engines, where
+        the convolutions gather contiguous channel runs, bench/eqprop: about 1.5x faster per
+        step; channels-first for the generic ones cupy uses). Every public array is
+        channels-first whatever the internal layout: inputs ``x (N, C, H, W)``, and the conv
+        states that ``init_states``, ``relax``, ``step``, ``state_grads`` and
+        ``last_free_states`` take and return, ``(N, C, H, W)``; ``relax`` converts once on
+        entry and once on exit.
 
     Attributes
     ----------
     params : list of ``(W, b)`` per synapse (conv ``(K, C, k, k)``, fc ``(out, in)``, readout last)
+    state_shapes : list of per-sample state shapes, conv ``(C, H, W)``, fc ``(size,)``
+    layout : the internal layout in use
     """
 
     def __init__(self, in_size, channels, kernels, strides, paddings, pools, fc, activation="my_hard_sig",
@@ -109,25 +127,26 @@ class ConvEBM:
         if scale is not None:
             scale = _check_number(scale, "scale", low=0, low_open=True)
         self.act_name = activation
-        self.sigma, self.dsigma = get_activation(activation)
+        self.sigma, self.dsigma = get_activation(activation, allowed=ACTIVATIONS)
         self.softmax, self.loss = bool(softmax), loss
         self.xp = namespace(backend)
         if layout not in ("auto", "channels_first", "channels_last"):
             raise ValueError(f"layout must be 'auto', 'channels_first' or 'channels_last', got {layout!r}")
         if layout == "auto":
-            layout = "channels_last" if self.xp.__name__ == "numpy" else "channels_first"
+            layout = capabilities(self.xp).conv_layout
         self.layout = layout
         self.cl = layout == "channels_last"
         self._prepared = None  # the last input _check_x returned
         self._checked_y = None  # the last label object _check_y accepted, and its batch size
         self._input_term = None  # the input layer's term, cached during a relaxation
+        self._pool = select_pool_engine(self.xp)  # 2x2 pools; indices come from its own max_pool
         self.dtype = np.dtype(dtype)
         self.pools = pools
         self.strides, self.paddings = list(strides), list(paddings)
         rng = np.random.default_rng(seed)
         self.params = []
         # conv geometry: state shapes
-        self.state_shapes = []
+        self.state_shapes, self._shapes = [], []  # public (channels-first) and internal per-sample shapes
         size = (in_size, in_size)
         self.conv_in_shapes, self.conv_out_shapes = [], []
         for k in range(n_conv):
@@ -135,7 +154,8 @@ class ConvEBM:
             out = conv_output_shape(size, (kernels[k], kernels[k]), strides[k], paddings[k])
             self.conv_out_shapes.append(out)
             size = pool_output_shape(out, (2, 2), (2, 2)) if pools[k] != "i" else out
-            self.state_shapes.append((*size, channels[k + 1]) if self.cl else (channels[k + 1], *size))
+            self.state_shapes.append((channels[k + 1], *size))
+            self._shapes.append((*size, channels[k + 1]) if self.cl else (channels[k + 1], *size))
             self.params.append(self._init(rng, (channels[k + 1], channels[k], kernels[k], kernels[k]), scale))
         self.n_conv = n_conv
         prev = int(np.prod(self.state_shapes[-1])) if n_conv else int(np.prod((channels[0], in_size, in_size)))
@@ -144,6 +164,7 @@ class ConvEBM:
             self.params.append(self._init(rng, (sizes[i + 1], sizes[i]), scale))
             if not (self.softmax and i == len(fc) - 1):
                 self.state_shapes.append((sizes[i + 1],))
+                self._shapes.append((sizes[i + 1],))
         self.n_classes = fc[-1]
         self._ops = {}
 
@@ -168,9 +189,32 @@ class ConvEBM:
                 for k in range(len(self.params)) for a in ("W", "b")]
 
     def init_states(self, batch):
-        """Zero states, one array per layer: conv (N, C, H, W) (channels-last: (N, H, W, C)), fc (N, size)."""
+        """Zero states, one array per layer: conv ``(N, C, H, W)``, fc ``(N, size)``."""
         batch = _check_int(batch, "batch", minimum=0)
         return [self.xp.zeros((batch, *s), dtype=self.dtype) for s in self.state_shapes]
+
+    def _init_states(self, batch):
+        """Zero states in the internal layout."""
+        return [self.xp.zeros((batch, *s), dtype=self.dtype) for s in self._shapes]
+
+    # public (channels-first) <-> internal layout; the identity when they agree
+    def _internal(self, states):
+        if not self.cl:
+            return list(states)
+        xp = self.xp
+        return [xp.ascontiguousarray(xp.moveaxis(s, 1, -1)) if s.ndim == 4 else s for s in states]
+
+    def _public(self, states):
+        if not self.cl:
+            return list(states)
+        xp = self.xp
+        return [xp.ascontiguousarray(xp.moveaxis(s, -1, 1)) if s is not None and s.ndim == 4 else s
+                for s in states]
+
+    def _checked_internal(self, states, n, finite):
+        """Public ``states`` checked (count, shapes, optionally finite) and converted to the internal layout."""
+        self._check_states(states, n, finite)
+        return self._internal(states)
 
     def _op(self, k):
         op = self._ops.get(k)
@@ -282,9 +326,9 @@ class ConvEBM:
                     flat = xp.take_along_axis(pre.reshape(n, c, -1), idx.reshape(n, c, -1), axis=2)
                 pooled = flat.reshape(idx.shape)
             elif self.pools[k] == "m":
-                pooled, idx = max_pool(pre, 2, channels_last=self.cl)
+                pooled, idx = self._pool.max_pool(pre, (2, 2), (2, 2), self.cl)
             elif self.pools[k] == "a":
-                pooled, idx = avg_pool(pre, 2, channels_last=self.cl), None
+                pooled, idx = self._pool.avg_pool(pre, (2, 2), (2, 2), self.cl), None
             else:
                 pooled, idx = pre, None
             if bias:
@@ -307,9 +351,9 @@ class ConvEBM:
     def _unpool(self, k, s_next, memo_k):
         """``U_k(s_k)``: adjoint of layer k's pool at its current pre-activation."""
         if self.pools[k] == "m":
-            return max_unpool(s_next, memo_k, self.conv_out_shapes[k], channels_last=self.cl)
+            return self._pool.max_unpool(s_next, memo_k, self.conv_out_shapes[k], self.cl)
         if self.pools[k] == "a":
-            return avg_pool_adjoint(s_next, self.conv_out_shapes[k], 2, channels_last=self.cl)
+            return self._pool.avg_pool_adjoint(s_next, self.conv_out_shapes[k], (2, 2), (2, 2), self.cl)
         return s_next
 
     def _readout(self, s_last):
@@ -319,7 +363,7 @@ class ConvEBM:
     def _loss_grad_output(self, states, y):
         """d loss / d (last state), per sample (N, ...)."""
         xp = self.xp
-        t = _onehot(xp, y, self.n_classes, self.dtype)
+        t = one_hot(y, self.n_classes, self.dtype, xp=xp)
         if self.softmax:
             p = softmax(self._readout(states[-1]))
             return self._unflat((p - t) @ self.params[-1][0], states[-1])
@@ -328,10 +372,13 @@ class ConvEBM:
         return softmax(states[-1]) - t
 
     def loss_value(self, states, y):
-        """Per-sample loss at the given states."""
-        xp = self.xp
+        """Per-sample loss ``(N,)`` at the given states (channels-first, as ``init_states`` makes them)."""
         self._check_y(y, states[-1].shape[0])
-        t = _onehot(xp, y, self.n_classes, self.dtype)
+        return self._loss_value(self._internal(states), y)
+
+    def _loss_value(self, states, y):
+        xp = self.xp
+        t = one_hot(y, self.n_classes, self.dtype, xp=xp)
         if self.softmax:
             p = softmax(self._readout(states[-1]))
             return -xp.sum(t * xp.log(p + 1e-30), axis=1)
@@ -347,7 +394,7 @@ class ConvEBM:
         x = self._check_x(x)
         beta = _check_number(beta, "beta")
         n = x.shape[0]
-        self._check_states(states, n, finite=True)
+        states = self._checked_internal(states, n, finite=True)
         if beta != 0.0:
             self._check_y(y, n)
         terms, _ = self._forward_terms(x, states)
@@ -355,17 +402,21 @@ class ConvEBM:
         for t, s in zip(terms, states):
             val = val + xp.sum((t * s).reshape(n, int(np.prod(s.shape[1:]))), axis=1)
         if beta != 0.0:
-            val = val - beta * self.loss_value(states, y)
+            val = val - beta * self._loss_value(states, y)
         return val
 
-    def state_grads(self, x, states, y=None, beta=0.0, _terms=None, layers=None):
+    def state_grads(self, x, states, y=None, beta=0.0, layers=None):
         """``dPhi/ds_k`` for every state (same shapes as ``states``); with ``layers`` only those
         (the others are None), computing only the convolutions they need."""
         x = self._check_x(x)
         beta = _check_number(beta, "beta")
-        self._check_states(states, x.shape[0], finite=False)
+        states = self._checked_internal(states, x.shape[0], finite=False)
         if beta != 0.0:
             self._check_y(y, x.shape[0])
+        return self._public(self._state_grads(x, states, y, beta, layers=layers))
+
+    def _state_grads(self, x, states, y=None, beta=0.0, _terms=None, layers=None):
+        """:meth:`state_grads` on checked input and internal-layout states."""
         which = None
         if layers is not None:
             layers = set(layers)
@@ -389,8 +440,8 @@ class ConvEBM:
             grads = [g if k in layers else None for k, g in enumerate(grads)]
         return grads
 
-    def param_grads(self, x, states, y=None, beta=0.0, memo=None):
-        """``dPhi/dtheta`` as batch means, same structure as ``params`` (``memo``: fixed pool indices).
+    def param_grads(self, x, states, y=None, beta=0.0):
+        """``dPhi/dtheta`` as batch means, same structure as ``params``.
 
         An empty batch raises ValueError (the mean over no sample is undefined).
         """
@@ -399,10 +450,10 @@ class ConvEBM:
         n = x.shape[0]
         if n == 0:
             raise ValueError("x is an empty batch: the batch-mean parameter derivatives need at least one sample")
-        self._check_states(states, n, finite=True)
+        states = self._checked_internal(states, n, finite=True)
         if beta != 0.0 and self.softmax:
             self._check_y(y, n)
-        return self._param_grads(x, states, y, beta, memo)
+        return self._param_grads(x, states, y, beta)
 
     def _param_grads(self, x, states, y, beta, memo=None):
         xp = self.xp
@@ -420,7 +471,7 @@ class ConvEBM:
             out.append((states[k].T @ prev / n, states[k].sum(axis=0) / n))
         if self.softmax:
             if beta != 0.0:
-                t = _onehot(xp, y, self.n_classes, self.dtype)
+                t = one_hot(y, self.n_classes, self.dtype, xp=xp)
                 s_last = self._flat(states[-1])
                 g = -beta * (softmax(self._readout(states[-1])) - t)
                 out.append((g.T @ s_last / n, g.sum(axis=0) / n))
@@ -432,32 +483,52 @@ class ConvEBM:
     # ----------------------------------------------------------- dynamics
     def step(self, x, states, y=None, beta=0.0, schedule="sync"):
         """One relaxation step ``s <- sigma(dPhi/ds)``; ``schedule`` "sync" or "async" (odd then even layers)."""
+        x = self._check_x(x)
+        beta = _check_number(beta, "beta")
+        self._check_schedule(schedule, None)
+        states = self._checked_internal(states, x.shape[0], finite=False)
+        if beta != 0.0:
+            self._check_y(y, x.shape[0])
+        return self._public(self._step(x, states, y, beta, schedule))
+
+    def _step(self, x, states, y, beta, schedule="sync"):
         if schedule == "sync":
-            return [self.sigma(g) for g in self.state_grads(x, states, y, beta)]
-        if schedule != "async":
-            raise ValueError(f"schedule must be 'sync' or 'async', got {schedule!r}")
+            return [self.sigma(g) for g in self._state_grads(x, states, y, beta)]
         states = list(states)
         for parity in (0, 1):  # layers 1, 3, 5 ... then 2, 4, ... (0-based even, odd)
             half = range(parity, self.n_states, 2)
-            g = self.state_grads(x, states, y, beta, layers=half)
+            g = self._state_grads(x, states, y, beta, layers=half)
             for k in half:
                 states[k] = self.sigma(g[k])
         return states
 
     def relax(self, x, states, T, y=None, beta=0.0, schedule="sync", tol=None, check_every=5):
-        """Run up to ``T`` steps; with ``tol`` stop once ``max |s_t - s_{t-1}| < tol`` (checked every few steps).
+        """Run up to ``T`` steps of :meth:`step` from ``states`` on the library's relaxation runner.
 
-        Returns the final states (and sets ``self.last_steps``); an empty batch returns its
-        (empty) states unchanged.
+        ``tol`` (None or > 0): stop once the relative change of the states over one step,
+        ``max_k max|s_t - s_{t-1}| / max_k max|s_t|``, is <= tol; it is checked every
+        ``check_every`` steps (one host read per check, which also stops a diverging run with
+        ``FloatingPointError``). Returns a :class:`~sparsecoding.solvers.relax.RelaxResult`:
+        ``state`` the final states (channels-first, like ``states``), ``n_iter``,
+        ``converged``, ``history``. An empty batch returns its (empty) states unchanged.
         """
         x = self._check_x(x)
         T = self._check_steps(T)
         tol = self._check_schedule(schedule, tol)
+        beta = _check_number(beta, "beta")
         if len(states) != self.n_states:
             raise ValueError(f"need {self.n_states} state arrays, got {len(states)}")
         if x.shape[0] == 0:
-            self.last_steps = 0
-            return list(states)
+            return RelaxResult(list(states), 0, True)
+        states = self._checked_internal(states, x.shape[0], finite=True)
+        if beta != 0.0:
+            self._check_y(y, x.shape[0])
+        result = self._relax(x, states, T, y, beta, schedule, tol, check_every)
+        result.state = self._public(result.state)
+        return result
+
+    def _relax(self, x, states, T, y, beta, schedule, tol, check_every=5):
+        """:meth:`relax` on checked input and internal-layout states; returns the RelaxResult."""
         self._input_term = None
         with ExitStack() as frozen:
             # the weights cannot change during a relaxation: operands derived from them
@@ -468,25 +539,10 @@ class ConvEBM:
                 term, memo = self._forward_terms(x, states, which={0})
                 self._input_term = (x, term[0], memo[0])
             try:
-                states = self._relax_loop(x, states, T, y, beta, schedule, tol, check_every)
+                return relax(lambda s: self._step(x, s, y, beta, schedule), states, T, tol=tol,
+                             check_every=check_every, monitor=relative_change, what="the EqProp relaxation")
             finally:
                 self._input_term = None
-        return states
-
-    def _relax_loop(self, x, states, T, y, beta, schedule, tol, check_every):
-        xp = self.xp
-        t = 0
-        for t in range(1, T + 1):
-            new = self.step(x, states, y, beta, schedule)
-            if tol is not None and t % check_every == 0:
-                delta = max(float(xp.abs(a - b).max()) for a, b in zip(new, states))
-                states = new
-                if delta < tol:
-                    break
-            else:
-                states = new
-        self.last_steps = t
-        return states
 
     def ep_gradients(self, x, y, T1, T2, betas=(0.0, 0.5), third_phase=False, random_sign=False, rng=None,
                      schedule="sync", tol=None):
@@ -496,7 +552,7 @@ class ConvEBM:
         ``betas[1]`` from the free fixed point:
         ``-(dPhi/dtheta(s^b2) - dPhi/dtheta(s^b1)) / (b2 - b1)``; with ``third_phase``:
         ``-(dPhi/dtheta(s^+b) - dPhi/dtheta(s^-b)) / (2 b)``. Returns the gradients (same
-        structure as ``params``); the free fixed point is kept in ``self.last_free_states``.
+        structure as ``params``); the free fixed point is kept: ``self.last_free_states``.
 
         ``T1``, ``T2``: integers >= 1; ``betas``: two finite numbers that differ (with
         ``third_phase``, ``betas[1] != 0``); ``y``: one integer label in ``[0, n_classes)`` per
@@ -520,16 +576,16 @@ class ConvEBM:
         if random_sign:
             rng = rng if rng is not None else np.random.default_rng()
             beta2 = beta2 * (1 if rng.random() < 0.5 else -1)
-        free = self.relax(x, self.init_states(x.shape[0]), T1, y, beta1, schedule, tol)
-        plus = self.relax(x, free, T2, y, beta2, schedule, tol)
+        free = self._relax(x, self._init_states(x.shape[0]), T1, y, beta1, schedule, tol).state
+        plus = self._relax(x, free, T2, y, beta2, schedule, tol).state
         if third_phase:
-            minus = self.relax(x, free, T2, y, -beta2, schedule, tol)
+            minus = self._relax(x, free, T2, y, -beta2, schedule, tol).state
             gp, gm = self._param_grads(x, plus, y, beta2), self._param_grads(x, minus, y, -beta2)
             denom = 2 * beta2
         else:
             gp, gm = self._param_grads(x, plus, y, beta2), self._param_grads(x, free, y, beta1)
             denom = beta2 - beta1
-        self.last_free_states = free
+        self._last_free = free
         return [(-(a[0] - b[0]) / denom, -(a[1] - b[1]) / denom) for a, b in zip(gp, gm)]
 
     def predict(self, x, T, schedule="sync", tol=None):
@@ -539,9 +595,18 @@ class ConvEBM:
         x = self._check_x(x)
         if x.shape[0] == 0:
             return self.xp.zeros(0, dtype=np.int64)
-        states = self.relax(x, self.init_states(x.shape[0]), T, schedule=schedule, tol=tol)
-        out = self._readout(states[-1]) if self.softmax else states[-1]
-        return out.argmax(axis=1)
+        states = self._relax(x, self._init_states(x.shape[0]), T, None, 0.0, schedule, tol).state
+        return self._output(states).argmax(axis=1)
+
+    def _output(self, states):
+        """The network's class scores ``(N, n_classes)`` at internal-layout states."""
+        return self._readout(states[-1]) if self.softmax else states[-1]
+
+    @property
+    def last_free_states(self):
+        """The free fixed point of the last :meth:`ep_gradients` batch (channels-first states)."""
+        free = getattr(self, "_last_free", None)
+        return None if free is None else self._public(free)
 
     # ------------------------------------------------------ learning loop (DESIGN.md §2)
     def get_state(self):

@@ -235,9 +235,7 @@ def train(net, Xtr, ytr, Xte=None, yte=None, epochs=1, mbs=128, T1=30, T2=10, be
             xb = horizontal_flip(random_crop(xb, rng, padding=max(1, xb.shape[-1] // 8)), rng)
         yb = ytr[idx]
         grads = net.ep_gradients(xb, yb, T1, T2, betas, third_phase, random_sign, rng, schedule, tol)
-        free = net.last_free_states
-        out = net._readout(free[-1]) if net.softmax else free[-1]
-        wrong = int((to_numpy(out.argmax(axis=1)) != yb).sum())
+        wrong = int((to_numpy(net._output(net._last_free).argmax(axis=1)) != yb).sum())
         opt.step([g for pair in grads for g in pair])
         return {"train_error": wrong / len(idx)}
 
