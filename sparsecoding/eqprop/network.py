@@ -70,6 +70,26 @@ LOSSES = ("mse", "cel")
 SCHEDULES = ("sync", "async")
 
 
+def check_phase_args(T1, T2, betas, third_phase=False, schedule="sync", tol=None):
+    """The EP estimator's settings checked: ``(T1, T2, (beta1, beta2), tol)``; ValueError naming the bad one."""
+    T1 = _check_int(T1, "T1", minimum=1)
+    T2 = _check_int(T2, "T2", minimum=1)
+    try:
+        b1, b2 = betas
+    except (TypeError, ValueError):
+        raise ValueError(f"betas must be a pair of numbers (beta1, beta2), got {betas!r}") from None
+    b1, b2 = _check_number(b1, "betas[0]"), _check_number(b2, "betas[1]")
+    if b1 == b2:
+        raise ValueError(f"betas must differ, got ({b1:g}, {b2:g})")
+    if third_phase and b2 == 0:
+        raise ValueError("third_phase nudges at +beta and -beta with beta = betas[1], which must not be 0")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if tol is not None:
+        tol = _check_number(tol, "tol", low=0, low_open=True)
+    return T1, T2, (b1, b2), tol
+
+
 class ConvEBM:
     """Convolutional energy-based network (the EqProp reference code's ``P_CNN``).
 
@@ -558,17 +578,7 @@ class ConvEBM:
         ``third_phase``, ``betas[1] != 0``); ``y``: one integer label in ``[0, n_classes)`` per
         sample; an empty batch raises ValueError.
         """
-        try:
-            b1, b2 = betas
-        except (TypeError, ValueError):
-            raise ValueError(f"betas must be a pair of finite numbers, got {betas!r}") from None
-        beta1, beta2 = _check_number(b1, "betas[0]"), _check_number(b2, "betas[1]")
-        if beta1 == beta2:
-            raise ValueError("betas must differ")
-        if third_phase and beta2 == 0.0:
-            raise ValueError("third_phase needs betas[1] != 0 (phases at +betas[1] and -betas[1])")
-        T1, T2 = self._check_steps(T1, "T1"), self._check_steps(T2, "T2")
-        tol = self._check_schedule(schedule, tol)
+        T1, T2, (beta1, beta2), tol = check_phase_args(T1, T2, betas, third_phase, schedule, tol)
         x = self._check_x(x)
         if x.shape[0] == 0:
             raise ValueError("x is an empty batch: the EP gradient (a batch mean) needs at least one sample")

@@ -33,10 +33,9 @@ from ..checkpoint import load_checkpoint, pack_optimizer, unpack_optimizer
 from ..data.augment import horizontal_flip, random_crop
 from ..optim import SGD, Adam, cosine_lr
 from ..training import TrainingInterrupted, fit_loop
+from .network import check_phase_args
 
 __all__ = ["make_optimizer", "evaluate", "train", "run_settings", "load_run", "write_run_outputs"]
-
-SCHEDULES = ("sync", "async")
 
 
 def _check_number(value, name, low=None, low_open=False):
@@ -100,25 +99,6 @@ def _per_synapse(net, lrs, wds):
     lrs = [_check_number(v, f"lrs[{i}]", low=0) for i, v in enumerate(lrs)]
     wds = [_check_number(v, f"wds[{i}]", low=0) for i, v in enumerate(wds)]
     return lrs, wds
-
-
-def _check_phase_args(T1, T2, betas, third_phase, schedule, tol):
-    T1 = _check_int(T1, "T1", minimum=1)
-    T2 = _check_int(T2, "T2", minimum=1)
-    try:
-        b1, b2 = betas
-    except (TypeError, ValueError):
-        raise ValueError(f"betas must be a pair of numbers (beta1, beta2), got {betas!r}") from None
-    b1, b2 = _check_number(b1, "betas[0]"), _check_number(b2, "betas[1]")
-    if b1 == b2:
-        raise ValueError(f"betas must differ, got ({b1:g}, {b2:g})")
-    if third_phase and b2 == 0:
-        raise ValueError("third_phase nudges at +beta and -beta with beta = betas[1], which must not be 0")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
-    if tol is not None:
-        tol = _check_number(tol, "tol", low=0, low_open=True)
-    return T1, T2, (b1, b2), tol
 
 
 def evaluate(net, X, y, T, mbs=256, schedule="sync", tol=None):
@@ -207,7 +187,7 @@ def train(net, Xtr, ytr, Xte=None, yte=None, epochs=1, mbs=128, T1=30, T2=10, be
         raise ValueError("give both Xte and yte, or neither")
     if Xte is not None:
         yte = _check_labels(yte, len(Xte), net.n_classes, "yte", "Xte")
-    T1, T2, betas, tol = _check_phase_args(T1, T2, betas, third_phase, schedule, tol)
+    T1, T2, betas, tol = check_phase_args(T1, T2, betas, third_phase, schedule, tol)
     mbs = _check_int(mbs, "mbs", minimum=1)
     epochs = _check_int(epochs, "epochs", minimum=1)
     seed = _check_int(seed, "seed", minimum=0)
