@@ -196,6 +196,9 @@ CASES = [
     ("lpl kernel even", lambda: lpl_net(kernel_size=2), ValueError, "kernel_size must be odd"),
     ("lpl channels", lambda: LPLConvNet(1, (0,), "m"), ValueError, r"channels\[0\]"),
     ("lpl activation", lambda: lpl_net(activation="gelu"), ValueError, "activation must be one of"),
+    ("lpl activation eqprop name", lambda: lpl_net(activation="my_hard_sig"), ValueError,
+     r"activation must be one of \['linear', 'relu', 'sigmoid', 'tanh'\]"),
+    ("lpl activation type", lambda: lpl_net(activation=["relu"]), ValueError, "activation must be one of"),
     ("lpl mode", lambda: lpl_net(mode="bogus"), ValueError, "mode must be"),
     ("lpl forward nan", lambda: lpl_net().forward(nan_at(IMG)), ValueError, "x contains NaN"),
     ("lpl forward channels", lambda: lpl_net().forward(np.ones((2, 3, 6, 6))), ValueError, "x has 3 channels"),
@@ -223,6 +226,10 @@ CASES = [
     ("foldiak dt", lambda: FoldiakNetwork(4, 2, dt=0), ValueError, r"dt must be .*\(0, 1\]"),
     ("foldiak tol", lambda: FoldiakNetwork(4, 2, tol=-1), ValueError, "tol must be"),
     ("foldiak max_settle", lambda: FoldiakNetwork(4, 2, max_settle=0), ValueError, "max_settle must be"),
+    ("foldiak check_every", lambda: FoldiakNetwork(4, 2, check_every=0), ValueError,
+     "check_every must be an integer >= 1"),
+    ("foldiak check_every float", lambda: FoldiakNetwork(4, 2, check_every=2.0), ValueError, "check_every must be"),
+    ("foldiak tol nan", lambda: FoldiakNetwork(4, 2, tol=NAN), ValueError, "tol must be"),
     ("foldiak n_units", lambda: FoldiakNetwork(4, 0), ValueError, "n_units must be an integer >= 1"),
     ("foldiak settle nan", lambda: FoldiakNetwork(4, 2).settle(nan_at(np.ones((2, 4)))), ValueError,
      "X contains NaN"),
@@ -233,7 +240,8 @@ CASES = [
     ("foldiak complex", lambda: FoldiakNetwork(4, 2).settle(np.ones((2, 4)) * 1j), TypeError, "X must be real"),
     ("foldiak batch_size", lambda: FoldiakNetwork(4, 2).partial_fit(np.ones((2, 4)), batch_size=0), ValueError,
      "batch_size must be an integer >= 1"),
-    ("foldiak huge weights", lambda: _huge_foldiak().settle(np.ones((2, 4))), FloatingPointError, "settling"),
+    ("foldiak huge weights", lambda: _huge_foldiak().settle(np.ones((2, 4))), FloatingPointError,
+     "settling diverged.*lower the learning rates"),
 ]
 
 
@@ -263,7 +271,7 @@ def test_empty_batches_give_empty_results():
         assert pred.shape == (0,) and np.issubdtype(pred.dtype, np.integer)
         assert net.predict(x, 10, tol=1e-3).shape == (0,)
     f = FoldiakNetwork(4, 3, seed=0)
-    assert f.settle(np.ones((0, 4))).shape == (0, 3) and f.transform(np.ones((0, 4))).shape == (0, 3)
+    assert f.settle(np.ones((0, 4))).state.shape == (0, 3) and f.transform(np.ones((0, 4))).shape == (0, 3)
     Q, t = f.Q.copy(), f.t.copy()
     assert f.partial_fit(np.ones((0, 4))) is f and f.n_presented == 0
     np.testing.assert_array_equal(f.Q, Q)

@@ -5,6 +5,7 @@ import pytest
 from sparsecoding.backend import to_numpy
 from sparsecoding.data import bars
 from sparsecoding.plasticity import FoldiakNetwork
+from sparsecoding.solvers.relax import RelaxResult
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +56,64 @@ def test_invariants_hold_after_every_update(bars_data):
 def test_settling_reaches_fixed_point_of_the_stated_equation(bars_data):
     X, _, Xtest = bars_data
     net = _train(X[:2000])
-    y = to_numpy(net.settle(Xtest[:200]))
+    res = net.settle(Xtest[:200])
+    assert isinstance(res, RelaxResult) and res.converged and res.n_iter % net.check_every == 0
+    y = to_numpy(res.state)
+    assert y.shape == (200, 16)
     Q, W, t = (to_numpy(a) for a in (net.Q, net.W, net.t))
     rhs = 1 / (1 + np.exp(-net.lam * (Xtest[:200] @ Q.T + y @ W.T - t)))
     np.testing.assert_allclose(y, rhs, atol=5e-3)
+    # the runner's rule: the relative change of the last step is <= tol, and the residual of the
+    # fixed-point equation is then at most tol max|y| / dt (the documented accuracy)
+    assert res.history[-1][0] == res.n_iter and res.last_value <= net.tol
+    assert np.abs(rhs - y).max() <= net.tol * np.abs(y).max() / net.dt * (1 + 1e-6)
+    np.testing.assert_array_equal(to_numpy(net.transform(Xtest[:200])), (y > 0.5).astype(float))
+
+
+def test_settle_options_and_one_shot_result():
+    X, _ = bars(20, seed=4)
+    net = FoldiakNetwork(64, 16, seed=1, tol=None, max_settle=25, check_every=5)
+    res = net.settle(X)
+    assert res.n_iter == 25 and not res.converged and [t for t, _ in res.history] == [5, 10, 15, 20, 25]
+    one = FoldiakNetwork(64, 16, seed=1, one_shot=True).settle(X)
+    assert isinstance(one, RelaxResult) and one.n_iter == 1 and one.converged and one.state.shape == (20, 16)
+    for bad in (0, 2.5, True, "10"):
+        with pytest.raises(ValueError, match="check_every must be"):
+            FoldiakNetwork(4, 2, check_every=bad)
+
+
+def test_settling_nan_raises_even_when_the_last_steps_are_not_checked():
+    # the drive is +inf, so y_t = 1 - 0.8^t; the inhibition W y overflows to -inf at step 12 (inf - inf = NaN),
+    # after the one check at step 10
+    net = FoldiakNetwork(4, 3, seed=0, max_settle=15, check_every=10)
+    net.Q[...] = 1e308
+    net.W[...] = -1e308
+    net.W[np.arange(3), np.arange(3)] = 0
+    with np.errstate(all="ignore"):
+        net.max_settle = 10
+        assert np.isfinite(net.settle(np.ones((2, 4))).state).all()
+        net.max_settle = 15
+        with pytest.raises(FloatingPointError, match="settling diverged.*after 15 steps.*lower the learning"):
+            net.settle(np.ones((2, 4)))
+
+
+def test_no_host_read_between_settling_checks(host_reads):
+    # 20 extra Euler steps with check_every 10 cost exactly the 2 extra checks' reads (one each):
+    # no step reads a value on the host
+    guard, reads = host_reads
+    X, _ = bars(16, seed=0)
+    net = FoldiakNetwork(64, 16, seed=1, tol=None, check_every=10)
+    net.fit(X, batch_size=8)  # non-zero W and t
+    net.Q, net.W, net.t = guard(net.Q), guard(net.W), guard(net.t)
+    Xg = guard(X)
+    counts = []
+    for n in (20, 40):
+        net.max_settle = n
+        before = reads()
+        res = net.settle(Xg)
+        counts.append(reads() - before)
+        assert res.n_iter == n and isinstance(res.state, type(Xg))
+    assert counts[1] - counts[0] == 2, counts
 
 
 def test_hebbian_rule_matches_per_presentation_formula():
@@ -161,3 +216,32 @@ def test_fit_resumes_bit_exactly_from_a_mid_run_checkpoint(tmp_path):
     a.fit(X[:200], batch_size=8, warmup=16)
     b.fit(X[:200], batch_size=8, warmup=16)
     np.testing.assert_array_equal(to_numpy(a.Q), to_numpy(b.Q))
+
+
+def test_fit_stopped_by_max_steps_and_resumed_ends_bit_identical(tmp_path):
+    """The learning API: ``fit(X, epochs=, batch_size=, seed=, callbacks=, checkpoint=)`` returns a History;
+    a run stopped by ``max_steps`` inside an epoch and resumed from its checkpoint by a fresh network ends
+    bit-identical to an uninterrupted one: Q, W, t, the counts, the epoch records and the per-batch records."""
+    from sparsecoding.training import History
+
+    X, _ = bars(160, seed=3)
+    seen = []
+    kw = dict(epochs=2, batch_size=8, seed=7, callbacks=[seen.append], warmup=16, record_steps=True)
+    full = FoldiakNetwork(64, 16, seed=2)
+    h_full = full.fit(X, **kw)
+    assert isinstance(h_full, History) and len(h_full) == 2 and len(h_full.steps) == 40 and seen == list(h_full)
+    ck = tmp_path / "ck.npz"
+    part = FoldiakNetwork(64, 16, seed=2)
+    h_part = part.fit(X, checkpoint=ck, max_steps=27, **kw)  # epoch 2, batch 7
+    assert len(h_part) == 1 and len(h_part.steps) == 27
+    resumed = FoldiakNetwork(64, 16, seed=99)  # other initial weights: only the checkpoint can make it equal
+    calls, original = [], resumed.partial_fit
+    resumed.partial_fit = lambda *a, **k: calls.append(1) or original(*a, **k)
+    h_res = resumed.fit(X, checkpoint=ck, **kw)
+    assert len(calls) == 40 - 27  # only the remaining batches ran (no second warmup)
+    for name in ("Q", "W", "t"):
+        assert np.array_equal(to_numpy(getattr(resumed, name)), to_numpy(getattr(full, name))), name
+    assert resumed.n_presented == full.n_presented == 16 + 2 * 160
+    assert list(h_res) == list(h_full) and h_res.steps == h_full.steps
+    assert all(np.array_equal(list(a.values()), list(b.values())) for a, b in zip(h_res + h_res.steps,
+                                                                                 h_full + h_full.steps))

@@ -159,3 +159,12 @@ def test_toy_experiment_three_outcomes():
     _, w = toy_selectivity(2.0, "predictive")
     # no term holds the response up: the weights shrink towards zero (collapse)
     assert np.linalg.norm(w) < 0.5 * np.linalg.norm(w0) and np.linalg.norm(w) < 0.01 * np.linalg.norm(w_lpl)
+
+
+def test_activations_are_entries_of_the_elementwise_registry():
+    from sparsecoding.ops import elementwise
+    from sparsecoding.plasticity.lpl import LPL_ACTIVATIONS
+
+    assert set(ACTIVATIONS) == set(LPL_ACTIVATIONS) == {"relu", "tanh", "sigmoid", "linear"}
+    for name, pair in ACTIVATIONS.items():
+        assert pair is elementwise.ACTIVATIONS[name], name

@@ -69,3 +69,39 @@ def test_greedy_fit_resumes_bit_exactly_after_an_exception_mid_stage(tmp_path):
     # greedy: epochs is the stage length, so it is one of the checkpoint's settings
     with pytest.raises(SettingsChanged, match="epochs_per_layer"):
         make().fit(X, checkpoint=ck, **{**kw, "epochs": 3})
+
+
+def test_fit_stopped_by_max_steps_and_resumed_ends_bit_identical(tmp_path):
+    """The learning API: ``fit(X, epochs=, batch_size=, seed=, callbacks=, checkpoint=)`` returns a History;
+    all layers at once, stopped by ``max_steps`` inside an epoch and resumed from the checkpoint by a fresh
+    network: weights, Adam buffers and step count, epoch and per-batch records all bit-identical."""
+    from sparsecoding.data.augment import digit_views
+    from sparsecoding.plasticity.lpl_net import LPLConvNet
+    from sparsecoding.training import History
+
+    X = np.random.default_rng(4).random((40, 1, 8, 8)).astype(np.float32)
+    seen = []
+    kw = dict(epochs=2, batch_size=8, seed=11, callbacks=[seen.append], augment=digit_views, progress=False,
+              record_steps=True)
+
+    def make(seed=2):
+        return LPLConvNet(1, (4, 6), "mi", lr=1e-2, seed=seed)
+
+    full = make()
+    h_full = full.fit(X, **kw)
+    assert isinstance(h_full, History) and len(h_full) == 2 and len(h_full.steps) == 10 and seen == list(h_full)
+    ck = tmp_path / "ck.npz"
+    h_part = make().fit(X, checkpoint=ck, max_steps=7, **kw)  # epoch 2, batch 2
+    assert len(h_part) == 1 and len(h_part.steps) == 7
+    resumed = make(seed=99)  # other initial weights: only the checkpoint can make it equal
+    steps = []
+    h_res = resumed.fit(X, checkpoint=ck, callback=lambda step, rep: steps.append(step), **kw)
+    assert steps == [8, 9, 10]  # only the remaining batches ran
+    a_full, m_full = full.get_state()
+    a_res, m_res = resumed.get_state()
+    assert sorted(a_full) == sorted(a_res) and m_full == m_res
+    for k in a_full:
+        assert np.array_equal(a_full[k], a_res[k]), k
+    assert list(h_res) == list(h_full) and h_res.steps == h_full.steps
+    assert all(np.array_equal(list(a.values()), list(b.values())) for a, b in zip(h_res + h_res.steps,
+                                                                                 h_full + h_full.steps))

@@ -149,3 +149,14 @@ def test_lpl_job(tmp_path):
                  "--quiet"]) == 0
     r = json.loads((tmp_path / "readout.json").read_text())
     assert len(r["readout_accuracy"]["lpl"]) == 2 and all(0.1 < a <= 1 for a in r["readout_accuracy"]["lpl"])
+
+
+def test_lpl_act_choices_are_the_activations_lpl_takes():
+    import argparse
+
+    from sparsecoding.cli import build_parser
+    from sparsecoding.plasticity.lpl import LPL_ACTIVATIONS
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    act = next(a for a in sub.choices["lpl"]._actions if a.dest == "act")
+    assert sorted(act.choices) == sorted(LPL_ACTIVATIONS)

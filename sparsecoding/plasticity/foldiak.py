@@ -6,7 +6,15 @@ settles to the equilibrium of::
 
     dy*/dt = f(Q x + W y* - t) - y*,     f(u) = 1 / (1 + exp(-lam u))
 
-and the binarised output is ``y = (y* > 1/2)``. After settling, three local rules::
+integrated from ``y* = 0`` by Euler steps on the library's relaxation runner
+(:func:`sparsecoding.solvers.relax.relax`)::
+
+    y_t = y_{t-1} + dt (f(Q x + W y_{t-1} - t) - y_{t-1})
+
+stopping once the relative change over one step
+``max|y_t - y_{t-1}| / max|y_t| <= tol`` (read every ``check_every`` steps, no
+host synchronisation in between) or after ``max_settle`` steps. The binarised
+output is ``y = (y* > 1/2)``. After settling, three local rules::
 
     dW = -alpha (y y^T - p^2)       (anti-Hebbian; then W <= 0, diag(W) = 0)
     dQ =  beta  y (x - Q)           (Hebbian, row-wise: q_i moves toward x when unit i fires)
@@ -18,26 +26,25 @@ Földiák's online procedure).
 
 Bad input (DESIGN.md §10): ``X`` with NaN or Inf or the wrong number of inputs,
 and hyperparameters out of range (``p`` in (0, 1); ``alpha``, ``beta``, ``gamma``
-finite >= 0; ``lam`` finite > 0; ``dt`` in (0, 1]; ``tol`` finite >= 0;
-``max_settle`` and ``batch_size`` integers >= 1) raise a ValueError naming the
-argument. An update that would make ``Q``, ``W`` or ``t`` non-finite (a learning
-rate far too large) raises ``FloatingPointError`` before anything is written: the
-network keeps its last finite state. Settling that produces NaN (weights so large
-that the drive overflows) raises ``FloatingPointError`` too. Empty batches:
-``settle``/``transform`` return a (0, n_units) array and ``partial_fit`` changes nothing.
+finite >= 0; ``lam`` finite > 0; ``dt`` in (0, 1]; ``tol`` finite >= 0 or None;
+``max_settle``, ``check_every`` and ``batch_size`` integers >= 1) raise a ValueError
+naming the argument. An update that would make ``Q``, ``W`` or ``t`` non-finite (a
+learning rate far too large) raises ``FloatingPointError`` before anything is
+written: the network keeps its last finite state. Settling that produces NaN
+(weights so large that the drive overflows) raises ``FloatingPointError`` too, saying
+that settling diverged. Empty batches: ``settle`` returns a (0, n_units) state,
+``transform`` a (0, n_units) array, and ``partial_fit`` changes nothing.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..backend import namespace
+from ..ops.elementwise import sigmoid
 from ..optim import _check_finite, _check_int, _check_number
+from ..solvers.relax import RelaxResult, relax
 
 __all__ = ["FoldiakNetwork"]
-
-
-def _sigmoid(xp, u):
-    return 0.5 * (1.0 + xp.tanh(0.5 * u))  # 1/(1+exp(-u)) without overflow
 
 
 class FoldiakNetwork:
@@ -49,8 +56,19 @@ class FoldiakNetwork:
     p : target firing probability of each unit (and of pairwise co-firing, p^2)
     alpha, beta, gamma : learning rates of W (lateral), Q (feed-forward), t (thresholds)
     lam : steepness of the sigmoid
-    dt : Euler step of the settling dynamics; tol / max_settle: stop settling when
-        ``max |dy*| < tol`` or after ``max_settle`` steps
+    dt : Euler step of the settling dynamics
+    tol : stop settling once the relative change of the state over one step,
+        ``max|y_t - y_{t-1}| / max|y_t|``, is ``<= tol`` (the relaxation runner's rule);
+        None: always run ``max_settle`` steps (still checking for divergence). Since
+        ``y_t - y_{t-1} = dt (f(.) - y_{t-1})``, the residual of the fixed-point equation
+        at the stop is ``max|f(Qx + Wy - t) - y| <= tol max|y| / dt <= tol / dt``
+        (``0 <= y <= 1``). The default 2e-5 with ``dt=0.2`` bounds it by 1e-4: at least as
+        tight as the earlier absolute rule ``max|f(.) - y| < 1e-4``, and tighter when the
+        most active unit of the batch is far from saturation. With another ``dt``, scale
+        ``tol`` with it to keep the same accuracy.
+    max_settle : the most Euler steps per settling
+    check_every : steps between convergence / divergence checks (each reads one scalar
+        on the host); an integer >= 1
     one_shot : if True, skip settling and use one feed-forward pass with the lateral
         term applied to the feed-forward response (the seed notebook's failure mode)
     seed : random initialisation of Q (unit-norm rows) and the presentation order
@@ -61,19 +79,21 @@ class FoldiakNetwork:
     Q : (n_units, n_inputs), W : (n_units, n_units), t : (n_units,)
     """
 
-    def __init__(self, n_inputs, n_units, p=1 / 8, alpha=0.1, beta=0.02, gamma=0.02, lam=10.0, dt=0.2, tol=1e-4,
-                 max_settle=500, one_shot=False, seed=None, backend=None, dtype="float64"):
+    def __init__(self, n_inputs, n_units, p=1 / 8, alpha=0.1, beta=0.02, gamma=0.02, lam=10.0, dt=0.2, tol=2e-5,
+                 max_settle=500, check_every=10, one_shot=False, seed=None, backend=None, dtype="float64"):
         n_inputs, n_units = _check_int(n_inputs, "n_inputs", minimum=1), _check_int(n_units, "n_units", minimum=1)
         p = _check_number(p, "p", 0, 1, low_open=True, high_open=True)
         alpha, beta, gamma = (_check_number(v, name, low=0) for name, v in (("alpha", alpha), ("beta", beta),
                                                                               ("gamma", gamma)))
         lam = _check_number(lam, "lam", low=0, low_open=True)
         dt = _check_number(dt, "dt", 0, 1, low_open=True)
-        tol = _check_number(tol, "tol", low=0)
+        tol = None if tol is None else _check_number(tol, "tol", low=0)
         max_settle = _check_int(max_settle, "max_settle", minimum=1)
+        check_every = _check_int(check_every, "check_every", minimum=1)
         self.n_inputs, self.n_units = n_inputs, n_units
         self.p, self.alpha, self.beta, self.gamma, self.lam = p, alpha, beta, gamma, lam
         self.dt, self.tol, self.max_settle, self.one_shot = dt, tol, max_settle, bool(one_shot)
+        self.check_every = check_every
         self.rng = np.random.default_rng(seed)
         xp = namespace(backend)
         self.xp = xp
@@ -83,7 +103,6 @@ class FoldiakNetwork:
         self.W = xp.zeros((self.n_units, self.n_units), dtype=dtype)
         self.t = xp.zeros(self.n_units, dtype=dtype)
         self.n_presented = 0
-        self.settle_steps_ = 0
 
     # -------------------------------------------------------------- dynamics
     def _check(self, X):
@@ -99,48 +118,50 @@ class FoldiakNetwork:
         return X
 
     @staticmethod
-    def _diverged(what):
-        raise FloatingPointError(
-            f"settling produced NaN: {what} (the weights Q, W or thresholds t grew too large: a diverging run, "
-            "lower the learning rates)")
+    def _diverged(where):
+        """The message of the FloatingPointError raised when settling produces NaN."""
+        return (
+            f"settling diverged: the state is NaN {where} (the weights Q, W or thresholds t grew so large that "
+            "the drive overflows: a diverging run; lower the learning rates alpha, beta, gamma)")
 
     def settle(self, X):
-        """Equilibrium outputs ``y*`` (n_samples, n_units) of ``dy/dt = f(Qx + Wy - t) - y`` from ``y = 0``.
+        """Settle ``dy/dt = f(Qx + Wy - t) - y`` from ``y = 0`` for every row of ``X``.
 
-        The convergence test runs every 10 Euler steps (one host sync each). An empty
-        ``X`` gives a (0, n_units) array.
+        Returns the :class:`~sparsecoding.solvers.relax.RelaxResult` of the relaxation
+        runner: ``state`` is ``y*`` (n_samples, n_units), ``n_iter`` the Euler steps run,
+        ``converged`` whether the relative change reached ``tol``, ``history`` the
+        relative change at each check. The checks run every ``check_every`` steps (one
+        host read each) and nothing is read on the host between them. ``one_shot``: the
+        one feed-forward pass, as a result with ``n_iter=1, converged=True``. An empty
+        ``X`` gives a (0, n_units) state. A NaN state raises FloatingPointError.
         """
         X = self._check(X)
         xp = self.xp
         drive = X @ self.Q.T - self.t  # (B, M)
         if X.shape[0] == 0:
-            self.settle_steps_ = 0
-            return drive
+            return RelaxResult(drive, 0, True, [])
+        lam, dt, WT = self.lam, self.dt, self.W.T
         if self.one_shot:
-            y0 = _sigmoid(xp, self.lam * drive)
-            y = _sigmoid(xp, self.lam * (drive + y0 @ self.W.T))
+            y0 = sigmoid(lam * drive)
+            y = sigmoid(lam * (drive + y0 @ WT))
             if not bool(xp.isfinite(y).all()):
-                self._diverged("the one-shot response is not finite")
-            return y
-        y = xp.zeros_like(drive)
-        steps = 0
-        while steps < self.max_settle:
-            for _ in range(10):
-                target = _sigmoid(xp, self.lam * (drive + y @ self.W.T))
-                step = target - y
-                y = y + self.dt * step
-            steps += 10
-            change = float(xp.abs(step).max())
-            if change != change:  # NaN: costs nothing beyond the convergence test's host read
-                self._diverged(f"the state is NaN after {steps} steps")
-            if change < self.tol:
-                break
-        self.settle_steps_ = steps
-        return y
+                raise FloatingPointError(self._diverged("in the one-shot response"))
+            return RelaxResult(y, 1, True, [])
+
+        def step(y):
+            return y + dt * (sigmoid(lam * (drive + y @ WT)) - y)
+
+        result = relax(step, xp.zeros_like(drive), self.max_settle, tol=self.tol, check_every=self.check_every,
+                       what="Földiák settling",
+                       explain=lambda t, value: self._diverged(f"after {t} steps"))
+        if result.n_iter % self.check_every:  # the last steps were not checked: one more read
+            if not bool(xp.isfinite(result.state).all()):
+                raise FloatingPointError(self._diverged(f"after {result.n_iter} steps"))
+        return result
 
     def transform(self, X):
         """Binary outputs ``y = (y* > 1/2)`` as floats (n_samples, n_units)."""
-        return (self.settle(X) > 0.5).astype(self.Q.dtype)
+        return (self.settle(X).state > 0.5).astype(self.Q.dtype)
 
     # -------------------------------------------------------------- learning
     def partial_fit(self, X, batch_size=1, thresholds_only=False):
@@ -227,7 +248,8 @@ class FoldiakNetwork:
             seed = int(self.rng.integers(2**63))
         own = {"model": "FoldiakNetwork", "n_inputs": self.n_inputs, "n_units": self.n_units, "p": self.p,
                "alpha": self.alpha, "beta": self.beta, "gamma": self.gamma, "lam": self.lam, "dt": self.dt,
-               "tol": self.tol, "max_settle": self.max_settle, "one_shot": self.one_shot, "dtype": str(self.Q.dtype),
+               "tol": self.tol, "max_settle": self.max_settle, "check_every": self.check_every,
+               "one_shot": self.one_shot, "dtype": str(self.Q.dtype),
                "batch_size": batch_size, "seed": seed, "warmup": warmup, "shuffle": bool(shuffle)}
 
         def step(idx, rng, info):

@@ -36,6 +36,7 @@ import numpy as np
 
 from ..backend import get_xp
 from ..ops.conv import ConvOperator, conv_output_shape
+from ..ops.elementwise import ACTIVATIONS as _REGISTRY
 from ..optim import _check_finite, _check_int, _check_number
 
 __all__ = ["lpl_losses", "lpl_delta", "lpl_delta_conv", "lpl_grad_z", "ACTIVATIONS"]
@@ -136,34 +137,9 @@ def _grad_z(z, z_prev, lambda1, lambda2, eps, terms):
     return g
 
 
-def _relu(a):
-    return get_xp(a).maximum(a, 0)
-
-
-def _relu_prime(a):
-    return (a > 0).astype(a.dtype)
-
-
-def _tanh_prime(a):
-    t = get_xp(a).tanh(a)
-    return 1 - t * t
-
-
-def _sigmoid(a):
-    return 0.5 * (1 + get_xp(a).tanh(0.5 * a))
-
-
-def _sigmoid_prime(a):
-    s = _sigmoid(a)
-    return s * (1 - s)
-
-
-ACTIVATIONS = {
-    "relu": (_relu, _relu_prime),
-    "tanh": (lambda a: get_xp(a).tanh(a), _tanh_prime),
-    "sigmoid": (_sigmoid, _sigmoid_prime),
-    "linear": (lambda a: a, lambda a: get_xp(a).ones_like(a)),
-}
+LPL_ACTIVATIONS = ("relu", "tanh", "sigmoid", "linear")
+# the activations LPL takes, with their derivatives: entries of the library's one elementwise registry
+ACTIVATIONS = {name: _REGISTRY[name] for name in LPL_ACTIVATIONS}
 
 
 def lpl_delta(W, b, x, z_prev, f, fprime, lambda1=1.0, lambda2=10.0, eps=1e-4, weight_decay=0.0,

@@ -22,9 +22,10 @@ import numpy as np
 
 from ..backend import to_numpy, namespace
 from ..ops.conv import ConvOperator
+from ..ops.elementwise import ACTIVATIONS, get_activation
 from ..ops.pool import max_pool
 from ..optim import Adam, SGD, _check_finite, _check_int
-from .lpl import ACTIVATIONS, MODES, _check_coefficients, _delta_conv, _losses
+from .lpl import LPL_ACTIVATIONS, MODES, _check_coefficients, _delta_conv, _losses
 
 __all__ = ["LPLConvNet", "adaptive_avg_pool"]
 
@@ -61,8 +62,7 @@ class LPLConvNet:
                  seed=None, dtype="float32", backend=None):
         if len(pools) != len(channels) or set(pools) - {"m", "i"}:
             raise ValueError(f"pools must have one 'm' or 'i' per layer ({len(channels)}), got {pools!r}")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        f, fprime = get_activation(activation, allowed=LPL_ACTIVATIONS)  # ValueError naming the accepted ones
         if mode not in MODES:
             raise ValueError(f"mode must be 'pool', 'positions' or 'mixed', got {mode!r}")
         if optimizer not in OPTIMIZERS:
@@ -76,7 +76,7 @@ class LPLConvNet:
             raise ValueError(f"kernel_size must be odd (the layers keep the spatial size), got {kernel_size}")
         lambda1, lambda2, eps, weight_decay = _check_coefficients(lambda1, lambda2, eps, weight_decay)
         self.xp = xp = namespace(backend)
-        self.f, self.fprime = ACTIVATIONS[activation]
+        self.f, self.fprime = f, fprime
         self.pools, self.kernel_size = pools, kernel_size
         self.lambda1, self.lambda2, self.eps, self.mode = lambda1, lambda2, eps, mode
         self.terms = ("pred", "hebb", "dec") if predictive else ("hebb", "dec")
@@ -262,7 +262,7 @@ class LPLConvNet:
         augment = augment or lpl_views
         n_layers = len(self.params)
         xp_data = get_xp(X)
-        act = next((k for k, v in ACTIVATIONS.items() if v[0] is self.f), getattr(self.f, "__name__", "custom"))
+        act = next((k for k in LPL_ACTIVATIONS if ACTIVATIONS[k][0] is self.f), getattr(self.f, "__name__", "custom"))
         own = {"model": "LPLConvNet", "shapes": [list(W.shape) for W, _ in self.params], "pools": self.pools,
                "activation": act, "lambda1": self.lambda1, "lambda2": self.lambda2, "eps": self.eps,
                "mode": self.mode, "terms": list(self.terms), "weight_decay": self.weight_decay,
