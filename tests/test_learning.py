@@ -57,3 +57,54 @@ def test_lambda_schedule_applied():
     layer = LCA(8, 16, solver="fista", lca_iters=50, seed=0)
     hist = fit(layer, X, n_epochs=1, batch_size=16, lambda_schedule=lambda step: 0.1 + 0.1 * step, progress=False)
     assert [h["lambda_"] for h in hist] == pytest.approx([0.1, 0.2, 0.3, 0.4])
+
+
+def _records_equal(a, b):
+    """Lists of records equal key by key, the values bit for bit."""
+    return len(a) == len(b) and all(r.keys() == s.keys() and all(np.array_equal(r[k], s[k]) for k in r)
+                                    for r, s in zip(a, b))
+
+
+@pytest.mark.parametrize("dense", [True, False], ids=["LCA", "LCAConv2D"])
+@pytest.mark.parametrize("use_adam", [False, True], ids=["rule", "adam"])
+def test_method_fit_interrupted_and_resumed_in_a_fresh_layer_is_bit_identical(tmp_path, dense, use_adam):
+    if dense:
+        X = _data(48, seed=4)
+
+        def make():
+            return LCA(8, 16, lambda_=0.1, solver="fista", lca_iters=40, eta=0.2, seed=5, dtype="float64")
+    else:
+        X = np.random.default_rng(4).standard_normal((40, 1, 9, 9))
+
+        def make():
+            return LCAConv2D(4, 1, 3, 2, lambda_=0.2, solver="lca", tau=10, lca_iters=25, eta=0.05, seed=5,
+                             dtype="float64")
+
+    def run(layer, **kw):
+        opt = Adam([layer.weights], lr=0.01) if use_adam else None
+        return layer.fit(X, None, epochs=3, batch_size=8, seed=7, optimizer=opt, progress=False, record_steps=True,
+                         **kw)
+
+    full = make()
+    h_full = run(full)
+    assert full.history_ is h_full and len(h_full) == 3 and len(h_full.steps) == 3 * (len(X) // 8)
+    ck = tmp_path / "ck.npz"
+    cut = make()
+    h_cut = run(cut, checkpoint=ck, checkpoint_every=3, max_steps=8)  # stops inside the second epoch
+    assert len(h_cut) == 1 and len(h_cut.steps) == 8
+    resumed = make()  # a fresh process would start like this
+    h_res = run(resumed, checkpoint=ck, checkpoint_every=3)
+    assert np.array_equal(resumed.weights, full.weights)
+    assert resumed.forward_pass == full.forward_pass
+    assert _records_equal(h_res, h_full) and _records_equal(h_res.steps, h_full.steps)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_method_fit_ignores_y_and_matches_the_functional_front():
+    X = _data(32)
+    a = LCA(8, 16, solver="fista", lca_iters=30, seed=0)
+    b = LCA(8, 16, solver="fista", lca_iters=30, seed=0)
+    h = a.fit(X, np.arange(len(X)), epochs=2, batch_size=8, progress=False)
+    steps = fit(b, X, n_epochs=2, batch_size=8, progress=False)
+    assert np.array_equal(a.weights, b.weights)
+    assert _records_equal(h, b.history_) and len(steps) == 8 and not h.steps

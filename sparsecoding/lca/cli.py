@@ -74,7 +74,6 @@ def _write_outputs(args, layer, steps, shape):
 def run(args):
     from ..checkpoint import load_checkpoint
     from ..training import TrainingInterrupted
-    from . import fit
 
     writable_dir(args.out)
     backend = device_backend(args.device)
@@ -103,11 +102,13 @@ def run(args):
     with open(os.path.join(args.out, "args.json"), "w") as f:
         json.dump({k: v for k, v in vars(args).items() if k != "func"} | {"epochs": epochs}, f, indent=2,
                   default=str)
+    if args.no_resume and os.path.exists(ck):
+        os.remove(ck)
     t0 = time.perf_counter()
     try:
-        steps = fit(layer, X, n_epochs=epochs, batch_size=batch, checkpoint=ck, checkpoint_every=args.checkpoint_every,
-                    resume=not args.no_resume, seed=args.seed, progress=not args.quiet, max_steps=args.steps,
-                    settings=settings, allow_changes=args.allow_changed_settings)
+        steps = layer.fit(X, epochs=epochs, batch_size=batch, seed=args.seed, checkpoint=ck,
+                          checkpoint_every=args.checkpoint_every, allow_changes=args.allow_changed_settings,
+                          settings=settings, progress=not args.quiet, max_steps=args.steps, record_steps=True).steps
     except TrainingInterrupted as exc:
         _write_outputs(args, layer, exc.history.steps, shape)  # what the run has, then the one-line exit
         raise

@@ -9,6 +9,9 @@ minimise no convex energy, the relative change of the potentials over one step),
 ``dtype`` and ``backend``. Every encode returns an
 :class:`~sparsecoding.lca.dynamics.LCAResult` (the relaxation runner's result type, item
 access by lca-pytorch's variable names); the layer keeps ``n_iter_`` and ``converged_``.
+``layer.fit(X, *, epochs, batch_size, seed, callbacks, checkpoint, ...)`` learns the
+dictionary on the library's learning loop, as every model family does, and returns the
+per-epoch :class:`~sparsecoding.training.History`.
 
 Energy per sample (DESIGN.md §5)::
 
@@ -45,6 +48,7 @@ from ..ops.elementwise import get_transfer
 from ..ops.linop import DenseOperator
 from ..solvers.lasso import check_integer, check_number, check_real_array, fista
 from .dynamics import RETURN_VARS, LCAResult, check_tau, run_lca
+from .learning import fit_dictionary
 
 __all__ = ["LCA", "LCAConv1D", "LCAConv2D", "LCAConv3D"]
 
@@ -464,6 +468,60 @@ class _LCABase:
             except (TypeError, ValueError) as exc:
                 raise type(exc)(f"lr_schedule({self.forward_pass}) returned an invalid eta: {exc}") from exc
         return update
+
+    # ------------------------------------------------------------- learning
+    def fit(self, X, y=None, *, epochs=1, batch_size=128, seed=0, callbacks=(), checkpoint=None,
+            checkpoint_every=None, allow_changes=False, settings=None, optimizer=None, lambda_schedule=None,
+            progress=True, callback=None, max_steps=None, record_steps=False):
+        """Learn the dictionary on ``X``; returns the per-epoch :class:`~sparsecoding.training.History`.
+
+        Runs on the learning loop (:func:`sparsecoding.training.fit_loop`): epoch ``e`` visits
+        the samples in the order ``default_rng([seed, e]).permutation(N)`` in batches of
+        ``batch_size`` (full batches only; all of ``X`` in one batch when ``batch_size > N``).
+        Each step preprocesses the batch (:meth:`preprocess`), encodes it and takes one
+        dictionary step: the built-in rule (:meth:`update_weights`, lca-pytorch's) or, with
+        ``optimizer``, a ``sparsecoding.optim`` step on :meth:`dictionary_gradient` followed by
+        :meth:`normalize_weights`.
+
+        Parameters
+        ----------
+        X : array (N, in_neurons) for ``LCA``, (N, C, *spatial) for the convolutional layers
+            (host or device; moved to the layer's backend batch by batch)
+        y : ignored: dictionary learning is unsupervised (accepted for the scikit-learn convention)
+        epochs, batch_size, seed : the schedule
+        callbacks : ``f(record)`` after every epoch
+        checkpoint : optional .npz path, written atomically every ``checkpoint_every`` steps, after
+            every epoch, at ``max_steps`` and on Ctrl-C (then
+            :class:`~sparsecoding.training.TrainingInterrupted` is raised). It holds the dictionary,
+            the optimiser's buffers, the layer's ``forward_pass``, ``eta`` and ``lambda_`` and the
+            position in the run; an existing one is resumed, and a resumed run ends bit-identical
+            to an uninterrupted one. ``epochs`` and ``max_steps`` may grow between runs.
+        checkpoint_every : also checkpoint every this many steps (default: once per epoch)
+        allow_changes : resume even if the stored settings (the batch size, seed, number and shape
+            of the samples, optimiser class, the layer's class, weight shape, ``lambda_``, ``eta``,
+            ``solver``, ``lca_iters``, ``tol``, ``nonneg`` and the extra ``settings``) differ; the
+            current ``lambda_`` / ``eta`` are then kept. Otherwise
+            :class:`~sparsecoding.training.SettingsChanged` names the changed ones.
+        settings : JSON-able dict stored in the checkpoint and compared on resume
+        optimizer : None for the built-in rule, or a ``sparsecoding.optim`` optimiser constructed
+            on ``[layer.weights]`` (or ``{"weights": layer.weights}``)
+        lambda_schedule : optional callable ``step -> lambda_`` (0-based step; a finite value >= 0)
+        progress : progress bar
+        callback : optional ``f(step, record)`` after every step (1-based step; the record as below)
+        max_steps : stop after this many steps in total (a checkpoint is written there)
+        record_steps : also keep per-step records in ``History.steps``
+
+        Returns
+        -------
+        History (also kept in ``self.history_``): one record per epoch with ``epoch`` (1-based) and
+        the means over its steps of ``energy`` (per sample, of the batch before its step), ``L1``,
+        ``L2``, ``frac_active``, ``lambda_`` and ``lca_iters_run``; with ``record_steps`` the
+        per-step values are in ``History.steps`` (with ``step`` and ``epoch``).
+        """
+        return fit_dictionary(self, X, epochs=epochs, batch_size=batch_size, seed=seed, callbacks=callbacks,
+                              checkpoint=checkpoint, checkpoint_every=checkpoint_every, allow_changes=allow_changes,
+                              settings=settings, optimizer=optimizer, lambda_schedule=lambda_schedule,
+                              progress=progress, callback=callback, max_steps=max_steps, record_steps=record_steps)
 
     def _update_failure(self, acts, recon_error, update):
         """Message for a dictionary step that would make the weights non-finite (error path only)."""

@@ -12,6 +12,7 @@ other settings raises :class:`~sparsecoding.training.SettingsChanged`.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
@@ -19,7 +20,7 @@ from ..backend import to_numpy
 from ..checkpoint import pack_optimizer, unpack_optimizer
 from ..training import fit_loop
 
-__all__ = ["fit"]
+__all__ = ["fit", "fit_dictionary"]
 
 
 class _Learner:
@@ -63,48 +64,22 @@ def _scheduled_lambda(schedule, step):
     return value
 
 
-def fit(layer, X, n_epochs=1, batch_size=128, optimizer=None, lambda_schedule=None, checkpoint=None,
-        checkpoint_every=50, resume=True, seed=0, progress=True, callback=None, max_steps=None, *,
-        settings=None, allow_changes=False, callbacks=()):
-    """Learn the dictionary of ``layer`` on ``X``.
+def fit_dictionary(layer, X, *, epochs=1, batch_size=128, seed=0, callbacks=(), checkpoint=None,
+                   checkpoint_every=None, allow_changes=False, settings=None, optimizer=None, lambda_schedule=None,
+                   progress=True, callback=None, max_steps=None, record_steps=False):
+    """Learn the dictionary of ``layer`` on ``X``; returns the per-epoch :class:`~sparsecoding.training.History`.
 
-    Parameters
-    ----------
-    layer : LCA / LCAConv{1,2,3}D
-    X : host array (N, ...) of inputs (moved to the layer's backend batch by batch)
-    n_epochs, batch_size : passes over ``X`` and samples per step (full batches; all of ``X`` in
-        one batch when ``batch_size > N``)
-    optimizer : None for the built-in ``update_weights`` rule, or a ``sparsecoding.optim``
-        optimiser constructed on ``[layer.weights]``
-    lambda_schedule : optional callable ``step -> lambda_`` (0-based step; a finite value >= 0)
-    checkpoint : optional path (.npz); written every ``checkpoint_every`` steps, after every
-        epoch, at ``max_steps`` and on Ctrl-C
-    resume : continue from ``checkpoint`` if it exists (False: start over, the file is replaced)
-    callback : optional ``f(step, record)`` after every step (1-based step)
-    max_steps : stop after this many steps in total
-    settings : JSON-able dict stored in the checkpoint and compared on resume (the batch size,
-        number of samples, optimiser and layer hyperparameters are always included)
-    allow_changes : resume even if the settings differ (the current lambda_ / eta are kept)
-    callbacks : ``f(record)`` after every epoch
-
-    Returns
-    -------
-    list of per-step records: step (1-based), epoch (1-based), energy (mean per sample of the
-    batch before the step), L1, L2, frac_active, lambda_, lca_iters_run. The per-epoch
-    :class:`~sparsecoding.training.History` is kept in ``layer.history_``.
+    What :meth:`LCA.fit <sparsecoding.lca.LCA.fit>` runs (the arguments are described there); the
+    history is also kept in ``layer.history_``.
     """
-    import os  # noqa: PLC0415
-
     xp = layer.xp
-    X = np.asarray(X)
+    X = to_numpy(X)
     if X.ndim < 2 or X.shape[0] < 1:
         raise ValueError(f"X must hold at least one sample, got shape {X.shape}")
     n = X.shape[0]
     batch_size = min(int(batch_size), n) if isinstance(batch_size, (int, np.integer)) and batch_size >= 1 \
         else batch_size  # fit_loop names a bad value
-    if checkpoint is not None and not resume and os.path.exists(checkpoint):
-        os.remove(checkpoint)
-    own = {"batch_size": batch_size, "n_samples": n, "sample_shape": list(X.shape[1:]),
+    own = {"batch_size": batch_size, "n_samples": n, "sample_shape": list(X.shape[1:]), "seed": seed,
            "optimizer": None if optimizer is None else type(optimizer).__name__,
            "layer": type(layer).__name__, "weights_shape": list(layer.weights.shape),
            "lambda_": None if lambda_schedule is not None else layer.lambda_, "eta": layer.eta,
@@ -136,10 +111,35 @@ def fit(layer, X, n_epochs=1, batch_size=128, optimizer=None, lambda_schedule=No
             callback(info["step"] + 1, {"step": info["step"] + 1, "epoch": info["epoch"] + 1, **record})
         return record
 
-    history = fit_loop(learner, n, step, epochs=n_epochs, batch_size=batch_size, seed=seed, checkpoint=checkpoint,
+    history = fit_loop(learner, n, step, epochs=epochs, batch_size=batch_size, seed=seed, checkpoint=checkpoint,
                        checkpoint_every=checkpoint_every, settings=own | dict(settings or {}),
                        allow_changes=allow_changes, kind=f"lca.{type(layer).__name__}", callbacks=callbacks,
                        progress=progress, desc="dictionary learning", drop_last=True, max_steps=max_steps,
-                       record_steps=True)
+                       record_steps=record_steps)
     layer.history_ = history
+    return history
+
+
+def fit(layer, X, n_epochs=1, batch_size=128, optimizer=None, lambda_schedule=None, checkpoint=None,
+        checkpoint_every=50, resume=True, seed=0, progress=True, callback=None, max_steps=None, *,
+        settings=None, allow_changes=False, callbacks=()):
+    """Learn the dictionary of ``layer`` on ``X``: the functional front of ``layer.fit``.
+
+    Same as ``layer.fit(X, epochs=n_epochs, ..., record_steps=True)`` (see
+    :meth:`LCA.fit <sparsecoding.lca.LCA.fit>` for the arguments), with two differences:
+    ``checkpoint_every`` defaults to 50 steps, and ``resume=False`` deletes an existing
+    ``checkpoint`` first (start over).
+
+    Returns
+    -------
+    list of per-step records: step (1-based), epoch (1-based), energy (mean per sample of the
+    batch before the step), L1, L2, frac_active, lambda_, lca_iters_run. The per-epoch
+    :class:`~sparsecoding.training.History` is kept in ``layer.history_``.
+    """
+    if checkpoint is not None and not resume and os.path.exists(checkpoint):
+        os.remove(checkpoint)
+    history = fit_dictionary(layer, X, epochs=n_epochs, batch_size=batch_size, seed=seed, callbacks=callbacks,
+                             checkpoint=checkpoint, checkpoint_every=checkpoint_every, allow_changes=allow_changes,
+                             settings=settings, optimizer=optimizer, lambda_schedule=lambda_schedule,
+                             progress=progress, callback=callback, max_steps=max_steps, record_steps=True)
     return history.steps
