@@ -178,3 +178,21 @@ def test_bad_labels_and_data(digits):
         train(small_net(), Xtr, ytr, Xtr, progress=False)
     with pytest.raises(ValueError, match="T"):
         evaluate(small_net(), Xtr, ytr, 0)
+
+
+def test_mlp_fit_split_into_jobs_ends_bit_identical(tmp_path, digits):
+    # MLPEBM through the same fit: a run stopped after 5 batches (max_steps) and resumed from its
+    # checkpoint by a fresh network ends with the same weights and history as an uninterrupted one
+    Xtr, ytr, _, _ = digits
+    kw = dict(epochs=2, batch_size=16, seed=4, T1=6, T2=3, lrs=[0.1, 0.05], progress=False)
+    ref = MLPEBM([64, 16, 10], seed=0)
+    hist_ref = ref.fit(Xtr.reshape(len(Xtr), -1), ytr, checkpoint=str(tmp_path / "ref.npz"), **kw)
+    ck = str(tmp_path / "run.npz")
+    MLPEBM([64, 16, 10], seed=0).fit(Xtr.reshape(len(Xtr), -1), ytr, checkpoint=ck, max_steps=5, **kw)
+    assert (load_checkpoint(ck)[1]["loop"]["epoch"], load_checkpoint(ck)[1]["loop"]["batch"]) == (0, 5)
+    net = MLPEBM([64, 16, 10], seed=3)
+    hist = net.fit(Xtr.reshape(len(Xtr), -1), ytr, checkpoint=ck, **kw)
+    for (W, b), (W2, b2) in zip(net.params, ref.params):
+        assert np.array_equal(W, W2) and np.array_equal(b, b2)
+    drop = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    assert isinstance(hist, History) and drop(hist) == drop(hist_ref)

@@ -664,7 +664,8 @@ class ConvEBM:
         ``checkpoint`` (a .npz path) makes the run resumable exactly; ``options`` are those of
         :func:`sparsecoding.eqprop.train.train` (``X_test``, ``y_test``, ``T1``, ``T2``, ``betas``,
         ``third_phase``, ``random_sign``, ``optim``, ``lrs``, ``wds``, ``mmt``, ``lr_decay``,
-        ``data_aug``, ``schedule``, ``tol``, ``checkpoint_every``, ``allow_changes``, ``progress``).
+        ``data_aug``, ``schedule``, ``tol``, ``checkpoint_every``, ``allow_changes``, ``progress``,
+        ``max_steps``).
         """
         from .train import train  # noqa: PLC0415
 

@@ -152,7 +152,7 @@ class _Trainee:
 def train(net, Xtr, ytr, Xte=None, yte=None, epochs=1, mbs=128, T1=30, T2=10, betas=(0.0, 0.5), third_phase=False,
           random_sign=False, optim="sgd", lrs=0.01, wds=0.0, mmt=0.9, lr_decay=False, data_aug=False, save=None,
           seed=0, schedule="sync", tol=None, progress=True, args=None, *, checkpoint=None, checkpoint_every=None,
-          allow_changes=False, settings=None, callbacks=()):
+          allow_changes=False, settings=None, callbacks=(), max_steps=None):
     """Train ``net`` with EP; returns the :class:`~sparsecoding.training.History` (a list of per-epoch records:
     ``epoch``, ``train_error``, ``seconds``, ``lr_scale``, ``test_error`` when ``Xte`` is given).
 
@@ -176,6 +176,8 @@ def train(net, Xtr, ytr, Xte=None, yte=None, epochs=1, mbs=128, T1=30, T2=10, be
     settings : the settings to store and compare (default :func:`run_settings` of these arguments)
     progress : progress bar; args : JSON-able dict written to ``args.json`` in the run folder
     callbacks : callables ``f(record)`` after every epoch
+    max_steps : stop after this many batches of the whole run (a checkpoint is written; a later
+        call resumes from it), e.g. to split a run into jobs
 
     Ctrl-C finishes the batch, writes the checkpoint (and the run folder's metrics and curves
     for the epochs done) and raises :class:`~sparsecoding.training.TrainingInterrupted`.
@@ -231,7 +233,8 @@ def train(net, Xtr, ytr, Xte=None, yte=None, epochs=1, mbs=128, T1=30, T2=10, be
         history = fit_loop(_Trainee(net, opt), len(Xtr), step, epochs=epochs, batch_size=mbs, seed=seed,
                            checkpoint=checkpoint, checkpoint_every=checkpoint_every, settings=settings,
                            allow_changes=allow_changes, kind=type(net).__name__, on_epoch_start=on_epoch_start,
-                           on_epoch_end=on_epoch_end, callbacks=[*callbacks, done], progress=progress, desc="EqProp")
+                           on_epoch_end=on_epoch_end, callbacks=[*callbacks, done], progress=progress, desc="EqProp",
+                           max_steps=max_steps)
     except TrainingInterrupted as exc:
         if save:
             write_run_outputs(save, exc.history)
