@@ -1,13 +1,22 @@
-"""Atomic checkpoints: write to a temporary file in the same folder, then rename."""
+"""Atomic checkpoints: write to a temporary file in the same folder, then rename.
+
+The helpers that fill a checkpoint's arrays share the optimisers' named parameters
+(:mod:`sparsecoding.optim`): a model's parameters as a dict ``{name: array}`` are stored
+under their names (:func:`pack_params`), an optimiser's buffers as ``opt_<buffer>_<name>``
+(:func:`pack_optimizer`); a stack of layers ``[(W, b), ...]`` is named ``W<k>`` / ``b<k>``
+(:func:`named_pairs`).
+"""
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["save_checkpoint", "load_checkpoint", "pack_optimizer", "unpack_optimizer", "pack_params", "unpack_params"]
+__all__ = ["save_checkpoint", "load_checkpoint", "pack_optimizer", "unpack_optimizer", "pack_params", "unpack_params",
+           "named_pairs"]
 
 
 def save_checkpoint(path, arrays, meta):
@@ -37,35 +46,70 @@ def load_checkpoint(path):
 
 
 def pack_optimizer(optimizer, arrays):
-    """Add the optimiser's buffers to ``arrays`` (as ``opt_<name>_<i>``); return its JSON-able state."""
+    """Add the optimiser's buffers to ``arrays`` as ``opt_<buffer>_<key>``; return its JSON-able state.
+
+    ``<key>`` is the parameter's name (see :mod:`sparsecoding.optim`: parameters given as a dict
+    ``{name: array}``), or its position when the parameters are unnamed.
+    """
     state = optimizer.state_dict()
-    for name, bufs in state["buffers"].items():
-        for i, buf in enumerate(bufs):
-            arrays[f"opt_{name}_{i}"] = buf
-    state["buffers"] = {name: len(v) for name, v in state["buffers"].items()}
+    keys = list(optimizer.param_dict())
+    for buf, values in state["buffers"].items():
+        for key, value in zip(keys, values):
+            arrays[f"opt_{buf}_{key}"] = value
+    state["buffers"] = {buf: len(values) for buf, values in state["buffers"].items()}
     return state
 
 
 def unpack_optimizer(optimizer, arrays, state):
-    """Restore an optimiser from :func:`pack_optimizer`'s ``state`` and the checkpoint ``arrays``."""
+    """Restore an optimiser from :func:`pack_optimizer`'s ``state`` and the checkpoint ``arrays``.
+
+    The buffers are read under the names they were written with (positions for a state without
+    names, as older checkpoints have); a named optimiser then matches them to its parameters by name.
+    """
     state = dict(state)
-    state["buffers"] = {name: [arrays[f"opt_{name}_{i}"] for i in range(cnt)] for name, cnt in state["buffers"].items()}
+    saved = state.get("names")
+    buffers = {}
+    for buf, count in state["buffers"].items():
+        keys = [f"opt_{buf}_{key}" for key in (saved if saved is not None else range(count))]
+        missing = [key for key in keys if key not in arrays]
+        if missing:
+            raise ValueError(f"the checkpoint lacks the optimiser's arrays {missing}")
+        buffers[buf] = [arrays[key] for key in keys]
+    state["buffers"] = buffers
     optimizer.load_state_dict(state)
 
 
+def named_pairs(params):
+    """``{"W0": W0, "b0": b0, "W1": ...}``: a stack ``[(W, b), ...]`` as named parameters (the names
+    :func:`pack_params` gives it)."""
+    return {f"{a}{k}": v for k, pair in enumerate(params) for a, v in zip("Wb", pair)}
+
+
 def pack_params(params, arrays):
-    """Add ``[(W, b), ...]`` to ``arrays`` as ``W<k>`` / ``b<k>`` (host copies)."""
+    """Add host copies of the parameters to ``arrays``: a dict ``{name: array}`` under its names,
+    ``[(W, b), ...]`` as ``W<k>`` / ``b<k>`` (:func:`named_pairs`). Returns ``arrays``."""
     from .backend import to_numpy  # noqa: PLC0415
 
-    for k, (W, b) in enumerate(params):
-        arrays[f"W{k}"], arrays[f"b{k}"] = to_numpy(W), to_numpy(b)
+    if not isinstance(params, Mapping):
+        params = named_pairs(params)
+    for name, value in params.items():
+        arrays[name] = np.array(to_numpy(value))
     return arrays
 
 
 def unpack_params(params, arrays):
-    """Copy ``W<k>`` / ``b<k>`` from ``arrays`` into the parameter arrays in place."""
+    """Copy :func:`pack_params`'s arrays back into the parameters (a dict ``{name: array}`` or
+    ``[(W, b), ...]``) in place. Every name and shape is checked first: a ValueError naming the
+    array changes nothing."""
     from .backend import get_xp  # noqa: PLC0415
 
-    for k, (W, b) in enumerate(params):
-        W[...] = get_xp(W).asarray(arrays[f"W{k}"])
-        b[...] = get_xp(b).asarray(arrays[f"b{k}"])
+    if not isinstance(params, Mapping):
+        params = named_pairs(params)
+    for name, own in params.items():
+        if name not in arrays:
+            raise ValueError(f"the state has no {name!r} array")
+        if tuple(np.shape(arrays[name])) != tuple(own.shape):
+            raise ValueError(f"{name} has shape {tuple(np.shape(arrays[name]))} in the state, "
+                             f"the parameter's is {tuple(own.shape)}")
+    for name, own in params.items():
+        own[...] = get_xp(own).asarray(arrays[name])

@@ -1,8 +1,13 @@
 """Optimisers on plain arrays: SGD (momentum, weight decay) and Adam, plus a cosine schedule.
 
 Parameters are updated in place, so a model's arrays stay the same objects.
-``lr`` and ``weight_decay`` are a scalar or one value per parameter
-(layer-wise rates as in the EqProp reference code).
+They are given as a list of arrays or as a dict ``{name: array}`` (the named
+parameters: the names appear in the error messages, key the optimiser's
+buffers in checkpoints (:func:`sparsecoding.checkpoint.pack_optimizer`), and
+a state is loaded by name). ``lr`` and ``weight_decay`` are a scalar or one
+value per parameter (layer-wise rates as in the EqProp reference code): a
+sequence in the parameters' order or, for named parameters, a dict by name;
+gradients are likewise a list in order or a dict by name.
 
 Every hyperparameter is range-checked when set (``lr`` and ``weight_decay``
 finite and >= 0, ``momentum`` and Adam's ``betas`` in [0, 1), ``eps`` > 0).
@@ -19,12 +24,13 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Mapping
 
 import numpy as np
 
 from .backend import get_xp, to_numpy
 
-__all__ = ["SGD", "Adam", "cosine_lr"]
+__all__ = ["SGD", "Adam", "cosine_lr", "named_params"]
 
 
 # ------------------------------------------------------------------ argument checks shared by the models
@@ -107,7 +113,47 @@ def _check_labels(y, n=None, n_classes=None, name="y", n_name="x"):
 
 
 # ------------------------------------------------------------------ optimisers
-def _per_param(value, n, name):
+def named_params(params, names=None):
+    """``(arrays, names)`` of parameters given as a dict ``{name: array}`` or a sequence of arrays.
+
+    A dict's keys are the names (as strings); for a sequence, ``names`` (one per array) or None.
+    Names must be unique (they key the checkpoint). ValueError naming the problem otherwise.
+    """
+    if isinstance(params, Mapping):
+        if names is not None:
+            raise ValueError("give the parameter names either as the keys of params or as names=, not both")
+        names = list(params.keys())
+        arrays = list(params.values())
+    else:
+        arrays = list(params)
+    if names is not None:
+        names = [str(v) for v in names]
+        if len(names) != len(arrays):
+            raise ValueError(f"names needs one name per parameter ({len(arrays)}), got {len(names)}")
+        dup = sorted({v for v in names if names.count(v) > 1})
+        if dup:
+            raise ValueError(f"parameter names must be unique, got {dup} more than once")
+    return arrays, names
+
+
+def _in_order(values, names, what):
+    """The values of a dict keyed by parameter name, in the parameters' order."""
+    if names is None:
+        raise ValueError(f"{what} is given by name, but the parameters have no names (pass them as a dict)")
+    keys = [str(k) for k in values]
+    missing = [v for v in names if v not in keys]
+    extra = [k for k in keys if k not in names]
+    if missing or extra:
+        problems = ([f"missing {missing}"] if missing else []) + ([f"unknown {extra}"] if extra else [])
+        raise ValueError(f"{what} must name every parameter of {names}: " + "; ".join(problems))
+    by_name = {str(k): v for k, v in values.items()}
+    return [by_name[v] for v in names]
+
+
+def _per_param(value, n, name, names=None):
+    if isinstance(value, Mapping):
+        values = _in_order(value, names, name)
+        return [_check_number(v, f"{name}[{k!r}]", low=0) for k, v in zip(names, values)]
     if np.ndim(value) == 0:
         return [_check_number(value, name, low=0)] * n
     values = list(value)
@@ -120,26 +166,27 @@ class _Optimizer:
     kind = "optimiser"
 
     def __init__(self, params, lr, weight_decay, names=None):
-        self.params = list(params)
+        self.params, self.names = named_params(params, names)
         if not self.params:
             raise ValueError("params is empty")
-        self.base_lr = _per_param(lr, len(self.params), "lr")
+        self.base_lr = _per_param(lr, len(self.params), "lr", self.names)
         self.lr = list(self.base_lr)
-        self.weight_decay = _per_param(weight_decay, len(self.params), "weight_decay")
-        if names is not None:
-            names = [str(v) for v in names]
-            if len(names) != len(self.params):
-                raise ValueError(f"names needs one name per parameter ({len(self.params)}), got {len(names)}")
-        self.names = names
+        self.weight_decay = _per_param(weight_decay, len(self.params), "weight_decay", self.names)
         self.t = 0
 
+    def param_dict(self):
+        """The parameters as a dict ``{name: array}``; unnamed ones by position (``"0"``, ``"1"``, ...).
+        Its keys are those of the optimiser's buffers in a checkpoint."""
+        keys = self.names if self.names is not None else [str(i) for i in range(len(self.params))]
+        return dict(zip(keys, self.params))
+
     def _check(self, grads):
-        grads = list(grads)
+        grads = _in_order(grads, self.names, "grads") if isinstance(grads, Mapping) else list(grads)
         if len(grads) != len(self.params):
             raise ValueError(f"got {len(grads)} gradients for {len(self.params)} parameters")
-        for p, g in zip(self.params, grads):
+        for i, (p, g) in enumerate(zip(self.params, grads)):
             if g.shape != p.shape:
-                raise ValueError(f"gradient shape {tuple(g.shape)} does not match parameter shape {tuple(p.shape)}")
+                raise ValueError(f"the gradient of {self._label(i)} has shape {tuple(g.shape)}")
         return grads
 
     def _label(self, i):
@@ -187,10 +234,17 @@ class _Optimizer:
         self.lr = [scale * b for b in self.base_lr]
 
     def state_dict(self):
-        return {"t": self.t, "lr": list(self.lr), "buffers": {k: [to_numpy(b) for b in v]
-                                                              for k, v in self._buffers().items()}}
+        """``t``, the learning rates, the buffers (host copies, lists in the parameters' order) and the names."""
+        return {"t": self.t, "lr": list(self.lr), "names": None if self.names is None else list(self.names),
+                "buffers": {k: [to_numpy(b) for b in v] for k, v in self._buffers().items()}}
 
     def load_state_dict(self, state):
+        """Restore :meth:`state_dict`'s output (checked first: nothing is changed on an error).
+
+        When both the state and this optimiser have names, the state is matched by name (its
+        order may differ); otherwise by position.
+        """
+        state = self._by_name(state)
         lr = _per_param(state["lr"], len(self.params), "lr")
         own = self._buffers()
         for k, arrays in state["buffers"].items():
@@ -198,7 +252,7 @@ class _Optimizer:
                 raise ValueError(f"state has buffers {k!r}, this {self.kind} optimiser has {sorted(own)}")
             for i, (dst, src) in enumerate(zip(own[k], arrays)):
                 if tuple(np.shape(src)) != tuple(dst.shape):
-                    raise ValueError(f"{k} buffer {i} has shape {tuple(np.shape(src))}, expected {tuple(dst.shape)}")
+                    raise ValueError(f"{k} buffer of {self._label(i)} has shape {tuple(np.shape(src))} in the state")
                 _check_finite(np, to_numpy(src), f"{k} buffer {i}")
         self.t = _check_int(state["t"], "t", minimum=0)
         self.lr = lr
@@ -206,11 +260,25 @@ class _Optimizer:
             for dst, src in zip(own[k], arrays):
                 dst[...] = get_xp(dst).asarray(src)
 
+    def _by_name(self, state):
+        """``state`` with its per-parameter lists in this optimiser's order (when both are named)."""
+        saved = state.get("names")
+        if saved is None or self.names is None:
+            return state
+        saved = [str(v) for v in saved]
+        if sorted(saved) != sorted(self.names):
+            raise ValueError(f"the state holds the parameters {saved}, this {self.kind} optimiser {self.names}")
+        order = [saved.index(v) for v in self.names]
+        lr = state["lr"] if np.ndim(state["lr"]) == 0 else [list(state["lr"])[j] for j in order]
+        return {**state, "names": list(self.names), "lr": lr,
+                "buffers": {k: [list(v)[j] for j in order] for k, v in state["buffers"].items()}}
+
 
 class SGD(_Optimizer):
     """``v <- momentum v + (g + wd p)``; ``p <- p - lr v`` (PyTorch's convention).
 
-    ``names`` (optional, one per parameter) only serve error messages.
+    ``params``: a list of arrays or a dict ``{name: array}``; ``names`` (optional, one per
+    parameter of a list) names them as a dict's keys would.
     """
 
     kind = "SGD"
@@ -243,7 +311,7 @@ class SGD(_Optimizer):
 class Adam(_Optimizer):
     """Adam (Kingma & Ba) with bias correction; weight decay added to the gradient.
 
-    ``betas`` each in [0, 1), ``eps`` > 0; ``names`` (optional, one per parameter) only serve error messages.
+    ``betas`` each in [0, 1), ``eps`` > 0; ``params`` and ``names`` as for :class:`SGD`.
     """
 
     kind = "Adam"

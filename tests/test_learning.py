@@ -81,7 +81,7 @@ def test_method_fit_interrupted_and_resumed_in_a_fresh_layer_is_bit_identical(tm
                              dtype="float64")
 
     def run(layer, **kw):
-        opt = Adam([layer.weights], lr=0.01) if use_adam else None
+        opt = Adam({"weights": layer.weights}, lr=0.01) if use_adam else None
         return layer.fit(X, None, epochs=3, batch_size=8, seed=7, optimizer=opt, progress=False, record_steps=True,
                          **kw)
 

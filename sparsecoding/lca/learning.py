@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 from ..backend import to_numpy
-from ..checkpoint import pack_optimizer, unpack_optimizer
+from ..checkpoint import pack_optimizer, pack_params, unpack_optimizer
 from ..training import fit_loop
 
 __all__ = ["fit", "fit_dictionary"]
@@ -31,7 +31,7 @@ class _Learner:
 
     def get_state(self):
         layer = self.layer
-        arrays = {"weights": to_numpy(layer.weights)}
+        arrays = pack_params({"weights": layer.weights}, {})
         meta = {"eta": layer.eta, "lambda_": layer.lambda_, "forward_pass": layer.forward_pass}
         if self.optimizer is not None:
             meta["optimizer"] = pack_optimizer(self.optimizer, arrays)
