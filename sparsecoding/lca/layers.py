@@ -89,19 +89,20 @@ class _Hyper:
 class _LCABase:
     _spatial_dims = None  # None for dense
 
+    # the constructor sets these in this order (the first bad one is reported)
     lambda_ = _Hyper(lambda name, v: check_number(name, v, 0.0))
     tau = _Hyper(lambda name, v: check_number(name, v, 0.0, strict=True))
     eta = _Hyper(lambda name, v: check_number(name, v, 0.0))
     lca_iters = _Hyper(lambda name, v: check_integer(name, v, 1))
-    check_every = _Hyper(lambda name, v: check_integer(name, v, 1))
-    tol = _Hyper(lambda name, v: check_number(name, v, 0.0, allow_none=True))
-    d_update_clip = _Hyper(lambda name, v: check_number(name, v, 0.0, allow_inf=True))
-    lr_schedule = _Hyper(_callable_or_none)
     return_vars = _Hyper(_return_vars)
     return_all_ts = _Hyper(_bool)
     track_metrics = _Hyper(_bool)
     input_zero_mean = _Hyper(_bool)
     input_unit_var = _Hyper(_bool)
+    d_update_clip = _Hyper(lambda name, v: check_number(name, v, 0.0, allow_inf=True))
+    lr_schedule = _Hyper(_callable_or_none)
+    tol = _Hyper(lambda name, v: check_number(name, v, 0.0, allow_none=True))
+    check_every = _Hyper(lambda name, v: check_integer(name, v, 1))
 
     @property
     def transfer_func(self):
@@ -158,25 +159,15 @@ class _LCABase:
                  track_metrics=False, transfer_func="soft_threshold", input_zero_mean=True, input_unit_var=True,
                  d_update_clip=np.inf, lr_schedule=None, seed=None, dtype="float32", tol=None, solver="lca",
                  check_every=10, result_dir=None, backend=None, lateral="recon", conv_method="auto"):
+        given = locals()
         self.out_neurons = check_integer("out_neurons", out_neurons, 1)
         self.in_neurons = check_integer("in_neurons", in_neurons, 1)
-        self.lambda_ = lambda_
-        self.tau = tau
-        self.eta = eta
-        self.lca_iters = lca_iters
-        self.pad = pad
-        self.return_vars = return_vars
-        self.return_all_ts = return_all_ts
-        self.track_metrics = track_metrics
+        for name, attr in vars(_LCABase).items():  # the checked hyperparameters, in their order
+            if isinstance(attr, _Hyper):
+                setattr(self, name, given[name])
         self._set_coding(transfer_func, nonneg, solver)
-        self.input_zero_mean, self.input_unit_var = input_zero_mean, input_unit_var
-        self.d_update_clip = d_update_clip
-        self.lr_schedule = lr_schedule
-        self.tol = tol
-        self.check_every = check_every
-        self.result_dir = result_dir
-        self.lateral = lateral
-        self.conv_method = conv_method
+        self.pad, self.result_dir, self.conv_method = pad, result_dir, conv_method
+        self.lateral = lateral  # checked against pad
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")

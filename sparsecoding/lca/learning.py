@@ -11,13 +11,13 @@ other settings raises :class:`~sparsecoding.training.SettingsChanged`.
 """
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np
 
 from ..backend import to_numpy
 from ..checkpoint import pack_optimizer, pack_params, unpack_optimizer
+from ..solvers.relax import nonnegative_float
 from ..training import fit_loop
 
 __all__ = ["fit", "fit_dictionary"]
@@ -54,14 +54,8 @@ class _Learner:
 
 
 def _scheduled_lambda(schedule, step):
-    value = schedule(step)
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"lambda_schedule({step}) must return a number, got {value!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"lambda_schedule({step}) returned {value}: lambda_ must be a finite number >= 0")
-    return value
+    return nonnegative_float(schedule(step), f"lambda_schedule({step}) must return a number, got {{value!r}}",
+                             f"lambda_schedule({step}) returned {{value}}: lambda_ must be a finite number >= 0")
 
 
 def fit_dictionary(layer, X, *, epochs=1, batch_size=128, seed=0, callbacks=(), checkpoint=None,

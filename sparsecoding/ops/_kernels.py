@@ -28,15 +28,30 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
 
 
 @njit_cached(parallel=True)
-def gather_columns(src, idx, out):  # pragma: no cover - compiled
-    """out[n, m, c, j] = src[n, c, idx[m, j]]; src (N, C, P), out (N, M, C, J)."""
-    nn, nc = src.shape[0], src.shape[1]
+def _columns(plane, idx, cols, scatter):  # pragma: no cover - compiled
+    """im2col ``cols[n, m, c, j] = plane[n, c, idx[m, j]]``, or with ``scatter`` its adjoint
+    ``plane[n, c, idx[m, j]] += cols[n, m, c, j]``; plane (N, C, P), cols (N, M, C, J)."""
+    nn, nc = plane.shape[0], plane.shape[1]
     nm, nj = idx.shape
     for n in numba.prange(nn):
         for m in range(nm):
             for c in range(nc):
-                for j in range(nj):
-                    out[n, m, c, j] = src[n, c, idx[m, j]]
+                if scatter:
+                    for j in range(nj):
+                        plane[n, c, idx[m, j]] += cols[n, m, c, j]
+                else:
+                    for j in range(nj):
+                        cols[n, m, c, j] = plane[n, c, idx[m, j]]
+
+
+def gather_columns(src, idx, out):
+    """out[n, m, c, j] = src[n, c, idx[m, j]]; src (N, C, P), out (N, M, C, J)."""
+    _columns(src, idx, out, False)
+
+
+def scatter_add_columns(src, idx, out):
+    """out[n, c, idx[m, j]] += src[n, m, c, j]; src (N, M, C, J), out (N, C, P)."""
+    _columns(out, idx, src, True)
 
 
 # Single-threaded, GIL-free kernels for the per-core workers of ops.parallel (a parallel=True
@@ -73,41 +88,31 @@ def scatter_residual_1t(cols, idx, s_buf, mask, out):  # pragma: no cover - comp
 
 
 @njit_cached(parallel=True)
-def scatter_add_columns(src, idx, out):  # pragma: no cover - compiled
-    """out[n, c, idx[m, j]] += src[n, m, c, j]; src (N, M, C, J), out (N, C, P)."""
-    nn, nc = out.shape[0], out.shape[1]
+def _columns_cl(plane, idx, cols, scatter):  # pragma: no cover - compiled
+    """Channels-last :func:`_columns`: ``cols[n, m, j, :] = plane[n, idx[m, j], :]``, or with
+    ``scatter`` ``plane[n, idx[m, j], :] += cols[n, m, j, :]``; plane (N, P, C), cols (N, M, J, C)."""
+    nn, nc = plane.shape[0], plane.shape[2]
     nm, nj = idx.shape
     for n in numba.prange(nn):
         for m in range(nm):
-            for c in range(nc):
-                for j in range(nj):
-                    out[n, c, idx[m, j]] += src[n, m, c, j]
+            for j in range(nj):
+                p = idx[m, j]
+                if scatter:
+                    for c in range(nc):
+                        plane[n, p, c] += cols[n, m, j, c]
+                else:
+                    for c in range(nc):
+                        cols[n, m, j, c] = plane[n, p, c]
 
 
-@njit_cached(parallel=True)
-def gather_columns_cl(src, idx, out):  # pragma: no cover - compiled
+def gather_columns_cl(src, idx, out):
     """out[n, m, j, :] = src[n, idx[m, j], :]; src (N, P, C), out (N, M, J, C)."""
-    nn, nc = src.shape[0], src.shape[2]
-    nm, nj = idx.shape
-    for n in numba.prange(nn):
-        for m in range(nm):
-            for j in range(nj):
-                p = idx[m, j]
-                for c in range(nc):
-                    out[n, m, j, c] = src[n, p, c]
+    _columns_cl(src, idx, out, False)
 
 
-@njit_cached(parallel=True)
-def scatter_add_columns_cl(src, idx, out):  # pragma: no cover - compiled
+def scatter_add_columns_cl(src, idx, out):
     """out[n, idx[m, j], :] += src[n, m, j, :]; src (N, M, J, C), out (N, P, C)."""
-    nn, nc = out.shape[0], out.shape[2]
-    nm, nj = idx.shape
-    for n in numba.prange(nn):
-        for m in range(nm):
-            for j in range(nj):
-                p = idx[m, j]
-                for c in range(nc):
-                    out[n, p, c] += src[n, m, j, c]
+    _columns_cl(out, idx, src, True)
 
 
 @njit_cached(parallel=True)

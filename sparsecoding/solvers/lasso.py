@@ -42,6 +42,7 @@ import numba
 import numpy as np
 
 from ..backend import get_xp, to_numpy
+from ..ops._geometry import check_real
 from ..ops._jit import njit_cached
 from ..ops.fused import gap_terms, momentum, prox_step
 from ..ops.linop import DenseOperator
@@ -136,14 +137,8 @@ def check_real_array(x, name, dtype=None, overflow=True, advice="rescale the inp
 
     One reduction and one host synchronisation; meant for entry points, not loops.
     """
+    check_real(x, name)
     kind = np.dtype(x.dtype).kind
-    if kind == "c":
-        raise TypeError(
-            f"{name} must be real, got complex dtype {x.dtype} (the imaginary part would be dropped; "
-            f"pass {name}.real or abs({name}) explicitly)"
-        )
-    if kind not in "biuf":
-        raise TypeError(f"{name} must be a real numeric array, got dtype {x.dtype}")
     dtype = np.dtype(x.dtype if dtype is None else dtype)
     if dtype.kind != "f":
         dtype = np.dtype(np.float64)

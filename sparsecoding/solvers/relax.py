@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from ..backend import get_xp
 
-__all__ = ["RelaxResult", "relax", "relative_change", "check_relax_options"]
+__all__ = ["RelaxResult", "relax", "relative_change", "check_relax_options", "nonnegative_float"]
 
 
 @dataclass
@@ -61,13 +61,22 @@ def check_relax_options(n_iter, tol=None, check_every=10):
     if isinstance(check_every, bool) or not hasattr(check_every, "__index__") or int(check_every) < 1:
         raise ValueError(f"check_every must be an integer >= 1, got {check_every!r}")
     if tol is not None:
-        try:
-            tol = float(tol)
-        except (TypeError, ValueError):
-            raise ValueError(f"tol must be a number >= 0 or None, got {tol!r}") from None
-        if not (math.isfinite(tol) and tol >= 0):
-            raise ValueError(f"tol must be a finite number >= 0 or None, got {tol!r}")
+        tol = nonnegative_float(tol, "tol must be a number >= 0 or None, got {value!r}",
+                                "tol must be a finite number >= 0 or None, got {value!r}")
     return n_iter, tol, int(check_every)
+
+
+def nonnegative_float(value, not_a_number, out_of_range):
+    """``float(value)`` if that is a finite number >= 0, else a ValueError: the message
+    ``not_a_number`` (no ``float`` conversion) or ``out_of_range``, each formatted with ``value``
+    (the given value, then its float)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(not_a_number.format(value=value)) from None
+    if not (math.isfinite(v) and v >= 0):
+        raise ValueError(out_of_range.format(value=v))
+    return v
 
 
 def _arrays(state):
