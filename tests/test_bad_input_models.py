@@ -265,7 +265,7 @@ def test_empty_batches_give_empty_results():
         assert net.phi(x, states(net, 0)).shape == (0,)
         grads = net.state_grads(x, states(net, 0))
         assert [g.shape for g in grads] == [(0, *s) for s in net.state_shapes]
-        relaxed = net.relax(x, states(net, 0), 3)
+        relaxed = net.relax(x, states(net, 0), 3).state
         assert [s.shape for s in relaxed] == [(0, *s) for s in net.state_shapes]
         pred = net.predict(x, 3)
         assert pred.shape == (0,) and np.issubdtype(pred.dtype, np.integer)
@@ -364,7 +364,7 @@ def test_eqprop_relax_empty_batch_with_tol_and_bad_T():
     from sparsecoding.eqprop.network import ConvEBM
 
     net = ConvEBM(8, [1, 2], [3], [1], [1], "m", [3], seed=0)
-    out = net.relax(np.zeros((0, 1, 8, 8)), net.init_states(0), 10, tol=1e-3)
+    out = net.relax(np.zeros((0, 1, 8, 8)), net.init_states(0), 10, tol=1e-3).state
     assert [tuple(s.shape) for s in out] == [(0, *s) for s in net.state_shapes]
     with pytest.raises(ValueError, match="T"):
         net.relax(np.zeros((2, 1, 8, 8)), net.init_states(2), 0)
