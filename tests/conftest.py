@@ -8,6 +8,7 @@ runs the whole suite on the generic engines. Hypothesis profiles: ``ci``
 (default, fast) and ``thorough`` (``HYPOTHESIS_PROFILE=thorough``).
 """
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -64,6 +65,23 @@ def central_difference(f, x, eps=1e-6):
         xm_[idx] -= eps
         g[idx] = (f(xp_) - f(xm_)) / (2 * eps)
     return g
+
+
+def cifar_batch(n=4, seed=0):
+    """A CIFAR-10 python batch (the pickled dict) of ``n`` random images and labels."""
+    r = np.random.default_rng(seed)
+    return {b"batch_label": b"testing batch 1 of 1", b"labels": [int(v) for v in r.integers(0, 10, n)],
+            b"data": r.integers(0, 256, (n, 3072), dtype=np.uint8), b"filenames": [b"x.png"] * n}
+
+
+def write_batch(tmp_path, d, name="test_batch", protocol=2):
+    """Write the batch ``d`` (a dict, pickled with ``protocol``, or raw bytes) to
+    ``tmp_path/cifar-10-batches-py/name``; returns the path."""
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir(exist_ok=True)
+    path = folder / name
+    path.write_bytes(d if isinstance(d, bytes) else pickle.dumps(d, protocol=protocol))
+    return path
 
 
 def duality_gap(op, s, a, lam, nonneg):

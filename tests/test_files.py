@@ -6,6 +6,7 @@ import re
 
 import numpy as np
 import pytest
+from conftest import cifar_batch, write_batch
 
 from sparsecoding.data import DataFileError, UnsafePickleError, load_cifar10, load_mnist, load_stl10
 
@@ -110,20 +111,6 @@ def test_corrupt_gzip_is_named(tmp_path):
 
 
 # --- CIFAR-10 (python batches) --------------------------------------------------------------------------------------
-
-def cifar_batch(n=4, seed=0):
-    r = np.random.default_rng(seed)
-    return {b"batch_label": b"testing batch 1 of 1", b"labels": [int(v) for v in r.integers(0, 10, n)],
-            b"data": r.integers(0, 256, (n, 3072), dtype=np.uint8), b"filenames": [b"x.png"] * n}
-
-
-def write_batch(tmp_path, d, name="test_batch", protocol=2):
-    folder = tmp_path / "cifar-10-batches-py"
-    folder.mkdir(exist_ok=True)
-    path = folder / name
-    path.write_bytes(d if isinstance(d, bytes) else pickle.dumps(d, protocol=protocol))
-    return path
-
 
 def py2_style(d):
     """The batch as Python 2 pickled it: str keys as BINSTRING (bytes on load), numpy.core module names."""

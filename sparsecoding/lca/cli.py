@@ -6,17 +6,22 @@ the run (``--steps`` larger continues it); a changed setting is refused with the
 (``--allow-changed-settings`` to accept it, ``--no-resume`` to start over). Ctrl-C writes a
 checkpoint and the files for the steps done. ``--evaluate`` reloads the run and prints the same
 summary as the end of training.
+
+``sparsecoding lca learn [options]`` is the dictionary-learning job of the EqProp LCA front end
+(the file ``--lca_dict`` reads); see ``sparsecoding lca learn --help``.
 """
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 import numpy as np
 
 from ..cliutil import (CLIError, HelpFormatter, device_backend, nonnegative_float, nonnegative_int, positive_float,
                        one_line_errors, positive_int, writable_dir)
+from . import learn_cli
 
 
 # options that change what a run learns: stored in the checkpoint and compared on resume
@@ -122,7 +127,8 @@ def run(args):
 def register(sub):
     """Add the ``lca`` subcommand to the top-level parser's subparsers."""
     p = sub.add_parser("lca", formatter_class=HelpFormatter, description=__doc__,
-                       help="learn an LCA dictionary on bundled data and save its picture")
+                       help="learn an LCA dictionary on bundled data and save its picture; "
+                       "lca learn: the dictionary file of the EqProp LCA front end")
     one_line_errors(p)
     a = p.add_argument
     a("--data", choices=["photos", "digits"], default="photos",
@@ -158,4 +164,25 @@ def register(sub):
     a("--device", default="cpu", help="cpu, gpu or a GPU index")
     a("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+    actions = p.add_subparsers(dest="action", metavar="{learn}", required=False,
+                               help="learn: the dictionary file of the EqProp LCA front end (options after it: "
+                               "sparsecoding lca learn --help); without it, the job above")
+    learn_cli.register(actions)
+    _learn_comes_first(p)
     return p
+
+
+def _learn_comes_first(parser):
+    """Refuse ``sparsecoding lca <options> learn``: the options before ``learn`` would be ignored."""
+    parse = parser.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        ns, rest = parse(args, namespace)
+        if getattr(ns, "action", None) == "learn" and args[:1] != ["learn"]:
+            parser.error(f"'learn' must come right after 'lca' (options of sparsecoding lca learn follow it; "
+                         f"got {' '.join(args[:args.index('learn')])!r} before it)")
+        return ns, rest
+
+    parser.parse_known_args = parse_known_args
+    return parser
