@@ -95,7 +95,13 @@ def _one_line(stderr):
     return lines[0]
 
 
-@pytest.mark.parametrize("model, net", [("CNN", ["--channels", "8", "16"]), ("MLP", ["--fc", "32", "10"])])
+LCA_SMALL = ["--channels", "8", "8", "16", "--kernels", "3", "3", "3", "--pools", "imm", "--strides", "1", "1", "1",
+             "--paddings", "1", "1", "1", "--lca_ksize", "5", "--lca_stride", "1", "--lca_solver", "fista",
+             "--lca_iters", "40", "--lca_tol", "1e-3", "--lca_lambda", "0.1", "--scale_feedback", "0.02"]
+
+
+@pytest.mark.parametrize("model, net", [("CNN", ["--channels", "8", "16"]), ("MLP", ["--fc", "32", "10"]),
+                                        ("LCACNN", LCA_SMALL + ["--dict_training", "learn"])])
 def test_evaluate_in_a_new_process_reproduces_the_training_test_error(tmp_path, model, net):
     folder = tmp_path / "run"
     args = SMALL + ["--model", model, *net, "--save-dir", str(folder)]
@@ -185,6 +191,8 @@ def test_lr_decay_makes_epochs_a_setting(tmp_path, capsys):
     assert "--epochs: 1 -> 2" in _one_line(capsys.readouterr().err)
 
 
+LCA_NET = ["--channels", "6", "4", "--kernels", "3", "3", "--pools", "im", "--strides", "1", "1", "--paddings", "1", "1",
+           "--lca_ksize", "3"]
 BAD = [
     (["--mbs", "0"], "--mbs"), (["--epochs", "0"], "--epochs"), (["--T1", "0"], "--T1"), (["--T2", "-1"], "--T2"),
     (["--betas", "nan", "1"], "--betas"), (["--betas", "0.5", "0.5"], "--betas"),
@@ -201,6 +209,14 @@ BAD = [
     (["--scale_feedback", "0"], "--scale_feedback"), (["--dict_training", "learn"], "--dict_training"),
     (["--dict_training", "None"], "--dict_training"), (["--device", "tpu"], "--device"),
     (["--checkpoint-every", "0"], "--checkpoint-every"), (["--todo", "evaluate"], "--save-dir"),
+    # the LCA front end: the reference layout (sparse slot first), the dictionary file, the options
+    (["--model", "LCACNN", "--pools", "mi"], "--pools"), (["--model", "LCACNN", "--channels", "8"], "--channels"),
+    (["--model", "LCACNN", *LCA_NET, "--lca_feats", "8"], "--lca_feats"),
+    (["--model", "LCACNN", *LCA_NET, "--lca_ksize", "4"], "--lca_ksize"),
+    (["--model", "LCACNN", *LCA_NET, "--dict_training", "finetune", "--lca_dict", "missing.npy"], "--lca_dict"),
+    (["--model", "LCACNN", *LCA_NET, "--lca_dict", "x.npy", "--dict_training", "learn"], "--lca_dict"),
+    (["--model", "LCACNN", *LCA_NET, "--scale_feedback", "-1"], "--scale_feedback"),
+    (["--model", "LCACNN", *LCA_NET, "--todo", "gducheck"], "gducheck"),
 ]
 
 
@@ -217,7 +233,7 @@ def test_bad_values_are_one_line_errors_naming_the_option(tmp_path, capsys, extr
     assert line.startswith("sparsecoding eqprop: error: ") and option in line, line
     lca_option = extra[0].startswith("--lca") or extra[0] in ("--scale_feedback", "--dict_training")
     if lca_option and extra[1] != "None":
-        assert "needs --model LCACNN, which is not available yet" in line
+        assert "needs --model LCACNN" in line
 
 
 def test_one_line_errors_in_a_real_process(tmp_path):
@@ -238,3 +254,46 @@ def test_help_documents_every_option():
     for action in p._actions:
         assert action.help, action.option_strings
         assert None not in (action.choices or ())
+
+
+def _write_cifar10(folder, n):
+    """``n`` random images per batch file in the standard python-batch format (``cifar-10-batches-py``)."""
+    from conftest import cifar_batch, write_batch
+
+    folder.mkdir()
+    for i, name in enumerate([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]):
+        write_batch(folder, cifar_batch(n=n, seed=i), name=name)
+
+
+SEED_LCACNN = ("--model LCACNN --task CIFAR10 --data-aug --channels 64 256 512 --kernels 3 3 3 --pools immmm "
+               "--strides 1 1 1 1 --paddings 1 1 1 1 --fc 10 --optim sgd --lrs 0.25 0.15 0.1 0.08 --wds 3e-4 3e-4 "
+               "3e-4 3e-4 3e-4 --mmt 0.9 --lr-decay --epochs 120 --act my_hard_sig --todo train --T1 250 --T2 50 "
+               "--mbs 128 --alg EP --betas 0.0 0.5 --scale 0.5 --thirdphase --loss cel --softmax --save --seed 2 "
+               "--lca_feats 64 --lca_lambda 0.25 --lca_tau 100 --lca_eta 0.05 --lca_iters 600 --lca_stride 2 "
+               "--lca_ksize 9 --dict_training {mode}")
+
+
+@pytest.mark.parametrize("mode", ["pretrained", "finetune", "learn"])
+def test_the_seeds_lcacnn_command_lines_run_on_cifar10_files(tmp_path, mode):
+    # the seed's three LCACNN lines as written, plus --data-dir (4 images per batch file written here) and,
+    # appended (the last value counts), a short schedule: one epoch, few steps
+    _write_cifar10(tmp_path / "data", 4)
+    D = np.random.default_rng(1).standard_normal((64, 3, 9, 9)).astype(np.float32)
+    (tmp_path / "runs" / "lca-dict").mkdir(parents=True)
+    np.save(tmp_path / "runs" / "lca-dict" / "dictionary.npy", D / np.linalg.norm(D.reshape(64, -1), axis=1)[:, None,
+                                                                                                        None, None])
+    args = SEED_LCACNN.format(mode=mode).split() + ["--data-dir", "data", "--epochs", "1", "--T1", "3", "--T2", "2",
+                                                    "--quiet"]
+    done = _run(args, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "ignoring values beyond the 3 layers of --channels" in done.stderr  # --strides, --paddings, --pools, --wds
+    (folder,) = (tmp_path / "runs").glob("eqprop-*")
+    for name in ("checkpoint.npz", "metrics.csv", "error_curves.png", "lca_dictionary.png", "dictionary.npy"):
+        assert (folder / name).exists(), name
+    row = _metrics(folder)[-1]
+    assert 0 < float(row["lca_active"]) < 1 and "test_error" in row
+    D_after = np.load(folder / "dictionary.npy")
+    assert np.array_equal(D_after, np.load(tmp_path / "runs" / "lca-dict" / "dictionary.npy")) == (mode == "pretrained")
+    ev = _run(args + ["--todo", "evaluate", "--save-dir", str(folder)], tmp_path)
+    assert ev.returncode == 0, ev.stderr
+    assert _records(ev.stdout)[-1]["test_error"] == json.loads(done.stdout.splitlines()[0])["test_error"]

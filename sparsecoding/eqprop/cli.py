@@ -9,6 +9,24 @@ option, unless ``--allow-changed-settings``. Ctrl-C checkpoints, writes the
 metrics and curves of the epochs done and exits with status 130.
 ``--todo evaluate --save-dir FOLDER`` reloads the run and prints its test error
 with the run's own T1, schedule and tolerance.
+
+``--model LCACNN`` puts an LCA sparse-coding layer in front of the network (the
+reference code's conventions): ``--channels`` starts with the sparse layer's
+features (``--lca_feats``, 64 in ``--channels 64 256 512``) followed by the conv
+layers; ``--kernels``, ``--strides``, ``--paddings``, ``--pools``, ``--lrs`` and
+``--wds`` have the sparse layer's slot first (its pool must be ``i``; its geometry is
+``--lca_ksize``/``--lca_stride`` with "same" padding, and its dictionary steps with
+``--lca_eta``, so the other slot-0 values are not used) and then one entry per conv
+layer (``--lrs``/``--wds``: per synapse); entries beyond those are ignored, with a
+note. ``--dict_training pretrained`` (frozen) and ``finetune`` read the dictionary
+file ``--lca_dict`` (default ``runs/lca-dict/dictionary.npy``, what ``sparsecoding lca
+learn`` writes by default); ``learn`` starts from a random one. The sparse layer runs
+the LCA dynamics for ``--lca_iters`` steps (``--lca_solver lca``, the reference
+code's; ``fista`` reaches the same code in fewer iterations, ``--lca_tol`` stops early).
+``--scale_feedback`` couples the first conv layer back into the LCA potentials (0:
+feed-forward front end). The run folder adds ``lca_dictionary.png`` and
+``dictionary.npy`` (the dictionary after training), and ``metrics.csv`` the
+fraction of active LCA units per epoch (``lca_active``).
 """
 from __future__ import annotations
 
@@ -25,12 +43,17 @@ from ..cliutil import (CLIError, HelpFormatter, device_backend, finite_float, no
 from .network import ACTIVATIONS
 
 N_CLASSES = {"DIGITS": 10, "MNIST": 10, "CIFAR10": 10}
-# options of the LCA front end (--model LCACNN), refused until it lands
+# options of the LCA front end (--model LCACNN), refused with the other models
 LCA_OPTIONS = ("lca_feats", "lca_lambda", "lca_tau", "lca_eta", "lca_iters", "lca_stride", "lca_ksize",
-               "scale_feedback", "dict_training", "lca_dict")
+               "lca_solver", "lca_tol", "scale_feedback", "dict_training", "lca_dict")
+LCA_DEFAULTS = {"lca_lambda": 0.25, "lca_tau": 100.0, "lca_eta": 0.01, "lca_iters": 600, "lca_stride": 2,
+                "lca_ksize": 9, "lca_solver": "lca", "scale_feedback": 0.0}
+DEFAULT_DICT = os.path.join("runs", "lca-dict", "dictionary.npy")
 # stored settings that make up the architecture (checked by --todo evaluate)
 ARCHITECTURE = ("--model", "--task", "--channels", "--kernels", "--strides", "--paddings", "--pools", "--fc", "--act",
-                "--loss", "--softmax")
+                "--loss", "--softmax", "--lca_feats", "--lca_lambda", "--lca_tau", "--lca_iters", "--lca_stride",
+                "--lca_ksize", "--lca_solver", "--lca_tol", "--scale_feedback")
+DEFAULT_LRS = [0.2, 0.1, 0.04]
 
 
 def _momentum(text):
@@ -51,7 +74,8 @@ def add_arguments(p):
     one_line_errors(p)
     a = p.add_argument
     a("--model", default="CNN", choices=["CNN", "MLP", "LCACNN"],
-      help="convolutional or fully connected energy-based network (LCACNN: not available yet)")
+      help="convolutional or fully connected energy-based network; LCACNN: an LCA sparse-coding layer in front "
+           "of the convolutional one")
     a("--task", default="DIGITS", choices=["DIGITS", "MNIST", "CIFAR10"],
       help="DIGITS: scikit-learn's bundled 8x8 digits (1400 train / 397 test); MNIST, CIFAR10: read from --data-dir")
     a("--data-dir", default=None, help="folder with the MNIST IDX / CIFAR-10 python files (nothing is downloaded)")
@@ -67,9 +91,10 @@ def add_arguments(p):
     a("--fc", type=positive_int, nargs="+", default=[10],
       help="fully connected sizes; the last one is the number of classes")
     a("--optim", default="sgd", choices=["sgd", "adam"], help="optimiser")
-    a("--lrs", type=nonnegative_float, nargs="+", default=[0.2, 0.1, 0.04],
-      help="learning rate per synapse (the last value is repeated for the remaining synapses); default chosen on "
-           "DIGITS with the other defaults: 0.1 0.05 0.02 ends at 22%% test error after 10 epochs, these at 3%%")
+    a("--lrs", type=nonnegative_float, nargs="+", default=None,
+      help="learning rate per synapse (the last value is repeated for the remaining synapses; LCACNN: the sparse "
+           "layer's slot first); default 0.2 0.1 0.04, chosen on DIGITS with the other defaults: 0.1 0.05 0.02 ends "
+           "at 22%% test error after 10 epochs, these at 3%%")
     a("--wds", type=nonnegative_float, nargs="+", default=None,
       help="weight decay per synapse (the last value is repeated; default none)")
     a("--mmt", type=_momentum, default=0.9, help="SGD momentum, in [0, 1)")
@@ -99,28 +124,70 @@ def add_arguments(p):
     a("--device", default="cpu", help="cpu, gpu or a GPU index")
     a("--schedule", default="sync", choices=["sync", "async"], help="all layers at once, or odd then even layers")
     a("--tol", type=positive_float, default=None, help="stop a phase once the states move less than this")
-    lca = "LCA front end (needs --model LCACNN, not available yet): "
-    a("--lca_feats", type=positive_int, default=None, help=lca + "number of dictionary features")
-    a("--lca_lambda", type=nonnegative_float, default=None, help=lca + "sparsity threshold")
-    a("--lca_tau", type=positive_float, default=None, help=lca + "time constant")
-    a("--lca_eta", type=nonnegative_float, default=None, help=lca + "dictionary learning rate")
-    a("--lca_iters", type=positive_int, default=None, help=lca + "LCA iterations")
-    a("--lca_stride", type=positive_int, default=None, help=lca + "stride of the dictionary")
-    a("--lca_ksize", type=positive_int, default=None, help=lca + "kernel size of the dictionary")
-    a("--lca_dict", default=None, metavar="PATH", help=lca + "dictionary file written by sparsecoding lca")
-    a("--scale_feedback", type=finite_float, default=None, help=lca + "scale of the feedback into the LCA layer")
+    lca = "LCA front end (--model LCACNN): "
+    d = LCA_DEFAULTS
+    a("--lca_feats", type=positive_int, default=None, help=lca + "number of dictionary features (default: the first "
+      "--channels entry)")
+    a("--lca_lambda", type=nonnegative_float, default=None, help=lca + f"sparsity threshold (default {d['lca_lambda']})")
+    a("--lca_tau", type=positive_float, default=None, help=lca + f"time constant (default {d['lca_tau']:g})")
+    a("--lca_eta", type=nonnegative_float, default=None,
+      help=lca + f"dictionary step size of finetune / learn (default {d['lca_eta']})")
+    a("--lca_iters", type=positive_int, default=None, help=lca + f"solver iterations per batch (default {d['lca_iters']})")
+    a("--lca_stride", type=positive_int, default=None, help=lca + f"stride of the dictionary (default {d['lca_stride']})")
+    a("--lca_ksize", type=positive_int, default=None, help=lca + f"atom size, odd (default {d['lca_ksize']})")
+    a("--lca_solver", default=None, choices=["lca", "fista"],
+      help=lca + "lca: the reference code's dynamics (default); fista: the same code in fewer iterations")
+    a("--lca_tol", type=positive_float, default=None, help=lca + "stop the solver at this relative duality gap "
+      "(default: run --lca_iters)")
+    a("--lca_dict", default=None, metavar="PATH", help=lca + f"dictionary file (.npy) written by sparsecoding lca "
+      f"learn (default {DEFAULT_DICT}; pretrained and finetune)")
+    a("--scale_feedback", type=nonnegative_float, default=None,
+      help=lca + "scale of the feedback from the first conv layer into the LCA potentials (default 0: feed-forward)")
     a("--dict_training", default=None, choices=["pretrained", "finetune", "learn"],
-      help=lca + "frozen, fine-tuned or learned dictionary")
+      help=lca + "frozen, fine-tuned or learned dictionary (default: pretrained when --lca_dict is given, else learn)")
     a("--quiet", action="store_true", help="no progress bar")
     return p
 
 
-def _refuse_unavailable(args):
-    if args.model == "LCACNN":
-        raise CLIError("--model LCACNN (the LCA front end) is not available yet; use --model CNN")
-    for name in LCA_OPTIONS:
-        if getattr(args, name) is not None:
-            raise CLIError(f"--{name} needs --model LCACNN, which is not available yet")
+def _check_lca_options(args):
+    """LCA options only with --model LCACNN; for LCACNN fill the defaults and check the reference layout."""
+    if args.model != "LCACNN":
+        for name in LCA_OPTIONS:
+            if getattr(args, name) is not None:
+                raise CLIError(f"--{name} belongs to the LCA front end: it needs --model LCACNN")
+        return
+    for name, value in LCA_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.lca_feats is None:
+        args.lca_feats = args.channels[0]
+    if args.channels[0] != args.lca_feats:
+        raise CLIError(f"--channels starts with the sparse layer's features for --model LCACNN: "
+                       f"{args.channels[0]} != --lca_feats {args.lca_feats}")
+    if len(args.channels) < 2:
+        raise CLIError("--model LCACNN needs --channels with the sparse layer's features and at least one conv layer "
+                       "(e.g. --channels 64 128)")
+    if args.lca_ksize % 2 == 0:
+        raise CLIError(f"--lca_ksize must be odd (\"same\" padding), got {args.lca_ksize}")
+    if args.dict_training is None:
+        args.dict_training = "pretrained" if args.lca_dict is not None else "learn"
+    if args.dict_training == "learn" and args.lca_dict is not None:
+        raise CLIError("--dict_training learn starts from a random dictionary: drop --lca_dict, or use finetune")
+    if args.pools[0] != "i":
+        raise CLIError(f"--pools: the first letter is the sparse layer's slot for --model LCACNN and must be i "
+                       f"(the code is not pooled), got {args.pools!r}")
+    n = len(args.channels)
+    notes = []
+    for option in ("kernels", "strides", "paddings", "pools"):
+        values = getattr(args, option)
+        if len(values) < n:
+            raise CLIError(f"--{option} needs {n} values for --model LCACNN (the sparse layer's slot, then one per "
+                           f"conv layer, as --channels lists), got {len(values)}")
+        if len(values) > n:
+            notes.append(f"--{option} {len(values) - n} extra")
+        setattr(args, option, values[:n])
+    if notes:
+        print(f"note: ignoring values beyond the {n} layers of --channels ({', '.join(notes)})", file=sys.stderr)
 
 
 def load_task(args):
@@ -154,6 +221,8 @@ def _check_network_options(args):
         if args.softmax and len(args.fc) < 2:
             raise CLIError("--softmax with --model MLP needs a hidden layer before the readout (e.g. --fc 64 10)")
         return
+    if args.model == "LCACNN":
+        return  # the per-layer lists were checked with the LCA options
     n_conv = len(args.channels)
     for option, values in (("--kernels", args.kernels), ("--strides", args.strides), ("--paddings", args.paddings),
                            ("--pools", args.pools)):
@@ -162,10 +231,46 @@ def _check_network_options(args):
                            f"got {len(values)}")
 
 
-def build_model(args, in_shape, backend):
+def _load_dictionary(args):
+    """The --lca_dict array (pretrained / finetune), or None; one-line errors for a missing or unreadable file."""
+    if args.dict_training == "learn":
+        return None
+    path = args.lca_dict or DEFAULT_DICT
+    if not os.path.exists(path):
+        raise CLIError(f"--dict_training {args.dict_training} needs the dictionary file --lca_dict; {path} does not "
+                       f"exist (write one with: sparsecoding lca learn --task {args.task} --lca_feats {args.lca_feats} "
+                       f"--lca_ksize {args.lca_ksize} --lca_stride {args.lca_stride})")
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 (any failure to read it is the file's fault)
+        raise CLIError(f"--lca_dict {path} cannot be read as a .npy dictionary ({type(exc).__name__}: {exc})") from None
+
+
+def build_model(args, in_shape, backend, dictionary=None):
+    """The network of the options; ``dictionary`` replaces the --lca_dict file (LCACNN, e.g. from a checkpoint)."""
     from .network import ConvEBM, MLPEBM
 
     _check_network_options(args)
+    if args.model == "LCACNN":
+        from .lcacnn import LCACNN
+
+        if in_shape[-1] != in_shape[-2]:
+            raise CLIError(f"--model LCACNN needs square images, --task {args.task} has {in_shape}")
+        mode = args.dict_training if dictionary is None else "finetune"
+        D = _load_dictionary(args) if dictionary is None else dictionary
+        try:
+            net = LCACNN(in_shape[-1], in_shape[0], args.channels[1:], args.kernels[1:], args.strides[1:],
+                         args.paddings[1:], args.pools[1:], args.fc, lca_feats=args.lca_feats,
+                         lca_lambda=args.lca_lambda, lca_tau=args.lca_tau, lca_eta=args.lca_eta,
+                         lca_iters=args.lca_iters, lca_stride=args.lca_stride, lca_ksize=args.lca_ksize,
+                         lca_solver=args.lca_solver, lca_tol=args.lca_tol, dict_training=mode, dictionary=D,
+                         scale_feedback=args.scale_feedback, activation=args.act, softmax=args.softmax,
+                         loss=args.loss, scale=args.scale, seed=args.seed, backend=backend)
+        except ValueError as exc:
+            where = f" (--lca_dict {args.lca_dict or DEFAULT_DICT})" if "dictionary" in str(exc) else ""
+            raise CLIError(f"--model LCACNN: {exc}{where}") from None
+        net.dict_training = args.dict_training
+        return net
     try:
         if args.model == "MLP":
             return MLPEBM([int(np.prod(in_shape))] + args.fc, args.act, args.softmax, args.loss, args.scale,
@@ -190,12 +295,15 @@ def cli_settings(args, lrs, wds, n_train, n_test):
               "--random-sign": args.random_sign, "--thirdphase": args.thirdphase, "--data-aug": args.data_aug,
               "--mbs": args.mbs, "--seed": args.seed, "--schedule": args.schedule, "--tol": args.tol,
               "--n-train": n_train, "--n-test": n_test})
+    if args.model == "LCACNN":
+        s.update({f"--{k}": getattr(args, k) for k in LCA_OPTIONS})
+        s["--lca_dict"] = os.path.abspath(args.lca_dict or DEFAULT_DICT) if args.dict_training != "learn" else None
     if args.lr_decay:
         s["--epochs"] = args.epochs
     return json.loads(json.dumps(s))
 
 
-def _evaluate(args, net, Xte, yte, save):
+def _evaluate(args, build, Xte, yte, save):
     from .train import evaluate
 
     ck = os.path.join(save, "checkpoint.npz") if save else None
@@ -207,6 +315,8 @@ def _evaluate(args, net, Xte, yte, save):
         if stored.get(key) != mine.get(key):
             raise CLIError(f"--todo evaluate: the run in {save} was trained with {key} {_text(stored.get(key))}, "
                            f"not {_text(mine.get(key))}; give the run's architecture options")
+    # LCACNN: the dictionary comes from the checkpoint (whatever --dict_training and --lca_dict say)
+    net = build(arrays.get("lca_weights") if args.model == "LCACNN" else None)
     net.set_state(arrays, net_meta)
     n_test = args.n_test if args.n_test is not None else stored.get("--n-test")
     Xte, yte = _first(Xte, yte, n_test, "--n-test", "test", args.task)
@@ -239,7 +349,7 @@ def _text(value):
 def run(args):
     from .train import train
 
-    _refuse_unavailable(args)
+    _check_lca_options(args)
     if args.thirdphase and args.betas[1] == 0:
         raise CLIError("--thirdphase nudges at +BETA2 and -BETA2: --betas needs BETA2 != 0")
     if args.betas[0] == args.betas[1]:
@@ -247,13 +357,16 @@ def run(args):
     backend = device_backend(args.device)
     Xtr, ytr, Xte, yte = load_task(args)
     Xtr, ytr = _first(Xtr, ytr, args.n_train, "--n-train", "training", args.task)
-    net = build_model(args, Xtr.shape[1:], backend)
-    n_syn = len(net.params)
-    lrs = (args.lrs + [args.lrs[-1]] * n_syn)[:n_syn]
-    wds = None if args.wds is None else (args.wds + [args.wds[-1]] * n_syn)[:n_syn]
     save = args.save_dir or (f"runs/eqprop-{time.strftime('%Y%m%d-%H%M%S')}" if args.save else None)
     if args.todo == "evaluate":
-        return _evaluate(args, net, Xte, yte, save)
+        return _evaluate(args, lambda D: build_model(args, Xtr.shape[1:], backend, D), Xte, yte, save)
+    if args.model == "LCACNN" and args.todo == "gducheck":
+        raise CLIError("--todo gducheck checks --model CNN and MLP (the LCA front end has no BPTT reference here)")
+    net = build_model(args, Xtr.shape[1:], backend)
+    n_syn = len(net.params)
+    lrs, wds = _per_synapse(args.lrs, args.model, DEFAULT_LRS), _per_synapse(args.wds, args.model, None)
+    lrs = (lrs + [lrs[-1]] * n_syn)[:n_syn]
+    wds = None if wds is None else (wds + [wds[-1]] * n_syn)[:n_syn]
     if args.todo == "gducheck":  # the check's own defaults, verdict, exit status 1 on failure: gdu.py
         from .gdu import gducheck_command
 
@@ -274,12 +387,41 @@ def run(args):
                      settings=settings)
     except _settings_changed() as exc:
         raise type(exc)(f"{exc} (--allow-changed-settings)") from None
+    except KeyboardInterrupt:  # TrainingInterrupted: the network holds the checkpointed state
+        if save and args.model == "LCACNN":
+            _write_dictionary(net, save)
+        raise
+    if save and args.model == "LCACNN":
+        _write_dictionary(net, save)
     for h in hist:
         print(json.dumps(h))
     last = hist[-1] if hist else {}
     print((f"test error {last['test_error']:.4f} after {len(hist)} epoch(s); " if "test_error" in last else "")
           + f"total {time.perf_counter() - t0:.1f} s" + (f"; run folder {save}" if save else ""))
     return 0
+
+
+def _per_synapse(values, model, default):
+    """``--lrs`` / ``--wds`` per synapse: LCACNN lists the sparse layer's slot first (not used: the dictionary
+    steps with --lca_eta); a single value applies to every synapse."""
+    if values is None:
+        return None if default is None else list(default)
+    if model == "LCACNN" and len(values) > 1:
+        return list(values[1:])
+    return list(values)
+
+
+def _write_dictionary(net, folder):
+    """The LCACNN run folder's dictionary after training: ``dictionary.npy`` and ``lca_dictionary.png``."""
+    from ..backend import to_numpy
+    from ..viz import save_dictionary
+
+    D = np.asarray(to_numpy(net.lca.weights), dtype=np.float32)
+    tmp = os.path.join(folder, "dictionary.tmp.npy")
+    np.save(tmp, D)
+    os.replace(tmp, os.path.join(folder, "dictionary.npy"))
+    save_dictionary(D, os.path.join(folder, "lca_dictionary.png"),
+                    title=f"LCA dictionary ({net.dict_training}), {D.shape[0]} atoms")
 
 
 def _settings_changed():

@@ -618,6 +618,11 @@ class ConvEBM:
         free = getattr(self, "_last_free", None)
         return None if free is None else self._public(free)
 
+    def after_step(self):
+        """Local learning rules applied after each optimiser step (none here; the LCA front end updates its
+        dictionary); returns metrics for the step's record."""
+        return {}
+
     # ------------------------------------------------------ learning loop (DESIGN.md §2)
     def get_state(self):
         """``(arrays, meta)`` for checkpoints: host copies of the parameters as ``W<k>`` / ``b<k>``, and

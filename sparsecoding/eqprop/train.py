@@ -219,7 +219,7 @@ def train(net, Xtr, ytr, Xte=None, yte=None, epochs=1, mbs=128, T1=30, T2=10, be
         grads = net.ep_gradients(xb, yb, T1, T2, betas, third_phase, random_sign, rng, schedule, tol)
         wrong = int((to_numpy(net._output(net._last_free).argmax(axis=1)) != yb).sum())
         opt.step([g for pair in grads for g in pair])
-        return {"train_error": wrong / len(idx)}
+        return {"train_error": wrong / len(idx), **net.after_step()}
 
     def on_epoch_end(epoch, record):
         extra = {"seconds": time.perf_counter() - timer.get("t0", time.perf_counter()),
