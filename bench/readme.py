@@ -1,6 +1,6 @@
 """Write the README's table of figures from the benchmark results (never by hand).
 
-Reads ``bench/results/{conv,lca,eqprop,accuracy,foldiak,lpl}.json`` as the
+Reads ``bench/results/{conv,lca,eqprop,accuracy,foldiak,lpl,lcacnn}.json`` as the
 benchmarks last wrote them on the current code and replaces the README
 between ``<!-- figures:begin -->`` and ``<!-- figures:end -->``. Every row
 names the CPU and, for timings, the float32 GEMM rate measured in the same
@@ -8,7 +8,7 @@ run; peers appear only where the same run measured them.
 
 Run all, then this: ``python -m bench.conv; python -m bench.lca; python -m
 bench.eqprop; python -m bench.foldiak; python -m bench.lpl; python -m
-bench.accuracy --lca; python -m bench.readme``.
+bench.lcacnn; python -m bench.accuracy --lca; python -m bench.readme``.
 """
 from __future__ import annotations
 
@@ -86,6 +86,13 @@ def rows():
         out.append((f"`{r['command']}` (the main job)",
                     f"{r['steps']} dictionary steps in {r['wall_seconds']:.0f} s, final energy {r['energy']:.4g}, "
                     f"fraction active {r['frac_active']:.3f}", _where(acc), "bench.accuracy --lca"))
+    lc = _load("lcacnn")
+    if lc:
+        runs = "; ".join(f"{r['model']} {100 * r['test_accuracy']:.1f}%"
+                         + (f" ({100 * r['lca_active']:.0f}% active)" if r["lca_active"] != "-" else "")
+                         + f", {r['cpu_seconds']:.0f} CPU s" for r in lc["runs"])
+        out.append((f"DIGITS, plain CNN vs LCA front end, {lc['epochs']} epochs of `sparsecoding eqprop --thirdphase`",
+                    runs, _where(lc), "bench.lcacnn"))
     fo = _load("foldiak")
     if fo:
         r = fo["rows"][0]

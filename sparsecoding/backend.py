@@ -146,7 +146,8 @@ def use_backend(name: str):
 
 
 def _is_cupy_array(a) -> bool:
-    return type(a).__module__.split(".")[0] == "cupy"
+    module = type(a).__module__
+    return module == "cupy" or module.startswith("cupy.")
 
 
 def get_xp(*arrays):
@@ -155,6 +156,10 @@ def get_xp(*arrays):
     With no array arguments (or only scalars / None) the default backend's
     module is returned.
     """
+    if len(arrays) == 1 and type(arrays[0]) is np.ndarray:
+        # the common case, without the scan: elementwise maps call this once per use, thousands of
+        # times a second on small arrays (Földiák settling: 3 us of 10 us per step before this line)
+        return np
     for a in arrays:
         if _is_cupy_array(a):
             return _module("cupy")

@@ -165,3 +165,41 @@ def test_history_csv(tmp_path):
     h.to_csv(tmp_path / "h.csv")
     lines = (tmp_path / "h.csv").read_text().splitlines()
     assert lines[0] == "epoch,loss,test" and h.column("loss") == [0.5, 0.25]
+
+
+def _families():
+    """Every model family, small: ``(name, model factory, X, y)``."""
+    from sparsecoding.eqprop import ConvEBM, MLPEBM
+    from sparsecoding.eqprop.lcacnn import LCACNN
+    from sparsecoding.lca import LCA, LCAConv2D
+    from sparsecoding.plasticity.foldiak import FoldiakNetwork
+    from sparsecoding.plasticity.lpl_net import LPLConvNet
+
+    r = np.random.default_rng(0)
+    img, vec, y = r.uniform(0, 1, (16, 1, 8, 8)), r.uniform(0, 1, (16, 12)), r.integers(0, 3, 16)
+    return [
+        ("LCAConv2D", lambda: LCAConv2D(4, 1, 3, 2, lca_iters=5, seed=0), img, None),
+        ("LCA", lambda: LCA(6, 12, lca_iters=5, seed=0), vec, None),
+        ("ConvEBM", lambda: ConvEBM(8, [1, 3], [3], [1], [1], "m", [3], seed=0), img, y),
+        ("MLPEBM", lambda: MLPEBM([12, 5, 3], seed=0), vec, y),
+        ("LCACNN", lambda: LCACNN(8, 1, [3], [3], [1], [1], "m", [3], lca_feats=4, lca_ksize=3, lca_iters=5,
+                                  dict_training="learn", seed=0), img, y),
+        ("LPLConvNet", lambda: LPLConvNet(1, channels=(4,), pools="m", seed=0), img, None),
+        ("FoldiakNetwork", lambda: FoldiakNetwork(12, 4, seed=0), vec, None),
+    ]
+
+
+@pytest.mark.parametrize("family", range(7), ids=[f[0] for f in _families()])
+def test_every_family_learns_through_one_fit_signature(tmp_path, family):
+    # the same keywords, the same History of per-epoch records, callbacks once per epoch, a checkpoint written
+    name, make, X, y = _families()[family]
+    seen = []
+    fit = make().fit
+    kw = dict(epochs=2, batch_size=8, seed=1, callbacks=[seen.append], checkpoint=str(tmp_path / "ck.npz"),
+              progress=False)
+    if name in ("ConvEBM", "MLPEBM", "LCACNN"):
+        kw.update(T1=3, T2=2)
+    hist = fit(X, y, **kw)
+    assert isinstance(hist, History) and [r["epoch"] for r in hist] == [1, 2]
+    assert [r["epoch"] for r in seen] == [1, 2]
+    assert (tmp_path / "ck.npz").exists()
