@@ -22,7 +22,14 @@ class CLIError(Exception):
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows every option's default after its help text and keeps the description's line breaks."""
+    """Shows every option's default after its help text (unless the text already states it, "(default ...")
+    and keeps the description's line breaks."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "(default" in text or "default:" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 def one_line_errors(parser):

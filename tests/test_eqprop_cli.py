@@ -294,6 +294,23 @@ def test_the_seeds_lcacnn_command_lines_run_on_cifar10_files(tmp_path, mode):
     assert 0 < float(row["lca_active"]) < 1 and "test_error" in row
     D_after = np.load(folder / "dictionary.npy")
     assert np.array_equal(D_after, np.load(tmp_path / "runs" / "lca-dict" / "dictionary.npy")) == (mode == "pretrained")
-    ev = _run(args + ["--todo", "evaluate", "--save-dir", str(folder)], tmp_path)
+    # the run folder alone is enough: architecture, task and phases come from its checkpoint
+    ev = _run(["--todo", "evaluate", "--save-dir", str(folder), "--data-dir", "data"], tmp_path)
     assert ev.returncode == 0, ev.stderr
     assert _records(ev.stdout)[-1]["test_error"] == json.loads(done.stdout.splitlines()[0])["test_error"]
+
+
+def test_dictionary_json_sets_and_checks_the_geometry(tmp_path, capsys):
+    # `sparsecoding lca learn` writes dictionary.json beside dictionary.npy: its stride cannot be read from the
+    # array's shape, so it sets the geometry the options leave out and refuses a different one
+    D = np.random.default_rng(0).standard_normal((6, 1, 3, 3)).astype(np.float32)
+    np.save(tmp_path / "dictionary.npy", D / np.linalg.norm(D.reshape(6, -1), axis=1)[:, None, None, None])
+    (tmp_path / "dictionary.json").write_text(json.dumps({"lca_feats": 6, "lca_ksize": 3, "lca_stride": 1}))
+    base = ["eqprop", "--model", "LCACNN", "--channels", "6", "4", "--kernels", "3", "3", "--pools", "im",
+            "--strides", "1", "1", "--paddings", "1", "1", "--lca_dict", str(tmp_path / "dictionary.npy"),
+            "--n-train", "32", "--n-test", "8", "--epochs", "1", "--T1", "2", "--T2", "1", "--quiet",
+            "--lca_iters", "3"]
+    assert main(base) == 0  # --lca_ksize 3 and --lca_stride 1 from the JSON (the defaults are 9 and 2)
+    status = main(base + ["--lca_stride", "2"])
+    line = _one_line(capsys.readouterr().err)
+    assert status != 0 and "--lca_stride 2: the dictionary file was learned with --lca_stride 1" in line

@@ -8,7 +8,8 @@ command again resumes it exactly, and a larger ``--epochs`` (without
 option, unless ``--allow-changed-settings``. Ctrl-C checkpoints, writes the
 metrics and curves of the epochs done and exits with status 130.
 ``--todo evaluate --save-dir FOLDER`` reloads the run and prints its test error
-with the run's own T1, schedule and tolerance.
+with the run's own architecture, task, T1, schedule and tolerance (the folder
+alone is enough).
 
 ``--model LCACNN`` puts an LCA sparse-coding layer in front of the network (the
 reference code's conventions): ``--channels`` starts with the sparse layer's
@@ -149,6 +150,30 @@ def add_arguments(p):
     return p
 
 
+def _adopt_dictionary_geometry(args):
+    """The dictionary file's ``dictionary.json`` (written beside it by sparsecoding lca learn) sets
+    --lca_feats / --lca_ksize / --lca_stride when they are not given, and refuses different ones: the
+    stride cannot be read from the array's shape."""
+    path = os.path.join(os.path.dirname(args.lca_dict or DEFAULT_DICT), "dictionary.json")
+    if not os.path.exists(path):
+        return
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise CLIError(f"{path} (beside the dictionary file) cannot be read as JSON ({exc})") from None
+    for option in ("lca_feats", "lca_ksize", "lca_stride"):
+        stored = meta.get(option)
+        if stored is None:
+            continue
+        given = getattr(args, option)
+        if given is None:
+            setattr(args, option, int(stored))
+        elif int(given) != int(stored):
+            raise CLIError(f"--{option} {given}: the dictionary file was learned with --{option} {stored} "
+                           f"({path}); leave --{option} out or give {stored}")
+
+
 def _check_lca_options(args):
     """LCA options only with --model LCACNN; for LCACNN fill the defaults and check the reference layout."""
     if args.model != "LCACNN":
@@ -156,6 +181,13 @@ def _check_lca_options(args):
             if getattr(args, name) is not None:
                 raise CLIError(f"--{name} belongs to the LCA front end: it needs --model LCACNN")
         return
+    if args.dict_training is None:
+        args.dict_training = "pretrained" if args.lca_dict is not None else "learn"
+        if args.todo == "train" and args.dict_training == "learn":
+            args.notes.append("--dict_training learn: the dictionary starts random (give --lca_dict FILE, written "
+                              "by sparsecoding lca learn, to start from a learned one)")
+    if args.dict_training != "learn":
+        _adopt_dictionary_geometry(args)
     for name, value in LCA_DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -169,8 +201,6 @@ def _check_lca_options(args):
                        "(e.g. --channels 64 128)")
     if args.lca_ksize % 2 == 0:
         raise CLIError(f"--lca_ksize must be odd (\"same\" padding), got {args.lca_ksize}")
-    if args.dict_training is None:
-        args.dict_training = "pretrained" if args.lca_dict is not None else "learn"
     if args.dict_training == "learn" and args.lca_dict is not None:
         raise CLIError("--dict_training learn starts from a random dictionary: drop --lca_dict, or use finetune")
     if args.pools[0] != "i":
@@ -187,7 +217,8 @@ def _check_lca_options(args):
             notes.append(f"--{option} {len(values) - n} extra")
         setattr(args, option, values[:n])
     if notes:
-        print(f"note: ignoring values beyond the {n} layers of --channels ({', '.join(notes)})", file=sys.stderr)
+        args.notes.append(f"ignoring values beyond the {n} layers of --channels ({', '.join(notes)}); the first "
+                          f"entry of each is the sparse layer's slot (its geometry: --lca_ksize, --lca_stride)")
 
 
 def load_task(args):
@@ -241,9 +272,13 @@ def _load_dictionary(args):
                        f"exist (write one with: sparsecoding lca learn --task {args.task} --lca_feats {args.lca_feats} "
                        f"--lca_ksize {args.lca_ksize} --lca_stride {args.lca_stride})")
     try:
-        return np.load(path, allow_pickle=False)
+        D = np.load(path, allow_pickle=False)
     except Exception as exc:  # noqa: BLE001 (any failure to read it is the file's fault)
-        raise CLIError(f"--lca_dict {path} cannot be read as a .npy dictionary ({type(exc).__name__}: {exc})") from None
+        why = "not a .npy array file" if "pickle" in str(exc) else f"{type(exc).__name__}: {exc}"
+        raise CLIError(f"--lca_dict {path} cannot be read as a .npy dictionary ({why})") from None
+    if not isinstance(D, np.ndarray) or D.dtype.kind != "f":
+        raise CLIError(f"--lca_dict {path} holds no floating-point array (got {getattr(D, 'dtype', type(D))})")
+    return D
 
 
 def build_model(args, in_shape, backend, dictionary=None):
@@ -346,9 +381,24 @@ def _text(value):
     return "(not given)" if value is None else str(value)
 
 
+def _adopt_run_architecture(args):
+    """``--todo evaluate``: the run folder's stored architecture (and task) replace the options, so the folder
+    alone is enough; a missing or unreadable checkpoint is reported later by the evaluation."""
+    ck = os.path.join(args.save_dir, "checkpoint.npz") if args.save_dir else None
+    if ck is None or not os.path.exists(ck):
+        return
+    stored = _read_run(ck)[2]
+    for key in ("--task", *ARCHITECTURE, *(f"--{k}" for k in LCA_OPTIONS)):
+        if key in stored:
+            setattr(args, key.lstrip("-").replace("-", "_"), stored[key])
+
+
 def run(args):
     from .train import train
 
+    args.notes = []  # printed once the options are all accepted, before training
+    if args.todo == "evaluate":
+        _adopt_run_architecture(args)
     _check_lca_options(args)
     if args.thirdphase and args.betas[1] == 0:
         raise CLIError("--thirdphase nudges at +BETA2 and -BETA2: --betas needs BETA2 != 0")
@@ -365,8 +415,14 @@ def run(args):
     net = build_model(args, Xtr.shape[1:], backend)
     n_syn = len(net.params)
     lrs, wds = _per_synapse(args.lrs, args.model, DEFAULT_LRS), _per_synapse(args.wds, args.model, None)
+    extra = [f"--{name} {len(v) - n_syn} extra" for name, v in (("lrs", lrs), ("wds", wds))
+             if v is not None and len(v) > n_syn and getattr(args, name) is not None]
+    if extra:
+        args.notes.append(f"ignoring values beyond the {n_syn} synapses ({', '.join(extra)})")
     lrs = (lrs + [lrs[-1]] * n_syn)[:n_syn]
     wds = None if wds is None else (wds + [wds[-1]] * n_syn)[:n_syn]
+    for note in args.notes:
+        print(f"note: {note}", file=sys.stderr)
     if args.todo == "gducheck":  # the check's own defaults, verdict, exit status 1 on failure: gdu.py
         from .gdu import gducheck_command
 
@@ -420,8 +476,7 @@ def _write_dictionary(net, folder):
     tmp = os.path.join(folder, "dictionary.tmp.npy")
     np.save(tmp, D)
     os.replace(tmp, os.path.join(folder, "dictionary.npy"))
-    save_dictionary(D, os.path.join(folder, "lca_dictionary.png"),
-                    title=f"LCA dictionary ({net.dict_training}), {D.shape[0]} atoms")
+    save_dictionary(D, os.path.join(folder, "lca_dictionary.png"), title=f"LCA, {net.dict_training}")
 
 
 def _settings_changed():
