@@ -1,7 +1,8 @@
 """LASSO solvers over any linear operator, and the relaxation runner every iterative model uses."""
 from ..ops.linop import power_iteration
-from .lasso import SolveResult, SolverResult, coordinate_descent, duality_gap, fista, ista, lasso_energy
+from .lasso import (SolveResult, SolverResult, WeightedOperator, check_mask, coordinate_descent, duality_gap, fista, ista,
+                    lasso_energy)
 from .relax import RelaxResult, relax, relative_change
 
-__all__ = ["SolveResult", "SolverResult", "duality_gap", "coordinate_descent", "fista", "ista", "lasso_energy", "power_iteration",
+__all__ = ["SolveResult", "SolverResult", "WeightedOperator", "check_mask", "duality_gap", "coordinate_descent", "fista", "ista", "lasso_energy", "power_iteration",
            "RelaxResult", "relax", "relative_change"]

@@ -24,6 +24,42 @@ own computation (about ``16 eps (1 + ||a||_1 max|Phi s| / E)``, ``eps`` of the d
 counts as zero: a ``tol`` below that precision is met at it. With ``lambda = 0`` the
 certificate vanishes only with the residual.
 
+Masks and weights (``mask=``): the weighted problem, per sample,
+
+    minimise_a  E_W(a) = 1/2 ||W . (s - Phi^T a)||^2 + lambda ||a||_1
+
+with a weight ``W >= 0`` broadcastable to ``s`` (a 0/1 mask: missing pixels, untrusted
+borders). With ``D = diag(W)`` it is the plain LASSO of the data ``s~ = W . s`` and the operator
+``A = Phi D`` (:class:`WeightedOperator`: analysis ``A x = Phi (W . x)``, synthesis
+``A^T a = W . Phi^T a``), whose residual ``s~ - A^T a = W . (s - Phi^T a) = r~`` is the
+weighted residual. Everything above carries over with ``r~`` in place of ``r``:
+
+* gradient ``-A r~ = -Phi (W^2 . r)``, ``r = s - Phi^T a``;
+* Lipschitz constant ``||Phi D||^2 <= ||Phi||^2 ||D||^2 = max(W^2) L``: the step is
+  ``1/(max(W^2) L)``;
+* duality gap. For any ``theta``, ``1/2 ||x||^2 >= <x, theta> - 1/2 ||theta||^2``, so with
+  ``x = s~ - A^T a``: ``E_W(a) >= <s~, theta> - 1/2 ||theta||^2 + lambda ||a||_1 - <a, A theta>``,
+  and where ``|A theta| <= lambda`` (``A theta <= lambda`` for ``a >= 0``)
+  ``lambda ||a||_1 >= <a, A theta>``, hence ``E_W(a) >= D(theta) = <s~, theta> - 1/2 ||theta||^2``
+  for every such ``theta``, in particular ``E_W* >= D(theta)``. The dual point is the scaled
+  weighted residual ``theta = beta r~``, feasible for ``beta = min(1, lambda / max|Phi (W^2 . r)|)``
+  (``A theta = beta Phi (W^2 . r)``; ``max`` of the positive part for ``a >= 0``), and with
+  ``<s~, r~> = ||r~||^2 + <a, A r~>`` the certificate is
+
+      E_W(a) - E_W* <= gap = 1/2 (1 - beta)^2 ||r~||^2 + lambda ||a||_1 - beta <a, Phi (W^2 . r)>,
+
+  :func:`duality_gap` with ``r = r~`` and ``c = Phi (W^2 . r)``. ``tol`` bounds it relative to
+  ``E_W(a)`` as before.
+
+With a 0/1 mask the masked entries are zero in ``s~`` and ``r~``: they contribute nothing to the
+energy, its gradient, the dual value or the gap, and ``s`` there influences no iterate (the codes
+are bit-identical whatever finite values ``s`` holds at masked positions). A weight of ones gives
+the unmasked solve (bit-identical for :class:`DenseOperator`, whose residual is computed the same
+way; within the solver tolerance for operators with a fused residual). The weighted solve
+computes the residual and its analysis as two calls (no fused residual), plus two elementwise
+products per step. :func:`coordinate_descent` takes ``mask=`` too (the Gram matrix of
+``Phi D``, one per distinct sample weight).
+
 Input checks (once, at entry): ``s`` and ``a0`` must be real (complex is a
 ``TypeError``), finite, and small enough that the squared residuals of the
 batch do not overflow the operator's dtype (a ``ValueError`` saying so,
@@ -45,12 +81,12 @@ from ..backend import get_xp, to_numpy
 from ..ops._geometry import check_real
 from ..ops._jit import njit_cached
 from ..ops.fused import gap_terms, momentum, prox_step
-from ..ops.linop import DenseOperator
+from ..ops.linop import DenseOperator, LinearOperator
 from ..ops.elementwise import nonneg_soft_threshold, soft_threshold
 from .relax import RelaxResult, relax
 
 __all__ = ["lasso_energy", "ista", "fista", "coordinate_descent", "SolveResult", "SolverResult", "duality_gap",
-           "check_lambda", "check_integer", "check_number", "check_real_array"]
+           "check_lambda", "check_integer", "check_number", "check_real_array", "check_mask", "WeightedOperator"]
 
 
 @dataclass
@@ -156,6 +192,103 @@ def check_real_array(x, name, dtype=None, overflow=True, advice="rescale the inp
                 f"(max {np.finfo(ldt).max:.3g}); {advice}"
             )
     return x.astype(dtype, copy=False)
+
+
+def check_mask(mask, shape, dtype, xp=None, name="mask"):
+    """A data weight / mask as an array of ``dtype`` broadcastable to inputs of ``shape``.
+
+    ``mask``: None (returned as is), or an array (bool, integer or float; host or device) of
+    weights ``W >= 0`` whose shape broadcasts to ``shape`` without enlarging it (e.g. ``(N, C, H, W)``,
+    ``(1, C, H, W)``, ``(H, W)`` for inputs ``(N, C, H, W)``; ``(D,)`` or ``(N, D)`` for ``(N, D)``).
+    Returned with leading unit axes added to the full rank, on the namespace ``xp`` (default: the
+    mask's). TypeError for complex or non-numeric masks; ValueError naming ``name`` for a shape
+    that does not broadcast, NaN/Inf or negative values. One reduction and host read (entry use).
+    """
+    if mask is None:
+        return None
+    xp = get_xp(mask) if xp is None else xp
+    mask = xp.asarray(mask)
+    check_real(mask, name)
+    shape = tuple(shape)
+    try:
+        full = np.broadcast_shapes(tuple(mask.shape), shape)
+    except ValueError:
+        full = None
+    if full != shape or mask.ndim > len(shape):
+        raise ValueError(f"{name} of shape {tuple(mask.shape)} does not broadcast to the inputs' shape {shape}")
+    mask = mask.reshape((1,) * (len(shape) - mask.ndim) + tuple(mask.shape)).astype(dtype, copy=False)
+    if mask.size:
+        lo, hi = float(xp.min(mask)), float(xp.max(mask))
+        if not (np.isfinite(lo) and np.isfinite(hi) and lo >= 0):
+            raise ValueError(f"{name} must hold finite weights >= 0 (0 where the data are missing), "
+                             f"got values in [{lo:g}, {hi:g}]")
+    return mask
+
+
+class WeightedOperator(LinearOperator):
+    """The operator of the weighted problem: ``A = Phi D``, ``D = diag(W)`` (see the module notes).
+
+    ``forward(x) = op.forward(W . x)`` (analysis), ``adjoint(a) = W . op.adjoint(a)`` (synthesis),
+    so the LASSO of the data ``W . s`` and this operator is the weighted problem
+    ``1/2 ||W . (s - Phi^T a)||^2 + lambda ||a||_1``: its residual is the weighted residual
+    ``W . (s - Phi^T a)`` and ``forward_residual`` gives ``(Phi (W^2 . r), W . r)``.
+    ``lipschitz()`` is the bound ``max(W^2) L`` (``L`` the operator's). ``weight`` is an array
+    broadcastable to the inputs (:func:`check_mask`), kept by reference; the iteration view,
+    ``to_inner`` / ``to_outer`` and ``frozen`` are the wrapped operator's.
+    """
+
+    def __init__(self, op, weight):
+        self.op, self.weight = op, weight
+        self.xp, self.dtype, self.in_shape, self.out_shape = op.xp, op.dtype, op.in_shape, op.out_shape
+        self._wmax2 = None
+        self._view = None
+
+    def forward(self, x):
+        return self.op.forward(self.weight * x)
+
+    def adjoint(self, y):
+        return self.weight * self.op.adjoint(y)
+
+    def weight_grad(self, x, y):
+        return self.op.weight_grad(self.weight * x, y)
+
+    def max_weight2(self):
+        """``max(W^2)`` as a Python float (one host read, cached)."""
+        if self._wmax2 is None:
+            w = self.weight
+            self._wmax2 = float(self.xp.max(w * w)) if w.size else 0.0
+        return self._wmax2
+
+    def lipschitz(self, *args, **kwargs):
+        """``max(W^2) L``: a bound of the largest eigenvalue of ``A A^T`` (``L`` of the wrapped operator)."""
+        wmax2 = self.max_weight2()
+        return wmax2 * self.op.lipschitz(*args, **kwargs) if wmax2 > 0 else 0.0
+
+    def iteration_view(self):
+        inner = self.op.iteration_view()
+        if inner is self.op:
+            return self
+        if self._view is None or self._view.op is not inner:
+            self._view = WeightedOperator(inner, self.weight)
+            self._view._wmax2 = self._wmax2
+        return self._view
+
+    def to_inner(self, a):
+        return self.op.to_inner(a)
+
+    def to_outer(self, a):
+        return self.op.to_outer(a)
+
+    def frozen(self):
+        return self.op.frozen()
+
+
+def _weighted(op, s, mask):
+    """``(A, W . s, W)`` for the weighted problem (``mask`` checked), or ``(op, s, None)`` without a mask."""
+    if mask is None:
+        return op, s, None
+    w = check_mask(mask, s.shape, s.dtype, get_xp(s))
+    return WeightedOperator(op, w), w * s, w
 
 
 def _per_sample_sum(xp, a):
@@ -284,12 +417,18 @@ class _GapMonitor:
         return float(self.energies[-1]) if self.energies else float("nan")
 
 
-def lasso_energy(op, s, a, lambda_, plan=None):
+def lasso_energy(op, s, a, lambda_, plan=None, mask=None):
     """Per-sample energy ``1/2 ||s - Phi^T a||^2 + lambda ||a||_1``, shape (N,).
 
     ``plan``: ``op.residual_plan(s)`` where a solver has one (the residual is then fused).
+    ``mask``: a weight ``W`` broadcastable to ``s``: the weighted energy
+    ``1/2 ||W . (s - Phi^T a)||^2 + lambda ||a||_1`` (``plan`` is then not used).
     """
     xp = get_xp(s, a)
+    if mask is not None:
+        w = check_mask(mask, s.shape, s.dtype, xp)
+        r = w * (s - op.adjoint(a))
+        return 0.5 * _per_sample_sum(xp, r * r) + lambda_ * _per_sample_sum(xp, xp.abs(a))
     r = s - op.adjoint(a) if plan is None else op.residual(plan, a)
     return 0.5 * _per_sample_sum(xp, r * r) + lambda_ * _per_sample_sum(xp, xp.abs(a))
 
@@ -337,15 +476,17 @@ def _divergence_message(what, it, e, s, remedy):
     return f"{what} diverged at iteration {it} (energy {e:.3g}); {remedy}"
 
 
-def ista(op, s, lambda_, nonneg=False, max_iter=1000, tol=1e-6, a0=None, step=None, check_every=10):
-    """Iterative shrinkage-thresholding: ``a <- T_{lambda/L}(a + (1/L) Phi (s - Phi^T a))``.
+def ista(op, s, lambda_, nonneg=False, max_iter=1000, tol=1e-6, a0=None, step=None, check_every=10, mask=None):
+    """Iterative shrinkage-thresholding: ``a <- T_{lambda/L}(a + (1/L) Phi (s - Phi^T a))``
+    (with ``mask``: ``a <- T_{lambda/L}(a + (1/L) Phi (W^2 . (s - Phi^T a)))``, ``L`` the weighted bound).
 
     Parameters and result as for :func:`fista`.
     """
-    return _proximal_gradient(op, s, lambda_, nonneg, max_iter, tol, a0, step, check_every, accelerate=False)
+    return _proximal_gradient(op, s, lambda_, nonneg, max_iter, tol, a0, step, check_every, accelerate=False,
+                              mask=mask)
 
 
-def fista(op, s, lambda_, nonneg=False, max_iter=1000, tol=1e-6, a0=None, step=None, check_every=10):
+def fista(op, s, lambda_, nonneg=False, max_iter=1000, tol=1e-6, a0=None, step=None, check_every=10, mask=None):
     """FISTA (Beck & Teboulle 2009) with gradient-based adaptive restart (O'Donoghue & Candes 2015).
 
     Parameters
@@ -360,11 +501,14 @@ def fista(op, s, lambda_, nonneg=False, max_iter=1000, tol=1e-6, a0=None, step=N
     a0 : optional warm start
     step : optional step size, finite and in ``(0, 1/L]``; default ``1/L`` (``L`` from the operator)
     check_every : int >= 1, iterations between convergence checks
+    mask : optional data weight ``W >= 0`` (or 0/1 mask) broadcastable to ``s``: minimise
+        ``1/2 ||W . (s - Phi^T a)||^2 + lambda ||a||_1`` (module notes: the step bound is
+        ``1/(max(W^2) L)``, ``tol`` the weighted duality gap, masked entries of ``s`` are ignored)
 
     Returns
     -------
-    SolveResult (``codes``, ``energy``, ``n_iter``, ``converged``, ``history`` of the relative
-    gap and ``energy_history`` at the checks); for an empty batch (N = 0) empty codes of shape ``(0, *op.out_shape)``,
+    SolveResult (``codes``, ``energy`` (the weighted energy with ``mask``), ``n_iter``, ``converged``,
+    ``history`` of the relative gap and ``energy_history`` at the checks); for an empty batch (N = 0) empty codes of shape ``(0, *op.out_shape)``,
     ``n_iter=0``, ``converged=True``, an empty energy and history.
 
     Raises
@@ -373,7 +517,8 @@ def fista(op, s, lambda_, nonneg=False, max_iter=1000, tol=1e-6, a0=None, step=N
     out-of-range ``lambda_``, ``max_iter``, ``tol``, ``step``, ``check_every``;
     FloatingPointError if the energy diverges.
     """
-    return _proximal_gradient(op, s, lambda_, nonneg, max_iter, tol, a0, step, check_every, accelerate=True)
+    return _proximal_gradient(op, s, lambda_, nonneg, max_iter, tol, a0, step, check_every, accelerate=True,
+                              mask=mask)
 
 
 class _PGState:
@@ -386,12 +531,13 @@ class _PGState:
         self.a, self.y, self.t, self.c, self.r = a, y, t, c, r
 
 
-def _proximal_gradient(op, s, lambda_, nonneg, max_iter, tol, a0, step, check_every, accelerate):
+def _proximal_gradient(op, s, lambda_, nonneg, max_iter, tol, a0, step, check_every, accelerate, mask=None):
     lam = check_lambda(lambda_)
     tol = _check_loop(max_iter, tol, check_every)
     if step is not None:
         step = check_number("step", step, 0.0, strict=True)
     s, a0 = _check_inputs(op, s, a0)
+    op, s, _ = _weighted(op, s, mask)  # the weighted problem as a plain LASSO (module notes)
     if s.shape[0] == 0:
         return _empty_result(op, s)
     xp = get_xp(s)
@@ -510,7 +656,7 @@ def _cd_kernel(G, B, A, lam, nonneg, max_iter, tol, n_iter_out):  # pragma: no c
         n_iter_out[i] = it
 
 
-def coordinate_descent(op, s, lambda_, nonneg=False, max_iter=1000, tol=1e-8, a0=None):
+def coordinate_descent(op, s, lambda_, nonneg=False, max_iter=1000, tol=1e-8, a0=None, mask=None):
     """Cyclic coordinate descent on the Gram form, one sample per thread (numba, CPU).
 
     Minimises ``1/2 a^T G a - b^T a + lambda |a|_1`` with ``G = Phi Phi^T``,
@@ -518,7 +664,9 @@ def coordinate_descent(op, s, lambda_, nonneg=False, max_iter=1000, tol=1e-8, a0
     Full sweeps alternate with sweeps over the active set; a sample stops when a
     full sweep changes no coordinate by more than ``tol * max|a|``. ``a0`` warm-starts
     (e.g. from FISTA, to polish its answer). Input checks and the empty-batch result
-    as for :func:`fista` (``max_iter`` >= 1, ``tol`` >= 0).
+    as for :func:`fista` (``max_iter`` >= 1, ``tol`` >= 0). ``mask``: the weighted problem
+    (:func:`fista`), on ``G = Phi D^2 Phi^T``, ``b = Phi (W^2 . s)``: one Gram matrix for a weight
+    shared by the batch, one per sample otherwise.
     """
     if not isinstance(op, DenseOperator):
         raise TypeError("coordinate_descent needs a DenseOperator (dense (K, D) atoms)")
@@ -527,15 +675,24 @@ def coordinate_descent(op, s, lambda_, nonneg=False, max_iter=1000, tol=1e-8, a0
     if tol is None:
         tol = 0.0
     s, a0 = _check_inputs(op, s, a0)
+    w = check_mask(mask, s.shape, s.dtype, get_xp(s))
     if s.shape[0] == 0:
         return _empty_result(op, s)
     xp = get_xp(s)
     phi = to_numpy(op.W).astype(np.float64)
-    G = phi @ phi.T
-    B = to_numpy(s).astype(np.float64) @ phi.T
-    A = np.zeros_like(B) if a0 is None else to_numpy(a0).astype(np.float64).copy()
-    n_iter = np.zeros(B.shape[0], dtype=np.int64)
-    _cd_kernel(G, B, A, lam, bool(nonneg), int(max_iter), float(tol), n_iter)
+    S = to_numpy(s).astype(np.float64)
+    A = np.zeros((S.shape[0], phi.shape[0])) if a0 is None else to_numpy(a0).astype(np.float64).copy()
+    n_iter = np.zeros(S.shape[0], dtype=np.int64)
+    if w is None:
+        _cd_kernel(phi @ phi.T, S @ phi.T, A, lam, bool(nonneg), int(max_iter), float(tol), n_iter)
+    else:
+        W = to_numpy(w).astype(np.float64)
+        groups = [slice(None)] if W.shape[0] == 1 else [slice(i, i + 1) for i in range(S.shape[0])]
+        for g in groups:  # the Gram matrix of Phi D for each distinct weight
+            pw = phi * W[g][0]
+            Ag, ng = np.ascontiguousarray(A[g]), np.zeros(A[g].shape[0], dtype=np.int64)
+            _cd_kernel(pw @ pw.T, (S[g] * W[g]) @ pw.T, Ag, lam, bool(nonneg), int(max_iter), float(tol), ng)
+            A[g], n_iter[g] = Ag, ng
     codes = xp.asarray(A.astype(s.dtype))
     return SolveResult(codes, int(n_iter.max()), bool((n_iter < max_iter).all()), [], codes=codes,
-                       energy=lasso_energy(op, s, codes, lam))
+                       energy=lasso_energy(op, s, codes, lam, mask=w))
