@@ -70,7 +70,7 @@ def main(argv=None):
 
     def in_process():
         for i in range(0, N, CHUNK):
-            layer.encode(X[i:i + CHUNK])
+            layer.solve(X[i:i + CHUNK])
 
     rows = []
     in_process()  # warm (numba, BLAS)

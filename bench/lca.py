@@ -35,7 +35,7 @@ from sparsecoding.solvers import coordinate_descent, fista, lasso_energy
 def conv_workload(xp, quick=False):
     X = random_crops(natural_images(), 32, 128, seed=0)
     kw = dict(lambda_=0.25, nonneg=True, seed=0)
-    ref_layer = LCAConv2D(64, 3, 9, 2, dtype="float64", **kw)
+    ref_layer = LCAConv2D(64, 3, kernel_size=9, stride=2, dtype="float64", **kw)
     s64 = ref_layer.preprocess(X.astype(np.float64))
     op64 = ConvOperator(ref_layer.weights, (32, 32), 2, "same")
     t0 = time.perf_counter()
@@ -45,21 +45,21 @@ def conv_workload(xp, quick=False):
           f"({time.perf_counter() - t0:.1f} s)")
     rows, curves = [], {}
     for solver in ["lca", "fista"]:
-        layer = LCAConv2D(64, 3, 9, 2, dtype="float32", tau=100, solver=solver, backend="numpy" if xp is np else "cupy",
-                          **kw)
+        layer = LCAConv2D(64, 3, kernel_size=9, stride=2, dtype="float32", tau=100, solver=solver,
+                          backend="numpy" if xp is np else "cupy", **kw)
         s = xp.asarray(s64.astype(np.float32))
         # (a) per-iteration time: the marginal cost of 100 more iterations (the one-off drive b = Phi s,
         # Lipschitz check and layout conversions excluded), median of 5
         layer.lca_iters, layer.tol = 20, None
-        layer.encode(s)
-        t_short = median_time(lambda: layer.encode(s), repeats=5, xp=xp)
+        layer.solve(s)
+        t_short = median_time(lambda: layer.solve(s), repeats=5, xp=xp)
         layer.lca_iters = 120
-        t_long = median_time(lambda: layer.encode(s), repeats=5, xp=xp)
+        t_long = median_time(lambda: layer.solve(s), repeats=5, xp=xp)
         per_iter = (t_long - t_short) / 100
         # (b) iterations to the 1e-3 gap, from the energy recorded every 10 iterations of one long run
         limit = (3000 if solver == "lca" else 1500) // (3 if quick else 1)
         layer.lca_iters, layer.check_every = limit, 10
-        out = layer.encode(s)
+        out = layer.solve(s)
         energies = np.asarray(out["energy_history"], dtype=np.float64)
         gaps = (energies - e_star) / e_star
         hit = np.nonzero(gaps <= 1e-3)[0]
@@ -68,7 +68,7 @@ def conv_workload(xp, quick=False):
         wall = None
         if needed is not None:
             layer.lca_iters, layer.tol = needed, None
-            wall = median_time(lambda: layer.encode(s), repeats=3, warmup=0, xp=xp)
+            wall = median_time(lambda: layer.solve(s), repeats=3, warmup=0, xp=xp)
         rows.append({"solver": solver, "ms_per_iter": round(per_iter * 1e3, 2),
                      "setup_ms": round((t_short - 20 * per_iter) * 1e3, 1),
                      "iters_to_1e-3": needed if needed is not None else f">{limit}",

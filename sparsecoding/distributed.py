@@ -50,7 +50,7 @@ def _dask():
 
 def _code_shape(layer, sample_shape):
     """Per-sample code shape of ``layer`` for inputs of per-sample shape ``sample_shape``."""
-    empty = layer.encode(layer.xp.zeros((0, *sample_shape), dtype=layer.dtype))["acts"]
+    empty = layer.solve(layer.xp.zeros((0, *sample_shape), dtype=layer.dtype))["acts"]
     return tuple(empty.shape[1:])
 
 
@@ -58,7 +58,7 @@ def _encode_chunk(x, layer, preprocessed, what):
     s = layer.xp.asarray(x, dtype=layer.dtype)
     if not preprocessed:
         s = layer.preprocess(s)
-    out = layer.encode(s)
+    out = layer.solve(s)
     if what == "codes":
         return to_numpy(out["acts"]) if isinstance(x, np.ndarray) else out["acts"]
     acts, err = out["acts"], out["recon_errors"]
@@ -116,7 +116,7 @@ def chunk_statistics(layer, s):
     of the update sum ``sum a_k patch(s - Phi^T a)``, the per-atom activity counts, the energy terms
     (sums over the shard) and the shard size. Summed over shards, these give the batch's step."""
     xp = layer.xp
-    out = layer.encode(s)
+    out = layer.solve(s)
     acts, err = out["acts"], out["recon_errors"]
     axes = (0,) + tuple(range(2, acts.ndim))
     return {"update": to_numpy(layer.compute_weight_update(acts, err)),

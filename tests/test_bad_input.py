@@ -36,9 +36,9 @@ F32 = np.float32
 # layer name -> (factory, input shape without the batch, code shape without the batch)
 LAYERS = {
     "LCA": (lambda **kw: LCA(5, 6, **kw), (6,), (5,)),
-    "LCAConv1D": (lambda **kw: LCAConv1D(4, 2, 3, **kw), (2, 9), (4, 9)),
-    "LCAConv2D": (lambda **kw: LCAConv2D(4, 3, 3, **kw), (3, 6, 6), (4, 6, 6)),
-    "LCAConv3D": (lambda **kw: LCAConv3D(4, 2, 3, **kw), (2, 4, 4, 4), (4, 4, 4, 4)),
+    "LCAConv1D": (lambda **kw: LCAConv1D(4, 2, kernel_size=3, **kw), (2, 9), (4, 9)),
+    "LCAConv2D": (lambda **kw: LCAConv2D(4, 3, kernel_size=3, **kw), (3, 6, 6), (4, 6, 6)),
+    "LCAConv3D": (lambda **kw: LCAConv3D(4, 2, kernel_size=3, **kw), (2, 4, 4, 4), (4, 4, 4, 4)),
 }
 
 
@@ -307,8 +307,8 @@ for name, (make, in_shape, code_shape) in LAYERS.items():
         (lambda name=name: _layer(name, solver="fista")(_x(name, n=0)), (0, *code_shape)),
         (lambda name=name: _layer(name, track_metrics=True)(_x(name, n=0)), (0, *code_shape)),
         (lambda name=name: _layer(name, return_all_ts=True)(_x(name, n=0)), (0, *code_shape, 0)),
-        (lambda name=name: _layer(name).encode(_x(name, n=0))["recons"], (0, *in_shape)),
-        (lambda name=name: _layer(name).encode(_x(name, n=0))["states"], (0, *code_shape)),
+        (lambda name=name: _layer(name).solve(_x(name, n=0))["recons"], (0, *in_shape)),
+        (lambda name=name: _layer(name).solve(_x(name, n=0))["states"], (0, *code_shape)),
         (lambda name=name: _layer(name).compute_input_drive(_x(name, n=0)), (0, *code_shape)),
         (lambda name=name, in_shape=in_shape: _layer(name).compute_recon(_acts(name, n=0), in_shape=in_shape[1:] or None),
          (0, *in_shape)),

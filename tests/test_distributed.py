@@ -30,7 +30,8 @@ def images(n=24, seed=0):
 @pytest.mark.parametrize("kind", ["conv", "dense"])
 def test_distributed_encoding_equals_single_process(client, kind):
     if kind == "conv":
-        layer, X = LCAConv2D(8, 3, 5, 2, lca_iters=40, seed=0, dtype="float64"), images().astype(np.float64)
+        layer = LCAConv2D(8, 3, kernel_size=5, stride=2, lca_iters=40, seed=0, dtype="float64")
+        X = images().astype(np.float64)
     else:
         layer = LCA(12, 20, lca_iters=40, seed=0, dtype="float64")
         X = np.random.default_rng(1).standard_normal((30, 20))
@@ -38,7 +39,7 @@ def test_distributed_encoding_equals_single_process(client, kind):
     codes, metrics = sd.encode(layer, x, metrics=True)
     got = codes.compute()
     s = layer.preprocess(X)
-    out = layer.encode(s)
+    out = layer.solve(s)
     np.testing.assert_allclose(got, out["acts"], rtol=1e-12, atol=1e-12)
     energy = (0.5 * np.sum(out["recon_errors"] ** 2) + layer.lambda_ * np.abs(out["acts"]).sum()) / len(X)
     assert metrics["energy_per_sample"].compute() == pytest.approx(energy, rel=1e-12)
@@ -51,7 +52,8 @@ def test_distributed_encoding_equals_single_process(client, kind):
 def test_distributed_dictionary_learning_equals_single_process(client):
     X = images(32, seed=2).astype(np.float64)
     kw = dict(epochs=1, batch_size=16, seed=3)
-    single, dist = (LCAConv2D(8, 3, 5, 2, lca_iters=30, seed=0, dtype="float64") for _ in range(2))
+    single, dist = (LCAConv2D(8, 3, kernel_size=5, stride=2, lca_iters=30, seed=0, dtype="float64")
+                    for _ in range(2))
     h1 = single.fit(X, progress=False, **kw)
     h2 = sd.fit(dist, X, client=client, **kw)
     np.testing.assert_allclose(dist.weights, single.weights, rtol=1e-12, atol=1e-12)
@@ -64,17 +66,18 @@ def test_distributed_dictionary_learning_equals_single_process(client):
 def test_distributed_learning_resumes_exactly(client, tmp_path):
     X = images(32, seed=4)
     kw = dict(epochs=2, batch_size=8, seed=5, checkpoint_every=2)
-    ref = LCAConv2D(6, 3, 5, 2, lca_iters=20, seed=0)
+    ref = LCAConv2D(6, 3, kernel_size=5, stride=2, lca_iters=20, seed=0)
     sd.fit(ref, X, client=client, checkpoint=str(tmp_path / "ref.npz"), **kw)
-    part = LCAConv2D(6, 3, 5, 2, lca_iters=20, seed=0)
+    part = LCAConv2D(6, 3, kernel_size=5, stride=2, lca_iters=20, seed=0)
     sd.fit(part, X, client=client, checkpoint=str(tmp_path / "run.npz"), max_steps=5, **kw)
-    resumed = LCAConv2D(6, 3, 5, 2, lca_iters=20, seed=9)  # the checkpoint restores the dictionary
+    # the checkpoint restores the dictionary
+    resumed = LCAConv2D(6, 3, kernel_size=5, stride=2, lca_iters=20, seed=9)
     hist = sd.fit(resumed, X, client=client, checkpoint=str(tmp_path / "run.npz"), **kw)
     assert np.array_equal(resumed.weights, ref.weights) and len(hist) == 2
 
 
 def test_a_worker_killed_mid_encode_still_gives_the_complete_result(client):
-    layer = LCAConv2D(8, 3, 5, 2, lca_iters=400, seed=0)
+    layer = LCAConv2D(8, 3, kernel_size=5, stride=2, lca_iters=400, seed=0)
     X = images(48, seed=6)
     x = dask_array.from_array(X, chunks=(3,) + X.shape[1:])  # 16 chunk tasks of a few tens of ms each
     future = client.compute(sd.encode(layer, x))
@@ -85,13 +88,13 @@ def test_a_worker_killed_mid_encode_still_gives_the_complete_result(client):
     pid = client.run(os.getpid, workers=[victim])[victim]
     os.kill(pid, signal.SIGKILL)  # a crash mid-task; the nanny starts a new worker process
     got = future.result(timeout=120)
-    ref = layer.encode(layer.preprocess(X))["acts"]
+    ref = layer.solve(layer.preprocess(X))["acts"]
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
     client.wait_for_workers(2, timeout=60)
 
 
 def test_bad_input_is_named():
-    layer = LCAConv2D(4, 3, 5, 2)
+    layer = LCAConv2D(4, 3, kernel_size=5, stride=2)
     x = dask_array.from_array(images(8), chunks=(4, 3, 8, 16))
     with pytest.raises(ValueError, match="chunked along the samples"):
         sd.encode(layer, x)

@@ -136,14 +136,14 @@ def test_no_host_read_between_checks(host_reads, what):
     s = guard(r.standard_normal((2, 2, 8, 8)))
     with use_engines("generic"):
         if what.startswith("lca"):
-            layer = LCAConv2D(4, 2, 3, 2, tau=20, solver="fista" if what == "lca-fista" else "lca", dtype="float64",
-                              seed=0, check_every=10, track_metrics=what == "lca-tracked")
+            layer = LCAConv2D(4, 2, kernel_size=3, stride=2, tau=20, solver="fista" if what == "lca-fista" else "lca",
+                              dtype="float64", seed=0, check_every=10, track_metrics=what == "lca-tracked")
             layer._weights = guard(layer._weights)  # every operator result derives from the weights
             layer._ops.clear()
 
             def run(n):
                 layer.lca_iters = n
-                out = layer.encode(s)
+                out = layer.solve(s)
                 assert layer.n_iter_ == n and isinstance(out["acts"], type(s))
         else:
             w = r.standard_normal((4, 2, 3, 3))
@@ -159,3 +159,39 @@ def test_no_host_read_between_checks(host_reads, what):
             run(n)
             counts.append(reads() - before)
     assert counts[1] - counts[0] == 2, counts
+
+
+@pytest.mark.parametrize("form", ["recon", "gram", "fused"])
+def test_recorded_steps_and_metrics_describe_the_state_after_each_step(form):
+    """Issue 13's convention: step t records u_t, a_t = T(u_t), Phi^T a_t, s - Phi^T a_t, and its metrics are
+    those of a_t; the final values equal the last recording. Explicit loop of Rozell's update (dense)."""
+    r = np.random.default_rng(3)
+    phi = r.standard_normal((7, 5))
+    phi /= np.linalg.norm(phi, axis=1, keepdims=True)
+    op, s, lam = DenseOperator(phi), r.standard_normal((3, 5)), 0.2
+    tau = 2.0 * op.lipschitz()
+    T = lambda u: soft_threshold(u, lam)  # noqa: E731
+    names = ("states", "acts", "recons", "recon_errors")
+    kw = dict(track_metrics=form != "fused", record=names, record_all=form != "fused",
+              soft=(lam, False) if form != "gram" else None,
+              lateral=(lambda a: a @ (phi @ phi.T) - a) if form == "gram" else None)
+    out = run_lca(op, s, lam, tau, T, 6, **kw)
+    b = s @ phi.T
+    u = np.zeros((3, 7))
+    steps = []
+    for t in range(6):
+        a = T(u)
+        u = u + (b - u - (a @ phi @ phi.T - a)) / tau
+        a = T(u)
+        steps.append((u, a, a @ phi, s - a @ phi))
+    for got, want in zip((out["states"], out["acts"], out["recons"], out["recon_errors"]), steps[-1]):
+        np.testing.assert_allclose(got, want, atol=1e-12)
+    if form == "fused":
+        return
+    for t in range(6):
+        for name, want in zip(names, steps[t]):
+            np.testing.assert_allclose(out["all"][name][t], want, atol=1e-12)
+        a, res = steps[t][1], steps[t][3]
+        l1, l2 = lam * np.abs(a).sum() / 3, 0.5 * (res**2).sum() / 3
+        np.testing.assert_allclose([out["metrics"]["L1"][t], out["metrics"]["L2"][t]], [l1, l2], rtol=1e-12)
+        assert out["metrics"]["FractionActive"][t] == pytest.approx(np.mean(a != 0))

@@ -90,10 +90,10 @@ def test_zero_feedback_is_the_feed_forward_front_end_exactly():
     # LCACNN(scale_feedback=0) == the LCA layer's code fed to a ConvEBM with the same weights
     x, y = images(4, seed=5), np.array([0, 1, 2, 1])
     net = make(fb=0.0, dtype="float32")
-    lca = LCAConv2D(6, 1, 3, 2, lambda_=0.1, tau=5.0, lca_iters=60, pad="same", dtype="float32")
+    lca = LCAConv2D(6, 1, kernel_size=3, stride=2, lambda_=0.1, tau=5.0, lca_iters=60, pad="same", dtype="float32")
     lca.assign_weight_values(dictionary().astype(np.float32), normalize=False)
     ebm = ConvEBM(4, [6, 4], [3], [1], [1], "m", [3], seed=0, dtype="float32")
-    a = lca.encode(lca.preprocess(x))["acts"]
+    a = lca.solve(lca.preprocess(x))["acts"]
     for (W, b), (W2, b2) in zip(ebm.params, net.ebm.params):
         assert np.array_equal(W, W2) and np.array_equal(b, b2)
     g_net = net.ep_gradients(x, y, 12, 4, (0.0, 0.5), third_phase=True)
@@ -155,7 +155,7 @@ def test_finetune_uses_the_nudged_code_and_learn_the_front_end_code():
         net.ep_gradients(x, y, 10, 5, (0.0, 0.8))
         ph = dict(net._phase)
         c = ph["nudged_code"] if mode == "finetune" else ph["code"]
-        ref = LCAConv2D(6, 1, 3, 2, lambda_=0.1, eta=0.05, pad="same", dtype="float64")
+        ref = LCAConv2D(6, 1, kernel_size=3, stride=2, lambda_=0.1, eta=0.05, pad="same", dtype="float64")
         ref.assign_weight_values(net.lca.weights.copy())
         ref.update_weights(c, ph["x"] - ref.compute_recon(c, in_shape=(8, 8)))
         net.after_step()

@@ -156,14 +156,15 @@ def test_the_front_end_codes_preprocessed_inputs_with_the_file(tmp_path, capsys)
     out = tmp_path / "dict"
     assert run_main(LEARN + ["--epochs", "1", "--save-dir", str(out)], capsys)[0] == 0
     meta = json.loads((out / "dictionary.json").read_text())
-    layer = LCAConv2D(meta["lca_feats"], meta["in_channels"], meta["lca_ksize"], meta["lca_stride"],
+    layer = LCAConv2D(meta["lca_feats"], meta["in_channels"], kernel_size=meta["lca_ksize"], stride=meta["lca_stride"],
                       lambda_=meta["lca_lambda"], lca_iters=20, pad="same")
     layer.weights = np.load(out / "dictionary.npy")
     x = digits_split(1400, seed=12345)[0][:4]
     s = layer.preprocess(x)
     np.testing.assert_allclose(s.reshape(4, -1).mean(1), 0, atol=1e-5)
-    np.testing.assert_allclose(s.reshape(4, -1).std(1), 1, rtol=1e-4)
-    acts = layer.encode(s)["acts"]
+    # unit variance with ddof=1, as lca-pytorch (the population std, ddof=0, before issue 13)
+    np.testing.assert_allclose(s.reshape(4, -1).std(1, ddof=1), 1, rtol=1e-4)
+    acts = layer.solve(s)["acts"]
     assert acts.shape == (4, 8, 4, 4) and (acts >= 0).all() and (acts > 0).any()
 
 

@@ -34,8 +34,8 @@ def test_checkpoint_resume_is_exact(tmp_path, use_adam, solver):
     X = np.random.default_rng(3).standard_normal((40, 1, 10, 10))
 
     def make():
-        layer = LCAConv2D(4, 1, 3, 1, lambda_=0.2, solver=solver, lca_iters=30, eta=0.05, seed=2, dtype="float64",
-                          tau=10)
+        layer = LCAConv2D(4, 1, kernel_size=3, stride=1, lambda_=0.2, solver=solver, lca_iters=30, eta=0.05, seed=2,
+                          dtype="float64", tau=10)
         return layer, (Adam([layer.weights], lr=0.01) if use_adam else None)
 
     full, opt = make()
@@ -77,8 +77,8 @@ def test_method_fit_interrupted_and_resumed_in_a_fresh_layer_is_bit_identical(tm
         X = np.random.default_rng(4).standard_normal((40, 1, 9, 9))
 
         def make():
-            return LCAConv2D(4, 1, 3, 2, lambda_=0.2, solver="lca", tau=10, lca_iters=25, eta=0.05, seed=5,
-                             dtype="float64")
+            return LCAConv2D(4, 1, kernel_size=3, stride=2, lambda_=0.2, solver="lca", tau=10, lca_iters=25, eta=0.05,
+                             seed=5, dtype="float64")
 
     def run(layer, **kw):
         opt = Adam({"weights": layer.weights}, lr=0.01) if use_adam else None

@@ -178,7 +178,7 @@ def _families():
     r = np.random.default_rng(0)
     img, vec, y = r.uniform(0, 1, (16, 1, 8, 8)), r.uniform(0, 1, (16, 12)), r.integers(0, 3, 16)
     return [
-        ("LCAConv2D", lambda: LCAConv2D(4, 1, 3, 2, lca_iters=5, seed=0), img, None),
+        ("LCAConv2D", lambda: LCAConv2D(4, 1, kernel_size=3, stride=2, lca_iters=5, seed=0), img, None),
         ("LCA", lambda: LCA(6, 12, lca_iters=5, seed=0), vec, None),
         ("ConvEBM", lambda: ConvEBM(8, [1, 3], [3], [1], [1], "m", [3], seed=0), img, y),
         ("MLPEBM", lambda: MLPEBM([12, 5, 3], seed=0), vec, y),

@@ -6,13 +6,25 @@ import numpy as np
 from ..backend import get_xp
 
 
-def standardize(x, zero_mean=True, unit_var=True, eps=1e-8):
-    """Per-sample zero mean and/or unit variance over all non-batch axes."""
+def standardize(x, zero_mean=True, unit_var=True, eps=1e-12, ddof=1):
+    """Per-sample zero mean and/or unit variance over all non-batch axes.
+
+    lca-pytorch's ``make_zero_mean`` / ``make_unit_var``: ``x - mean`` and ``x / (std + eps)``
+    with the unbiased standard deviation (``ddof=1``, PyTorch's ``Tensor.std``) and
+    ``eps=1e-12``, so a standardised sample has ``x.std(ddof=1) == 1``. ``ddof=0`` gives the
+    population standard deviation. Unit variance needs more than ``ddof`` values per sample
+    (``ValueError`` otherwise; an empty batch passes through).
+    """
     axes = tuple(range(1, x.ndim))
     if zero_mean:
         x = x - x.mean(axis=axes, keepdims=True)
     if unit_var:
-        x = x / (x.std(axis=axes, keepdims=True) + eps)
+        n = int(np.prod(x.shape[1:], dtype=np.int64))
+        if n <= ddof:
+            raise ValueError(f"unit variance with ddof={ddof} needs more than {ddof} value(s) per sample, got "
+                             f"samples of shape {tuple(x.shape[1:])} (turn unit variance off: "
+                             f"input_unit_var=False / unit_var=False)")
+        x = x / (x.std(axis=axes, keepdims=True, ddof=ddof) + eps)
     return x
 
 

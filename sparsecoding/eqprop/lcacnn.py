@@ -107,8 +107,8 @@ class LCACNN:
         self.in_channels = _check_int(in_channels, "in_channels", minimum=1)
         self.dict_training = dict_training
         self.scale_feedback = _check_number(scale_feedback, "scale_feedback", low=0)
-        self.lca = LCAConv2D(lca_feats, in_channels, lca_ksize, lca_stride, lambda_=lca_lambda, tau=lca_tau,
-                             eta=lca_eta, lca_iters=lca_iters, pad="same", solver=lca_solver, tol=lca_tol,
+        self.lca = LCAConv2D(lca_feats, in_channels, kernel_size=lca_ksize, stride=lca_stride, lambda_=lca_lambda,
+                             tau=lca_tau, eta=lca_eta, lca_iters=lca_iters, pad="same", solver=lca_solver, tol=lca_tol,
                              seed=seed, dtype=dtype, backend=backend)
         if dictionary is not None:
             self.set_dictionary(dictionary)
@@ -148,7 +148,7 @@ class LCACNN:
     def encode(self, x):
         """The front end: ``(x_std, a)``, the standardised images and their LCA code ``(N, lca_feats, h, w)``."""
         s = self.lca.preprocess(self._images(x))
-        return s, self.lca.encode(s)["acts"]
+        return s, self.lca.solve(s)["acts"]
 
     def _lca_op(self):
         return self.lca._operator((self.in_size, self.in_size))

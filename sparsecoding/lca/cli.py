@@ -41,7 +41,7 @@ def _build(args, backend):
         if not args.no_whiten:
             images = whiten_images(images)
         X = random_crops(images, args.crop, args.n_samples, seed=args.seed)
-        layer = LCAConv2D(args.features, 3, args.kernel_size, args.stride, **common)
+        layer = LCAConv2D(args.features, 3, kernel_size=args.kernel_size, stride=args.stride, **common)
         return X, layer, None
     X, _ = load_digits()
     X = X.reshape(len(X), -1)[: args.n_samples]
@@ -52,7 +52,7 @@ def evaluate(layer, X, n):
     """Energy per sample and fraction of active units of the codes of the first ``n`` samples."""
     xp = layer.xp
     s = layer.preprocess(xp.asarray(X[:n]))
-    acts = layer.encode(s)["acts"]
+    acts = layer.solve(s)["acts"]
     energy = float(xp.sum(layer.energy(s, acts))) / s.shape[0]
     return {"eval_energy": energy, "eval_frac_active": float(xp.mean((acts != 0).astype(acts.dtype)))}
 

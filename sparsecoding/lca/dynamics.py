@@ -27,6 +27,14 @@ Either way the value is read every ``check_every`` steps (one host read); an ene
 more than 1e6 times its start, or non-finite, stops the run with a
 ``FloatingPointError`` naming the likely cause. Tracked metrics are kept as device
 scalars. The arguments are checked once, at entry (see :func:`run_lca`).
+
+Which step's values: every variable of a result describes one instant. The final
+``states``, ``acts``, ``recons`` and ``recon_errors`` are ``u_T``, ``a_T = T(u_T)``,
+``Phi^T a_T`` and ``s - Phi^T a_T`` after the last step ``T`` that ran; the per-step
+recordings (``record``) and tracked metrics of step ``t = 1..T`` are those of ``u_t`` and
+``a_t = T(u_t)``, so the last recording equals the final values. (lca-pytorch records the
+states after step ``t`` beside the acts ``T(u_{t-1})`` that step used, and their metrics:
+its slice ``t`` of ``acts`` / ``recons`` / ``recon_errors`` / metrics is ours of step ``t - 1``.)
 """
 from __future__ import annotations
 
@@ -36,8 +44,8 @@ import numpy as np
 
 from ..backend import get_xp
 from ..ops.fused import lca_step
-from ..solvers.lasso import (SolveResult, _GapMonitor, check_integer, check_lambda, check_number, check_real_array,
-                             duality_gap)
+from ..solvers.lasso import (SolveResult, WeightedOperator, _GapMonitor, check_integer, check_lambda, check_mask,
+                             check_number, check_real_array, duality_gap)
 from ..solvers.relax import relative_change, relax
 
 __all__ = ["run_lca", "check_tau", "LCAResult"]
@@ -63,6 +71,7 @@ class LCAResult(SolveResult):
     recon_errors: object = None
     metrics: dict | None = None
     all_ts: dict | None = None
+    conns: object = None
 
     @property
     def states(self):
@@ -72,7 +81,8 @@ class LCAResult(SolveResult):
     def acts(self):
         return self.codes
 
-    _KEYS = RETURN_VARS + ("n_iter", "converged", "metrics", "all", "energy_history", "history", "energy", "codes")
+    _KEYS = RETURN_VARS + ("conns", "n_iter", "converged", "metrics", "all", "energy_history", "history", "energy",
+                           "codes")
 
     def __getitem__(self, key):
         if key not in self._KEYS:
@@ -103,17 +113,17 @@ def check_tau(tau, L):
 
 class _State:
     """Potentials ``u``, activations ``a = T(u)``, drive term ``c = Phi (s - Phi^T a)`` and residual
-    ``r = s - Phi^T a`` (None where not computed); ``a_in`` / ``r_in``: those the step started from
-    (the metrics and recordings follow lca-pytorch: the acts a step used, the potentials it produced)."""
+    ``r = s - Phi^T a`` (None where not computed), all of one instant (the recordings and metrics
+    of a step are those of the state it produced)."""
 
-    __slots__ = ("u", "a", "c", "r", "a_in", "r_in")
+    __slots__ = ("u", "a", "c", "r")
 
-    def __init__(self, u, a, c, r, a_in=None, r_in=None):
-        self.u, self.a, self.c, self.r, self.a_in, self.r_in = u, a, c, r, a_in, r_in
+    def __init__(self, u, a, c, r):
+        self.u, self.a, self.c, self.r = u, a, c, r
 
 
 def run_lca(op, s, lambda_, tau, transfer, n_iter, initial_states=None, drive_scaling=None, tol=None,
-            check_every=10, track_metrics=False, record=(), record_all=False, lateral=None, soft=None):
+            check_every=10, track_metrics=False, record=(), record_all=False, lateral=None, soft=None, mask=None):
     """Run the LCA dynamics.
 
     Parameters
@@ -134,6 +144,14 @@ def run_lca(op, s, lambda_, tau, transfer, n_iter, initial_states=None, drive_sc
     lateral : optional callable ``a -> (Phi Phi^T - I) a`` (precomputed Gram form)
     soft : optional ``(threshold, nonneg)`` declaring that ``transfer`` is that soft
         threshold: the duality-gap ``tol`` and the fused in-place update
+    mask : optional data weight ``W >= 0`` (or 0/1 mask) broadcastable to ``s``: the dynamics of
+        ``1/2 ||W . (s - Phi^T a)||^2 + lambda ||a||_1``, drive ``b = Phi (W^2 . s)`` and
+        ``u <- u + (1/tau) (Phi (W^2 . (s - Phi^T a)) + a - u)`` (the LCA on the operator
+        :class:`~sparsecoding.solvers.lasso.WeightedOperator` and the data ``W . s``; ``tol`` is the
+        weighted duality gap, the stable step bound uses ``max(W^2) L``). ``energy`` and the
+        metrics' L2 are weighted; ``inputs``, ``recons`` and ``recon_errors`` are unweighted
+        (``s``, ``Phi^T a``, ``s - Phi^T a``); masked entries of ``s`` do not influence the codes.
+        Not with ``lateral``.
 
     Returns
     -------
@@ -169,6 +187,9 @@ def run_lca(op, s, lambda_, tau, transfer, n_iter, initial_states=None, drive_sc
             if tuple(arr.shape) != code_shape:
                 raise ValueError(f"{name} must have the code shape {code_shape}, got {tuple(arr.shape)}")
             check_real_array(arr, name, limit_dtype=dtype)
+    if mask is not None:
+        return _run_masked(op, s, mask, lam, tau, transfer, n_iter, initial_states, drive_scaling, tol, check_every,
+                           track_metrics, record, record_all, lateral, soft)
     xp = get_xp(s)
     if s.shape[0] == 0:
         return _empty_result(xp, op, s, track_metrics, record if record_all else None)
@@ -188,6 +209,32 @@ def run_lca(op, s, lambda_, tau, transfer, n_iter, initial_states=None, drive_sc
             for k in ("states", "acts", "input_drives"):
                 if k in out.all_ts:
                     out.all_ts[k] = [view.to_outer(t) for t in out.all_ts[k]]
+    return out
+
+
+def _run_masked(op, s, mask, lam, tau, transfer, n_iter, initial_states, drive_scaling, tol, check_every,
+                track_metrics, record, record_all, lateral, soft):
+    """:func:`run_lca` with ``mask``: the unweighted LCA on ``A = Phi D_W`` and ``W . s``, then the
+    unweighted ``inputs`` / ``recons`` / ``recon_errors`` (one synthesis; per recorded step with
+    ``record_all``)."""
+    if lateral is not None:
+        raise ValueError("mask= needs the re-encoded reconstruction: the precomputed lateral term (lateral=) "
+                         "has no room for the data weights")
+    w = check_mask(mask, s.shape, s.dtype, get_xp(s))
+    rec = tuple(record) if record_all else ()
+    want_recons = bool({"recons", "recon_errors"} & set(rec))
+    need_acts = want_recons and "acts" not in rec
+    out = run_lca(WeightedOperator(op, w), w * s, lam, tau, transfer, n_iter, initial_states=initial_states,
+                  drive_scaling=drive_scaling, tol=tol, check_every=check_every, track_metrics=track_metrics,
+                  record=rec + (("acts",) if need_acts else ()), record_all=record_all, soft=soft)
+    recon = op.adjoint(out.codes)
+    out.inputs, out.recons, out.recon_errors = s, recon, s - recon
+    if out.all_ts is not None:
+        steps = out.all_ts
+        recons = [op.adjoint(a) for a in steps["acts"]] if want_recons else []
+        fixed = {"inputs": lambda: [s] * len(steps["inputs"]), "recons": lambda: recons,
+                 "recon_errors": lambda: [s - x for x in recons]}
+        out.all_ts = {k: fixed[k]() if k in fixed else steps[k] for k in rec}
     return out
 
 
@@ -233,7 +280,7 @@ def _relax_lca(op, s, lam, eta, transfer, n_iter, u0, d, tol, check_every, track
             c_new, r_new = op.forward_residual(plan, a_new, residual=want_r())
         else:
             c_new, r_new = None, (s - op.adjoint(a_new)) if want_r() else None
-        return _State(u_new, a_new, c_new, r_new, st.a, st.r)
+        return _State(u_new, a_new, c_new, r_new)
 
     def monitor(st, previous):
         r = st.r if st.r is not None else s - op.adjoint(st.a)
@@ -247,7 +294,7 @@ def _relax_lca(op, s, lam, eta, transfer, n_iter, u0, d, tol, check_every, track
 
     tracks = {k: [] for k in METRICS} if track_metrics else None
     all_ts = {k: [] for k in record} if record is not None else None
-    callbacks = [lambda t, st: _track(xp, tracks, all_ts, lam, s, b, st.u, st.a_in, s - st.r_in, st.r_in)] \
+    callbacks = [lambda t, st: _track(xp, tracks, all_ts, lam, s, b, st.u, st.a, s - st.r, st.r)] \
         if tracking else []
     fused = lateral is None and soft is not None and not tracking
     state = _State(u, a, c, r)

@@ -6,9 +6,14 @@ iterations), ``tol`` (early stop once the relative duality gap, a certificate of
 relative distance of the energy to the optimum computed from the residual, is below it;
 checked every ``check_every`` steps; for hard thresholds and callable transfers, which
 minimise no convex energy, the relative change of the potentials over one step), ``seed``,
-``dtype`` and ``backend``. Every encode returns an
+``dtype`` and ``backend``. ``solve(inputs)`` returns an
 :class:`~sparsecoding.lca.dynamics.LCAResult` (the relaxation runner's result type, item
-access by lca-pytorch's variable names); the layer keeps ``n_iter_`` and ``converged_``.
+access by lca-pytorch's variable names); ``encode(inputs)`` returns what lca-pytorch's does
+(a tuple with one list per ``return_vars`` name); the layer keeps ``n_iter_`` and ``converged_``.
+The convolutional layers take lca-pytorch's positional order
+``(out_neurons, in_neurons, result_dir, kernel_size, stride, lambda_, tau, eta, lca_iters, pad, ...)``;
+what lca-pytorch lacks is keyword-only. The dense ``LCA`` (lca-pytorch has none) keeps its own
+order ``(out_neurons, in_neurons, lambda_, tau, eta, lca_iters, ...)``.
 ``layer.fit(X, *, epochs, batch_size, seed, callbacks, checkpoint, ...)`` learns the
 dictionary on the library's learning loop, as every model family does, and returns the
 per-epoch :class:`~sparsecoding.training.History`.
@@ -37,7 +42,9 @@ naming the likely cause and leaves the previous weights in place.
 from __future__ import annotations
 
 import csv
+import numbers
 import os
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -46,11 +53,15 @@ from ..data.preprocessing import standardize
 from ..ops.conv import ConvOperator, conv_output_shape
 from ..ops.elementwise import get_transfer
 from ..ops.linop import DenseOperator
-from ..solvers.lasso import check_integer, check_number, check_real_array, fista
+from ..solvers.lasso import WeightedOperator, check_integer, check_mask, check_number, check_real_array, fista
 from .dynamics import RETURN_VARS, LCAResult, check_tau, run_lca
 from .learning import fit_dictionary
+from .masks import masked_standardize
 
-__all__ = ["LCA", "LCAConv1D", "LCAConv2D", "LCAConv3D"]
+__all__ = ["LCA", "LCAConv1D", "LCAConv2D", "LCAConv3D", "LAYER_RETURN_VARS"]
+
+# what ``return_vars`` may name: the variables of the iteration and lca-pytorch's "conns"
+LAYER_RETURN_VARS = RETURN_VARS + ("conns",)
 
 
 def _bool(name, value):
@@ -65,9 +76,52 @@ def _callable_or_none(name, value):
 
 
 def _return_vars(name, value):
-    if isinstance(value, str) or not hasattr(value, "__iter__") or any(v not in RETURN_VARS for v in value):
-        raise ValueError(f"{name} must be a sequence of names from {RETURN_VARS}, got {value!r}")
-    return tuple(value)
+    if isinstance(value, str) or not hasattr(value, "__iter__"):
+        raise ValueError(f"{name} must be a sequence of names from {LAYER_RETURN_VARS}, got {value!r}")
+    value = tuple(value)
+    if any(not isinstance(v, str) or v not in LAYER_RETURN_VARS for v in value):
+        raise ValueError(f"{name} must be a sequence of names from {LAYER_RETURN_VARS}, got {value!r}")
+    return value
+
+
+def _result_dir(value):
+    if value is not None and not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"result_dir must be None or a path (str or os.PathLike), got {type(value).__name__} "
+                        f"{value!r}; lca-pytorch's positional order is (out_neurons, in_neurons, result_dir, "
+                        f"kernel_size, stride, ...): pass kernel_size= by keyword")
+    return value
+
+
+def _weight_init(value):
+    """``None`` (truncated standard normal from ``seed``) or lca-pytorch's ``(callable, kwargs)``."""
+    if value is None:
+        return None, {}
+    if not (isinstance(value, tuple) and len(value) == 2 and callable(value[0]) and isinstance(value[1], Mapping)):
+        raise TypeError(f"weight_init must be None or a tuple (callable, dict of keyword arguments), as lca-pytorch's "
+                        f"(torch.nn.init.trunc_normal_, {{}}); the callable takes an array of the weight shape and "
+                        f"returns the initial weights; got {value!r}")
+    return value[0], dict(value[1])
+
+
+def _conv_param(value, d, name):
+    """lca-pytorch's kernel_size / stride: an int, or a tuple of ``d`` ints (each >= 1)."""
+    def bad(msg):
+        return TypeError(f"{name} must be a positive int or a tuple of {d} positive ints, {msg}")
+
+    if isinstance(value, bool):
+        raise bad(f"got the bool {value!r}")
+    if isinstance(value, numbers.Integral):
+        value = (int(value),) * d
+    elif isinstance(value, str):
+        raise bad(f"got the string {value!r}")
+    elif not isinstance(value, tuple):
+        raise bad(f"got {type(value).__name__} {value!r} (as lca-pytorch, only int or tuple: write a tuple)")
+    elif any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in value):
+        raise bad(f"got {value!r}")
+    value = tuple(int(v) for v in value)
+    if len(value) != d or any(v < 1 for v in value):
+        raise ValueError(f"{name} must be a positive int or a tuple of {d} positive ints, got {value!r}")
+    return value
 
 
 class _Hyper:
@@ -133,6 +187,9 @@ class _LCABase:
 
     def _set_coding(self, transfer_func, nonneg, solver):
         """Validate the transfer function / sign constraint / solver together, then set all three."""
+        if not callable(transfer_func) and not isinstance(transfer_func, str):
+            raise TypeError(f"transfer_func must be 'soft_threshold', 'hard_threshold' or a callable u -> a, got "
+                            f"{type(transfer_func).__name__} {transfer_func!r}")
         transfer = get_transfer(transfer_func, nonneg)  # validates the name
         if solver not in ("lca", "fista"):
             raise ValueError(f"solver must be 'lca' or 'fista', got {solver!r}")
@@ -154,19 +211,27 @@ class _LCABase:
                              "with 'same' it is not the gradient of the cropped objective at the borders")
         self._lateral = value
 
-    def __init__(self, out_neurons, in_neurons, kernel_size=7, stride=1, lambda_=0.25, tau=100, eta=0.01,
-                 lca_iters=1000, pad="same", return_vars=("acts",), return_all_ts=False, nonneg=True,
+    def __init__(self, out_neurons, in_neurons, *, result_dir=None, lambda_=0.25, tau=100, eta=0.01,
+                 lca_iters=1000, pad="valid", return_vars=("acts",), return_all_ts=False, nonneg=True,
                  track_metrics=False, transfer_func="soft_threshold", input_zero_mean=True, input_unit_var=True,
-                 d_update_clip=np.inf, lr_schedule=None, seed=None, dtype="float32", tol=None, solver="lca",
-                 check_every=10, result_dir=None, backend=None, lateral="recon", conv_method="auto"):
+                 cudnn_benchmark=True, d_update_clip=np.inf, lr_schedule=None, req_grad=False, weight_init=None,
+                 seed=None, dtype="float32", tol=None, solver="lca", check_every=10, backend=None, lateral="recon",
+                 conv_method="auto"):
         given = locals()
         self.out_neurons = check_integer("out_neurons", out_neurons, 1)
         self.in_neurons = check_integer("in_neurons", in_neurons, 1)
+        self.result_dir = _result_dir(result_dir)
         for name, attr in vars(_LCABase).items():  # the checked hyperparameters, in their order
             if isinstance(attr, _Hyper):
                 setattr(self, name, given[name])
         self._set_coding(transfer_func, nonneg, solver)
-        self.pad, self.result_dir, self.conv_method = pad, result_dir, conv_method
+        self.cudnn_benchmark = bool(cudnn_benchmark)  # accepted for lca-pytorch's signature; no cuDNN here
+        if req_grad:
+            raise ValueError("req_grad=True (autograd through the LCA loop) is not available: sparsecoding has no "
+                             "autograd; learn the dictionary with update_weights, dictionary_gradient or fit")
+        self.req_grad = False
+        self.weight_init, self.weight_init_kwargs = _weight_init(weight_init)
+        self.pad, self.conv_method = pad, conv_method
         self.lateral = lateral  # checked against pad
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
@@ -177,7 +242,7 @@ class _LCABase:
         self._ops = {}
         xp = namespace(backend)
         self.xp = xp
-        self._weights = xp.asarray(self._init_weights(np.random.default_rng(seed)), dtype=self.dtype)
+        self._weights = xp.asarray(self._initial_weights(seed), dtype=self.dtype)
         self.normalize_weights()
 
     # ------------------------------------------------------------- weights
@@ -185,14 +250,28 @@ class _LCABase:
     def weight_shape(self):
         raise NotImplementedError
 
-    def _init_weights(self, rng):
-        # truncated standard normal (|w| <= 2), as lca-pytorch's default init
-        w = rng.standard_normal(self.weight_shape)
-        while True:
-            bad = np.abs(w) > 2
-            if not bad.any():
-                return w
-            w[bad] = rng.standard_normal(int(bad.sum()))
+    def _initial_weights(self, seed):
+        """The weights before normalisation: ``weight_init``'s, or a truncated standard normal
+        (``|w| <= 2``, lca-pytorch's default ``torch.nn.init.trunc_normal_``) drawn from ``seed``."""
+        if self.weight_init is None:
+            rng = np.random.default_rng(seed)
+            w = rng.standard_normal(self.weight_shape)
+            while True:
+                bad = np.abs(w) > 2
+                if not bad.any():
+                    return w
+                w[bad] = rng.standard_normal(int(bad.sum()))
+        empty = np.zeros(self.weight_shape, dtype=self.dtype)
+        name = getattr(self.weight_init, "__name__", repr(self.weight_init))
+        out = self.weight_init(empty, **self.weight_init_kwargs)
+        out = empty if out is None else to_numpy(out)  # an in-place initialiser may return None
+        if tuple(np.shape(out)) != tuple(self.weight_shape):
+            raise ValueError(f"weight_init's callable {name} returned shape {tuple(np.shape(out))}, expected the "
+                             f"weight shape {tuple(self.weight_shape)}")
+        out = np.asarray(out)
+        if out.dtype.kind not in "biuf" or not np.isfinite(out).all():
+            raise ValueError(f"weight_init's callable {name} must return finite real weights")
+        return out
 
     @property
     def weights(self):
@@ -267,16 +346,82 @@ class _LCABase:
     def compute_recon_error(self, inputs, recons):
         return inputs - recons
 
-    def preprocess(self, inputs):
-        """Per-sample zero mean / unit variance as configured (``input_zero_mean``, ``input_unit_var``)."""
-        inputs = self._check_inputs(inputs)
-        return standardize(inputs, self.input_zero_mean, self.input_unit_var)
+    def compute_lateral_connectivity(self, weights=None):
+        """lca-pytorch's lateral connections: ``Phi Phi^T`` between features, self-connection zeroed.
 
-    def energy(self, inputs, acts):
-        """Per-sample energy ``1/2||s - Phi^T a||^2 + lambda||a||_1`` for preprocessed inputs."""
+        Convolutional: ``conns[k1, k2, d] = sum_{c, j} Phi[k1, c, s d + j] Phi[k2, c, j]`` (``Phi``
+        zero outside its kernel) for code offsets ``d`` with ``|d_i| <= D_i = (k_i - 1) // s_i``:
+        shape ``(K, K, 2 D_1 + 1, ...)``, with ``conns[k, k, D] = 0`` (lca-pytorch's
+        ``conv(Phi, Phi, stride=s, padding=s D)`` times its identity mask). Dense: ``Phi Phi^T``
+        with a zero diagonal, ``(K, K)``. The lateral input of the dynamics is
+        :meth:`lateral_competition` of the acts with it; for unit-norm features it equals
+        ``(Phi Phi^T - I) a``, which the layers compute as the re-encoded reconstruction instead
+        (exact at "same" borders; see ``lateral=``). ``weights`` defaults to the layer's.
+        Returned with ``"conns"`` in ``return_vars`` (one copy per step with ``return_all_ts``).
+        Unlike lca-pytorch (always 5-D), the shape has the layer's number of spatial axes.
+        """
+        xp = self.xp
+        phi = self._weights if weights is None else self._array(weights, "weights")
+        if tuple(phi.shape) != tuple(self.weight_shape):
+            raise ValueError(f"weights must have shape {tuple(self.weight_shape)}, got {tuple(phi.shape)}")
+        if self._spatial_dims is None:
+            conns = phi @ phi.T
+            idx = xp.arange(self.out_neurons)
+            conns[idx, idx] = 0
+            return conns
+        reach = tuple((k - 1) // s for k, s in zip(self.kernel_size, self.stride))
+        conns = ConvOperator(phi, self.kernel_size, self.stride, tuple(s * r for s, r in zip(self.stride, reach)),
+                             self.conv_method).forward(phi)
+        idx = xp.arange(self.out_neurons)
+        conns[(idx, idx, *reach)] = 0
+        return conns
+
+    def lateral_competition(self, acts, conns):
+        """lca-pytorch's lateral input ``conv(a, conns, stride=1, padding=D)`` (dense: ``a conns^T``):
+        ``sum_{k2, d} conns[k1, k2, d] a[k2, p + d]`` with :meth:`compute_lateral_connectivity`'s
+        ``conns`` of shape ``(K, K, 2 D + 1)`` per spatial axis."""
+        acts = self._array(acts, "acts", overflow=False)
+        conns = self._array(conns, "conns", overflow=False)
+        K = self.out_neurons
+        if self._spatial_dims is None:
+            if tuple(conns.shape) != (K, K) or acts.ndim != 2 or acts.shape[1] != K:
+                raise ValueError(f"acts (N, {K}) and conns ({K}, {K}) expected, got {tuple(acts.shape)} and "
+                                 f"{tuple(conns.shape)}")
+            return acts @ conns.T
+        d = self._spatial_dims
+        if conns.ndim != d + 2 or conns.shape[:2] != (K, K) or any(g % 2 == 0 for g in conns.shape[2:]):
+            raise ValueError(f"conns must have shape ({K}, {K}, *odd sizes) with {d} spatial axes, got "
+                             f"{tuple(conns.shape)}")
+        if acts.ndim != d + 2 or acts.shape[1] != K:
+            raise ValueError(f"acts must have shape (N, {K}, *spatial), got {tuple(acts.shape)}")
+        reach = tuple((g - 1) // 2 for g in conns.shape[2:])
+        return ConvOperator(conns, acts.shape[2:], 1, reach, self.conv_method).forward(acts)
+
+    def preprocess(self, inputs, mask=None):
+        """Per-sample zero mean / unit variance as configured (``input_zero_mean``, ``input_unit_var``).
+
+        lca-pytorch's ``make_zero_mean`` / ``make_unit_var``: ``s - mean(s)``, then
+        ``s / (std(s) + 1e-12)`` with the unbiased standard deviation (``ddof=1``), over all
+        non-batch axes of each sample (:func:`~sparsecoding.data.preprocessing.standardize`).
+
+        With ``mask`` (weights ``W >= 0`` broadcastable to the inputs) the statistics are weighted by
+        ``W^2`` (for a 0/1 mask: those of the observed entries) and the masked entries (``W == 0``)
+        of the result are 0 (:func:`~sparsecoding.lca.masks.masked_standardize`).
+        """
+        inputs = self._check_inputs(inputs)
+        if mask is not None:
+            mask = check_mask(mask, inputs.shape, self.dtype, self.xp)
+            return masked_standardize(inputs, mask, self.input_zero_mean, self.input_unit_var, eps=1e-12, ddof=1)
+        return standardize(inputs, self.input_zero_mean, self.input_unit_var, eps=1e-12, ddof=1)
+
+    def energy(self, inputs, acts, mask=None):
+        """Per-sample energy ``1/2||s - Phi^T a||^2 + lambda||a||_1`` for preprocessed inputs
+        (with ``mask``: ``1/2||W . (s - Phi^T a)||^2 + lambda||a||_1``)."""
         xp = self.xp
         inputs = self._check_inputs(inputs)
         r = inputs - self.compute_recon(acts, in_shape=inputs.shape[2:] if inputs.ndim > 2 else None)
+        if mask is not None:
+            r = check_mask(mask, inputs.shape, self.dtype, xp) * r
         n = inputs.shape[0]
         per_sample = lambda t: xp.sum(t.reshape(n, t.size // n if n else 0), axis=1)  # noqa: E731
         return 0.5 * per_sample(r * r) + self.lambda_ * per_sample(xp.abs(acts))
@@ -288,16 +433,39 @@ class _LCABase:
         return check_real_array(x, name, self.dtype, overflow=overflow, finite=finite,
                                 advice="rescale the inputs or use dtype='float64'")
 
-    def encode(self, inputs, drive_scaling=None, initial_states=None):
-        """Sparse code of already-preprocessed inputs; returns the :class:`LCAResult` of all variables.
+    def encode(self, inputs, drive_scaling=None, initial_states=None, mask=None):
+        """lca-pytorch's ``encode``: the sparse code of already-preprocessed inputs, as a tuple with one
+        list per name in ``return_vars``: the value at every step with ``return_all_ts`` (one entry per
+        iteration run), else a one-entry list with the final value.
+
+        Shapes are the layer's public ones (lca-pytorch's are 5-D inside ``encode``); what is
+        recorded at each step is described in :meth:`forward`. Does not count a forward pass.
+        :meth:`solve` returns all variables at once (an :class:`LCAResult`).
+        """
+        out = self.solve(inputs, drive_scaling, initial_states, mask)
+        if self.return_all_ts:
+            return tuple(list(out.all_ts[k]) for k in self.return_vars)
+        return tuple([out[k]] for k in self.return_vars)
+
+    def solve(self, inputs, drive_scaling=None, initial_states=None, mask=None):
+        """Sparse code of already-preprocessed inputs; returns the :class:`LCAResult` of all variables
+        (``states``, ``acts``, ``recons``, ``recon_errors``, ``input_drives``, ``inputs``, ``conns``
+        when in ``return_vars``, ``n_iter``, ``converged``, ``metrics``, ``energy``; ``all_ts`` with
+        ``return_all_ts``).
 
         Inputs are checked (shape, real, finite, magnitude) and cast to the layer dtype; an
-        empty batch gives empty arrays of the usual shapes.
+        empty batch gives empty arrays of the usual shapes. ``mask``: data weights ``W >= 0`` (or a
+        0/1 mask of missing entries) broadcastable to the inputs: the code minimises
+        ``1/2 ||W . (s - Phi^T a)||^2 + lambda ||a||_1`` (both solvers; the LCA drive is
+        ``Phi (W^2 . s)``, the stable step is checked against ``max(W^2) L``, ``tol`` is the weighted
+        duality gap; ``energy`` and the L2 metric are weighted, ``recons`` / ``recon_errors``
+        are ``Phi^T a`` and ``s - Phi^T a``, so ``recons`` fills the masked entries).
         """
-        return self._encode(self._check_inputs(inputs), drive_scaling, initial_states)
+        return self._encode(self._check_inputs(inputs), drive_scaling, initial_states, mask)
 
-    def _encode(self, inputs, drive_scaling=None, initial_states=None):
+    def _encode(self, inputs, drive_scaling=None, initial_states=None, mask=None):
         xp = self.xp
+        mask = check_mask(mask, inputs.shape, self.dtype, xp)
         op = self._operator_for(inputs)
         self._last_in_shape = tuple(inputs.shape[2:])
         code_shape = (inputs.shape[0], *op.out_shape)
@@ -308,10 +476,16 @@ class _LCABase:
             drive_scaling = self._array(drive_scaling, "drive_scaling")
         if initial_states is not None:
             initial_states = self._array(initial_states, "initial_states")
-        L = op.lipschitz()
+        L = op.lipschitz() if mask is None else WeightedOperator(op, mask).lipschitz()  # <= max(W^2) L
         if self.solver == "lca":
             check_tau(self.tau, L)
-        out = self._encode_with(op, inputs, drive_scaling, initial_states)
+        out = self._encode_with(op, inputs, drive_scaling, initial_states, mask)
+        if "conns" in self.return_vars:
+            out.conns = self.compute_lateral_connectivity()
+            if out.all_ts is not None:
+                steps = [len(v) for v in out.all_ts.values()]
+                steps = steps[0] if steps else (out.n_iter if self.solver == "lca" else 1)
+                out.all_ts["conns"] = [out.conns] * steps
         self.metrics = out["metrics"]
         self.n_iter_ = out["n_iter"]
         self.converged_ = out["converged"]
@@ -319,10 +493,13 @@ class _LCABase:
             self._write_metrics(self.metrics)
         return out
 
-    def _encode_with(self, op, inputs, drive_scaling, initial_states):
+    def _encode_with(self, op, inputs, drive_scaling, initial_states, mask=None):
         xp = self.xp
         if self.solver == "lca":
             lateral = None
+            if self.lateral == "gram" and mask is not None:
+                raise ValueError("mask= needs lateral='recon': the precomputed lateral tensor has no room for "
+                                 "the data weights")
             if self.lateral == "gram":
                 if isinstance(op, DenseOperator):
                     G = op.gram() - xp.eye(self.out_neurons, dtype=self.dtype)
@@ -334,24 +511,29 @@ class _LCABase:
             return run_lca(op, inputs, self.lambda_, self.tau, self.transfer, self.lca_iters,
                            initial_states=initial_states, drive_scaling=drive_scaling, tol=self.tol,
                            check_every=self.check_every, track_metrics=self.track_metrics,
-                           record=self.return_vars, record_all=self.return_all_ts, lateral=lateral, soft=soft)
-        return self._encode_fista(op, inputs, drive_scaling, initial_states)
+                           record=self._recorded(), record_all=self.return_all_ts, lateral=lateral, soft=soft,
+                           mask=mask)
+        return self._encode_fista(op, inputs, drive_scaling, initial_states, mask)
 
-    def _encode_fista(self, op, inputs, drive_scaling, initial_states):
+    def _encode_fista(self, op, inputs, drive_scaling, initial_states, mask=None):
         if drive_scaling is not None:
             raise ValueError("drive_scaling is defined for solver='lca' only")
         xp = self.xp
         a0 = None if initial_states is None else self._transfer(initial_states, self.lambda_)
         res = fista(op, inputs, self.lambda_, nonneg=self.nonneg, max_iter=self.lca_iters, tol=self.tol, a0=a0,
-                    check_every=self.check_every)
-        # the LCA variables at the codes, in the solvers' layout (one fused residual step)
-        view = op.iteration_view()
+                    check_every=self.check_every, mask=mask)
+        # the LCA variables at the codes, in the solvers' layout (one fused residual step); with a mask
+        # those of the weighted problem: c = Phi (W^2 r), b = Phi (W^2 s)
+        wop, winputs = (op, inputs) if mask is None else (WeightedOperator(op, mask), mask * inputs)
+        view = wop.iteration_view()
         with view.frozen():
             a = view.to_inner(res.codes)
-            c, resid = view.forward_residual(view.residual_plan(inputs), a)
-            b = view.forward(inputs)
+            c, resid = view.forward_residual(view.residual_plan(winputs), a)
+            b = view.forward(winputs)
         # membrane potentials consistent with the LCA fixed point: u = b - (Phi Phi^T - I) a = c + a
         u, b, a = view.to_outer(c + a), view.to_outer(b), res.codes
+        if mask is not None:
+            resid = inputs - op.adjoint(a)  # the unweighted residual s - Phi^T a
         recon = inputs - resid
         n = inputs.shape[0]
         metrics = None
@@ -359,27 +541,47 @@ class _LCABase:
             metrics = {k: np.zeros(0) for k in ("L1", "L2", "TotalEnergy", "FractionActive")}
         elif self.track_metrics:
             l1 = self.lambda_ * float(xp.sum(xp.abs(a))) / n
-            l2 = 0.5 * float(xp.sum(resid * resid)) / n
+            l2 = 0.5 * float(xp.sum((resid if mask is None else mask * resid) ** 2)) / n
             metrics = {"L1": np.array([l1]), "L2": np.array([l2]), "TotalEnergy": np.array([l1 + l2]),
                        "FractionActive": np.array([float(xp.mean((a != 0).astype(a.dtype)))])}
         all_ts = None
         if self.return_all_ts:
             vals = {"inputs": inputs, "input_drives": b, "states": u, "acts": a, "recons": recon, "recon_errors": resid}
-            all_ts = {k: [vals[k]] for k in self.return_vars}
+            all_ts = {k: [vals[k]] for k in self._recorded()}
         return LCAResult(u, res.n_iter, res.converged, res.history, codes=a, energy=res.energy,
                          energy_history=res.energy_history, inputs=inputs, input_drives=b, recons=recon,
                          recon_errors=resid, metrics=metrics, all_ts=all_ts)
 
-    def forward(self, inputs, drive_scaling=None, initial_states=None):
-        """Preprocess, encode, and return ``return_vars`` (one array, or a tuple)."""
+    def _recorded(self):
+        """The ``return_vars`` the iteration records (``conns`` is added after it)."""
+        return tuple(k for k in self.return_vars if k != "conns")
+
+    def forward(self, inputs, drive_scaling=None, initial_states=None, mask=None):
+        """Preprocess, encode, and return ``return_vars`` (one array, or a tuple).
+
+        Which step's values: every returned variable describes one instant. Without
+        ``return_all_ts`` they are those after the last step ``T`` that ran: ``states`` ``u_T``,
+        ``acts`` ``a_T = T_lambda(u_T)``, ``recons`` ``Phi^T a_T``, ``recon_errors`` ``s - Phi^T a_T``
+        (so ``acts`` are the code whose energy ``tol`` certified and the pair that
+        :meth:`update_weights` expects); with ``return_all_ts`` slice ``t`` (``t = 1..T``, last axis)
+        holds the same variables after step ``t``, so the last slice equals the final values, and
+        tracked metrics (``track_metrics``) are those of ``a_t`` too. lca-pytorch returns the states
+        after step ``t`` beside the acts the step started from, ``T_lambda(u_{t-1})`` (and their
+        reconstruction and metrics): its ``acts[..., t]`` is ours ``acts[..., t - 1]`` (its first slice
+        is ``T_lambda(u_0)``, zero from a cold start); ``states`` agree slice by slice.
+        ``inputs``, ``input_drives`` and ``conns`` do not change over the steps.
+
+        ``mask``: data weights / 0/1 mask broadcastable to the inputs (:meth:`preprocess` and
+        :meth:`encode` describe what it does).
+        """
         xp = self.xp
-        inputs = self.preprocess(inputs)
-        out = self._encode(inputs, drive_scaling, initial_states)
+        inputs = self.preprocess(inputs, mask)
+        out = self._encode(inputs, drive_scaling, initial_states, mask)
         self.forward_pass += 1
         if self.return_all_ts:
             # an empty batch runs no step: a length-0 time axis
-            res = tuple(xp.stack(out["all"][k], axis=-1) if out["all"][k] else xp.zeros((*out[k].shape, 0), out[k].dtype)
-                        for k in self.return_vars)
+            res = tuple(xp.stack(out["all"][k], axis=-1) if out["all"][k] else
+                        xp.zeros((*out[k].shape, 0), out[k].dtype) for k in self.return_vars)
         else:
             res = tuple(out[k] for k in self.return_vars)
         return res[0] if len(res) == 1 else res
@@ -406,7 +608,7 @@ class _LCABase:
             ok = recon_error.ndim == d + 2 and recon_error.shape[1] == self.in_neurons
             expect_r = f"(N, {self.in_neurons}, *spatial) with {d} spatial dims"
             if ok:
-                out = conv_output_shape(recon_error.shape[2:], self.kernel_size, self.stride, self.pad)
+                out = conv_output_shape(recon_error.shape[2:], self.kernel_size, self.stride, self._padding)
                 expect_a = (recon_error.shape[0], self.out_neurons, *out)
         if not ok:
             raise ValueError(f"recon_error must have shape {expect_r}, got {tuple(recon_error.shape)}")
@@ -463,7 +665,7 @@ class _LCABase:
     # ------------------------------------------------------------- learning
     def fit(self, X, y=None, *, epochs=1, batch_size=128, seed=0, callbacks=(), checkpoint=None,
             checkpoint_every=None, allow_changes=False, settings=None, optimizer=None, lambda_schedule=None,
-            progress=True, callback=None, max_steps=None, record_steps=False):
+            progress=True, callback=None, max_steps=None, record_steps=False, mask=None):
         """Learn the dictionary on ``X``; returns the per-epoch :class:`~sparsecoding.training.History`.
 
         Runs on the learning loop (:func:`sparsecoding.training.fit_loop`): epoch ``e`` visits
@@ -501,6 +703,13 @@ class _LCABase:
         callback : optional ``f(step, record)`` after every step (1-based step; the record as below)
         max_steps : stop after this many steps in total (a checkpoint is written there)
         record_steps : also keep per-step records in ``History.steps``
+        mask : optional data weights / 0/1 mask of missing entries: an array broadcastable to ``X``
+            (with a leading axis of length N, one per sample, taken with the batch; otherwise shared),
+            or a callable ``batch -> mask`` (the raw batch on the layer's backend). Every step then
+            preprocesses and encodes with the mask and takes the dictionary step on the weighted
+            residual ``W^2 . (s - Phi^T a)`` (minus the gradient of the weighted energy); the
+            energy and L2 records are weighted. A mask is a checkpoint setting (its shape, or
+            "callable").
 
         Returns
         -------
@@ -512,7 +721,8 @@ class _LCABase:
         return fit_dictionary(self, X, epochs=epochs, batch_size=batch_size, seed=seed, callbacks=callbacks,
                               checkpoint=checkpoint, checkpoint_every=checkpoint_every, allow_changes=allow_changes,
                               settings=settings, optimizer=optimizer, lambda_schedule=lambda_schedule,
-                              progress=progress, callback=callback, max_steps=max_steps, record_steps=record_steps)
+                              progress=progress, callback=callback, max_steps=max_steps, record_steps=record_steps,
+                              mask=mask)
 
     def _update_failure(self, acts, recon_error, update):
         """Message for a dictionary step that would make the weights non-finite (error path only)."""
@@ -567,11 +777,13 @@ class LCA(_LCABase):
                  return_vars=("acts",), return_all_ts=False, nonneg=True, track_metrics=False,
                  transfer_func="soft_threshold", input_zero_mean=True, input_unit_var=True, d_update_clip=np.inf,
                  lr_schedule=None, seed=None, dtype="float32", tol=None, solver="lca", check_every=10,
-                 result_dir=None, backend=None, lateral="recon"):
-        super().__init__(out_neurons, in_neurons, 1, 1, lambda_, tau, eta, lca_iters, "valid", return_vars,
-                         return_all_ts, nonneg, track_metrics, transfer_func, input_zero_mean, input_unit_var,
-                         d_update_clip, lr_schedule, seed, dtype, tol, solver, check_every, result_dir, backend,
-                         lateral)
+                 result_dir=None, backend=None, lateral="recon", weight_init=None):
+        super().__init__(out_neurons, in_neurons, result_dir=result_dir, lambda_=lambda_, tau=tau, eta=eta,
+                         lca_iters=lca_iters, pad="valid", return_vars=return_vars, return_all_ts=return_all_ts,
+                         nonneg=nonneg, track_metrics=track_metrics, transfer_func=transfer_func,
+                         input_zero_mean=input_zero_mean, input_unit_var=input_unit_var, d_update_clip=d_update_clip,
+                         lr_schedule=lr_schedule, weight_init=weight_init, seed=seed, dtype=dtype, tol=tol,
+                         solver=solver, check_every=check_every, backend=backend, lateral=lateral)
 
     @property
     def weight_shape(self):
@@ -618,25 +830,42 @@ def lateral_operator(phi, stride, code_shape):
 
 
 class _LCAConv(_LCABase):
-    def __init__(self, out_neurons, in_neurons, kernel_size=7, stride=1, lambda_=0.25, tau=100, eta=0.01,
-                 lca_iters=1000, pad="same", return_vars=("acts",), return_all_ts=False, nonneg=True,
+    # lca-pytorch's positional order (out_neurons, in_neurons, result_dir, kernel_size, stride, lambda_, tau, eta,
+    # lca_iters, pad, return_vars, ...); what lca-pytorch lacks is keyword-only
+    def __init__(self, out_neurons, in_neurons, result_dir=None, kernel_size=7, stride=1, lambda_=0.25, tau=100,
+                 eta=0.01, lca_iters=1000, pad="same", return_vars=("acts",), return_all_ts=False, nonneg=True,
                  track_metrics=False, transfer_func="soft_threshold", input_zero_mean=True, input_unit_var=True,
-                 d_update_clip=np.inf, lr_schedule=None, seed=None, dtype="float32", tol=None, solver="lca",
-                 check_every=10, result_dir=None, backend=None, conv_method="auto", lateral="recon"):
+                 cudnn_benchmark=True, d_update_clip=np.inf, lr_schedule=None, req_grad=False, weight_init=None, *,
+                 seed=None, dtype="float32", tol=None, solver="lca", check_every=10, backend=None,
+                 conv_method="auto", lateral="recon"):
+        kw = dict(locals())
+        del kw["self"]
+        self._setup(no_time_pad=False, **kw)
+
+    def _setup(self, *, kernel_size, stride, pad, no_time_pad, lateral, **kw):
         d = self._spatial_dims
-        self.kernel_size = _tuple(kernel_size, d, "kernel_size")
-        self.stride = _tuple(stride, d, "stride")
-        if pad not in ("same", "valid"):
+        _result_dir(kw["result_dir"])  # a kernel size given as third positional argument is reported first
+        self.kernel_size = _conv_param(kernel_size, d, "kernel_size")
+        self.stride = _conv_param(stride, d, "stride")
+        if not isinstance(pad, str) or pad not in ("same", "valid"):
             raise ValueError(f"pad must be 'same' or 'valid', got {pad!r}")
-        if pad == "same" and any(k % 2 == 0 for k in self.kernel_size):
+        sizes = [k for k in self.kernel_size if k != 1]
+        if any(k % 2 == 0 for k in sizes) and not all(k % 2 == 0 for k in sizes):
+            raise ValueError(f"kernel_size mixes odd and even sizes, got {self.kernel_size}: the sizes other than 1 "
+                             f"must be all odd or all even (as lca-pytorch requires)")
+        if pad == "same" and sizes and sizes[0] % 2 == 0:
             raise ValueError(f"pad='same' needs odd kernel sizes, got kernel_size={self.kernel_size}")
         if lateral == "gram" and pad != "valid":
             raise ValueError("lateral='gram' (the precomputed lateral tensor) is exact only for pad='valid'; "
                              "with 'same' it is not the gradient of the cropped objective at the borders")
-        super().__init__(out_neurons, in_neurons, kernel_size, stride, lambda_, tau, eta, lca_iters, pad,
-                         return_vars, return_all_ts, nonneg, track_metrics, transfer_func, input_zero_mean,
-                         input_unit_var, d_update_clip, lr_schedule, seed, dtype, tol, solver, check_every,
-                         result_dir, backend, lateral, conv_method)
+        self.no_time_pad = bool(no_time_pad)
+        same = [k // 2 for k in self.kernel_size] if pad == "same" else [0] * d
+        if self.no_time_pad:
+            same[0] = 0
+        self.input_pad = tuple(same)  # per spatial dimension, as lca-pytorch's attribute of that name
+        # the operators' padding argument: the name, or the explicit sizes where no_time_pad changes them
+        self._padding = pad if (pad == "valid" or not self.no_time_pad) else self.input_pad
+        _LCABase.__init__(self, pad=pad, lateral=lateral, **kw)
 
     @property
     def weight_shape(self):
@@ -658,11 +887,11 @@ class _LCAConv(_LCABase):
         if key not in self._ops:
             if len(self._ops) > 8:
                 self._ops.clear()
-            self._ops[key] = ConvOperator(self._weights, key, self.stride, self.pad, self.conv_method)
+            self._ops[key] = ConvOperator(self._weights, key, self.stride, self._padding, self.conv_method)
         return self._ops[key]
 
     def _fresh_operator(self, in_shape, weights):
-        return ConvOperator(weights, tuple(in_shape), self.stride, self.pad, self.conv_method)
+        return ConvOperator(weights, tuple(in_shape), self.stride, self._padding, self.conv_method)
 
     def _recon_operator(self, acts, weights=None, in_shape=None):
         d = self._spatial_dims
@@ -670,11 +899,11 @@ class _LCAConv(_LCABase):
             raise ValueError(f"acts must have shape (N, {self.out_neurons}, *spatial), got {tuple(acts.shape)}")
         last = getattr(self, "_last_in_shape", None)
         if in_shape is None and last is not None and conv_output_shape(last, self.kernel_size, self.stride,
-                                                                       self.pad) == tuple(acts.shape[2:]):
+                                                                       self._padding) == tuple(acts.shape[2:]):
             in_shape = last
         if in_shape is None:
             # lca-pytorch's output size: (O - 1) s - 2p + k + (s - 1) for odd kernels
-            p = [(k - 1) // 2 if self.pad == "same" else 0 for k in self.kernel_size]
+            p = self.input_pad
             opad = [s - 1 if (k % 2 == 1) else 0 for s, k in zip(self.stride, self.kernel_size)]
             in_shape = tuple((o - 1) * s - 2 * pp + k + op for o, s, pp, k, op in
                              zip(acts.shape[2:], self.stride, p, self.kernel_size, opad))
@@ -688,15 +917,6 @@ class _LCAConv(_LCABase):
         return op.weight_grad(recon_error.astype(self.dtype, copy=False), acts.astype(self.dtype, copy=False))
 
 
-def _tuple(v, d, name):
-    if isinstance(v, (int, np.integer)):
-        v = (int(v),) * d
-    v = tuple(int(x) for x in v)
-    if len(v) != d or any(x < 1 for x in v):
-        raise ValueError(f"{name} must be a positive int or a {d}-tuple of positive ints, got {v!r}")
-    return v
-
-
 class LCAConv1D(_LCAConv):
     """LCA with 1-D convolutional dictionary. Inputs (N, C, L); weights (K, C, k)."""
 
@@ -706,32 +926,42 @@ class LCAConv1D(_LCAConv):
 class LCAConv2D(_LCAConv):
     """LCA with 2-D convolutional dictionary (lca-pytorch's ``LCAConv2D``).
 
-    Parameters (lca-pytorch names and defaults)
+    Parameters (lca-pytorch's names, defaults and positional order up to ``weight_init``; the rest
+    keyword-only)
     ----------
     out_neurons : int, K features
     in_neurons : int, C input channels
-    kernel_size : int or (kh, kw), default 7
-    stride : int or tuple, default 1
+    result_dir : None (default: no files) or a folder for ``metrics.csv`` when ``track_metrics``
+        (lca-pytorch: default "./lca_results", always created, with params.yaml and metrics.xz)
+    kernel_size : int or tuple (kh, kw), default 7; sizes other than 1 all odd or all even
+    stride : int or tuple, default 1 (lists and strings are refused, as in lca-pytorch)
     lambda_ : float, threshold / sparsity weight, default 0.25
     tau : float, time constant; step 1/tau, default 100
     eta : float, built-in dictionary learning rate, default 0.01
     lca_iters : int, iterations per forward pass, default 1000
     pad : "same" (odd kernels, p = k // 2 at any stride) or "valid"
-    return_vars : names from ("inputs", "input_drives", "states", "acts", "recons", "recon_errors")
-    return_all_ts : stack every iteration's values on a new last axis
+    return_vars : names from ("inputs", "input_drives", "states", "acts", "recons", "recon_errors", "conns")
+    return_all_ts : stack every iteration's values on a new last axis (see :meth:`forward` for which step's)
     nonneg : non-negative codes, default True
     track_metrics : per-iteration L1, L2, TotalEnergy, FractionActive in ``self.metrics``
         (and appended to ``result_dir/metrics.csv`` when ``result_dir`` is set)
     transfer_func : "soft_threshold", "hard_threshold" or a callable ``u -> a``
-    input_zero_mean, input_unit_var : per-sample standardisation of the inputs
+    input_zero_mean, input_unit_var : per-sample standardisation of the inputs (unit variance with
+        the unbiased standard deviation, as lca-pytorch)
+    cudnn_benchmark : accepted and ignored (no cuDNN)
     d_update_clip : clip for the built-in dictionary update
     lr_schedule : callable forward_pass -> eta
-    seed, dtype, backend : initialisation, float32/float64, "numpy"/"cupy"
+    req_grad : must be False (no autograd; ``ValueError`` otherwise)
+    weight_init : None (truncated standard normal on [-2, 2] from ``seed``, lca-pytorch's default
+        distribution) or ``(callable, kwargs)``: ``callable(array, **kwargs)`` gets a zero host array of
+        the weight shape and returns the initial weights (or fills it and returns None); normalised after
+    seed, dtype, backend : initialisation, float32/float64, "numpy"/"cupy" (keyword-only, as those below)
     tol : early stop on the relative duality gap (soft thresholds; the relative change of the potentials
         otherwise), checked every ``check_every`` steps
     solver : "lca" (the dynamics) or "fista" (same minimiser, far fewer iterations)
     lateral : "recon" (re-encode the reconstruction: two convolutions a step, exact for any padding)
         or "gram" (lca-pytorch's precomputed lateral tensor; pad="valid" only; cheaper when C >> K)
+    conv_method : the convolution engine ("auto", "im2col", "fft")
 
     Shapes: inputs (N, C, H, W); drives, states, acts (N, K, H_out, W_out);
     recons, recon_errors (N, C, H, W); weights (K, C, kh, kw).
@@ -741,6 +971,22 @@ class LCAConv2D(_LCAConv):
 
 
 class LCAConv3D(_LCAConv):
-    """LCA with 3-D convolutional dictionary. Inputs (N, C, D, H, W); weights (K, C, kd, kh, kw)."""
+    """LCA with 3-D convolutional dictionary. Inputs (N, C, D, H, W); weights (K, C, kd, kh, kw).
+
+    The arguments of :class:`LCAConv2D`, plus lca-pytorch's ``no_time_pad`` (after ``weight_init``):
+    with ``pad="same"``, no padding along the first spatial axis (depth / time), so the code has
+    ``D - kd + 1`` steps there, while the other axes keep "same" (``input_pad`` is
+    ``(0, kh // 2, kw // 2)``); with ``pad="valid"`` it changes nothing.
+    """
 
     _spatial_dims = 3
+
+    def __init__(self, out_neurons, in_neurons, result_dir=None, kernel_size=7, stride=1, lambda_=0.25, tau=100,
+                 eta=0.01, lca_iters=1000, pad="same", return_vars=("acts",), return_all_ts=False, nonneg=True,
+                 track_metrics=False, transfer_func="soft_threshold", input_zero_mean=True, input_unit_var=True,
+                 cudnn_benchmark=True, d_update_clip=np.inf, lr_schedule=None, req_grad=False, weight_init=None,
+                 no_time_pad=False, *, seed=None, dtype="float32", tol=None, solver="lca", check_every=10,
+                 backend=None, conv_method="auto", lateral="recon"):
+        kw = dict(locals())
+        del kw["self"]
+        self._setup(**kw)

@@ -1,6 +1,6 @@
 """``sparsecoding lca learn``: learn the dictionary of the EqProp LCA front end (the seed's cifar_dictlearning.py).
 
-Trains ``LCAConv2D(lca_feats, C, lca_ksize, lca_stride, pad="same")`` with its own
+Trains ``LCAConv2D(lca_feats, C, kernel_size=lca_ksize, stride=lca_stride, pad="same")`` with its own
 ``fit`` (lca-pytorch's dictionary rule, non-negative codes, every input standardised
 per sample by ``layer.preprocess``, as the front end codes its inputs). Data
 (``--task``): DIGITS, the 1,400 training images of scikit-learn's digits
@@ -115,8 +115,8 @@ def run(args):
     X = load_task(args)
     batch = min(args.mbs, len(X))
     per_epoch = len(X) // batch
-    layer = LCAConv2D(args.lca_feats, X.shape[1], args.lca_ksize, args.lca_stride, lambda_=args.lca_lambda,
-                      tau=args.lca_tau, eta=args.lca_eta, lca_iters=args.lca_iters, solver=args.lca_solver,
+    layer = LCAConv2D(args.lca_feats, X.shape[1], kernel_size=args.lca_ksize, stride=args.lca_stride,
+                      lambda_=args.lca_lambda, tau=args.lca_tau, eta=args.lca_eta, lca_iters=args.lca_iters, solver=args.lca_solver,
                       tol=args.lca_tol, pad="same", seed=args.seed, backend=backend)
 
     def schedule(step):

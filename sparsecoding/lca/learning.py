@@ -4,6 +4,12 @@ Each step encodes a batch and takes one dictionary step: lca-pytorch's
 built-in rule (``layer.update_weights``) or an optimiser from
 ``sparsecoding.optim`` on the closed-form gradient
 ``dE/dPhi = -(1/N) sum a * patch(s - Phi^T a)`` followed by renormalisation.
+With ``mask=`` (data weights ``W``, or a 0/1 mask of missing entries: an array
+broadcastable to the data, or a callable ``batch -> mask``) each batch is
+preprocessed and encoded with its mask and the dictionary step takes the
+weighted residual ``W^2 . (s - Phi^T a)``: ``-(1/N) sum a * patch(W^2 . r)`` is the
+gradient of the weighted energy ``1/2 ||W . (s - Phi^T a)||^2``, so masked entries
+teach the dictionary nothing.
 The batch order of epoch ``e`` is ``default_rng([seed, e]).permutation``
 (full batches only); checkpoints are atomic, hold the dictionary, the
 optimiser and the position in the run, and resume bit-exactly; resuming with
@@ -19,6 +25,7 @@ from ..backend import to_numpy
 from ..checkpoint import pack_optimizer, pack_params, unpack_optimizer
 from ..solvers.relax import nonnegative_float
 from ..training import fit_loop
+from .masks import batch_mask, check_fit_mask
 
 __all__ = ["fit", "fit_dictionary"]
 
@@ -60,7 +67,7 @@ def _scheduled_lambda(schedule, step):
 
 def fit_dictionary(layer, X, *, epochs=1, batch_size=128, seed=0, callbacks=(), checkpoint=None,
                    checkpoint_every=None, allow_changes=False, settings=None, optimizer=None, lambda_schedule=None,
-                   progress=True, callback=None, max_steps=None, record_steps=False):
+                   progress=True, callback=None, max_steps=None, record_steps=False, mask=None):
     """Learn the dictionary of ``layer`` on ``X``; returns the per-epoch :class:`~sparsecoding.training.History`.
 
     What :meth:`LCA.fit <sparsecoding.lca.LCA.fit>` runs (the arguments are described there); the
@@ -78,17 +85,27 @@ def fit_dictionary(layer, X, *, epochs=1, batch_size=128, seed=0, callbacks=(), 
            "layer": type(layer).__name__, "weights_shape": list(layer.weights.shape),
            "lambda_": None if lambda_schedule is not None else layer.lambda_, "eta": layer.eta,
            "solver": layer.solver, "lca_iters": layer.lca_iters, "tol": layer.tol, "nonneg": layer.nonneg}
+    mask, mask_setting = check_fit_mask(mask, X, layer.dtype)
+    if mask_setting is not None:
+        own["mask"] = mask_setting
     learner = _Learner(layer, optimizer, keep_hyper=allow_changes)
 
     def step(idx, rng, info):
         if lambda_schedule is not None:
             layer.lambda_ = _scheduled_lambda(lambda_schedule, info["step"])
-        s = layer.preprocess(xp.asarray(X[idx]))
-        out = layer.encode(s)
+        batch = xp.asarray(X[idx])
+        w = batch_mask(mask, idx, batch, xp)
+        s = layer.preprocess(batch, mask=w)
+        out = layer.solve(s, mask=w)
         layer.forward_pass += 1
         acts, err = out["acts"], out["recon_errors"]
         m = s.shape[0]
-        l2 = float(0.5 * xp.sum(err * err)) / m
+        if w is None:
+            l2 = float(0.5 * xp.sum(err * err)) / m
+        else:  # weighted energy; the step takes W^2 . r (minus the gradient of the weighted energy in Phi^T a)
+            w = xp.asarray(w, dtype=err.dtype)
+            l2 = float(0.5 * xp.sum((w * err) ** 2)) / m
+            err = w * w * err
         l1 = layer.lambda_ * float(xp.sum(xp.abs(acts))) / m
         record = {"energy": l1 + l2, "L1": l1, "L2": l2,
                   "frac_active": float(xp.mean((acts != 0).astype(acts.dtype))), "lambda_": layer.lambda_,
@@ -116,7 +133,7 @@ def fit_dictionary(layer, X, *, epochs=1, batch_size=128, seed=0, callbacks=(), 
 
 def fit(layer, X, n_epochs=1, batch_size=128, optimizer=None, lambda_schedule=None, checkpoint=None,
         checkpoint_every=50, resume=True, seed=0, progress=True, callback=None, max_steps=None, *,
-        settings=None, allow_changes=False, callbacks=()):
+        settings=None, allow_changes=False, callbacks=(), mask=None):
     """Learn the dictionary of ``layer`` on ``X``: the functional front of ``layer.fit``.
 
     Same as ``layer.fit(X, epochs=n_epochs, ..., record_steps=True)`` (see
@@ -135,5 +152,6 @@ def fit(layer, X, n_epochs=1, batch_size=128, optimizer=None, lambda_schedule=No
     history = fit_dictionary(layer, X, epochs=n_epochs, batch_size=batch_size, seed=seed, callbacks=callbacks,
                              checkpoint=checkpoint, checkpoint_every=checkpoint_every, allow_changes=allow_changes,
                              settings=settings, optimizer=optimizer, lambda_schedule=lambda_schedule,
-                             progress=progress, callback=callback, max_steps=max_steps, record_steps=True)
+                             progress=progress, callback=callback, max_steps=max_steps, record_steps=True,
+                             mask=mask)
     return history.steps
