@@ -167,7 +167,7 @@ def fit(layer, X, *, client, epochs=1, batch_size=128, seed=0, callbacks=(), che
     n_shards = max(1, workers) if n_shards is None else int(n_shards)
     if n_shards < 1:
         raise ValueError(f"n_shards must be an integer >= 1, got {n_shards}")
-    X_remote = client.scatter(X, broadcast=True)
+    X_remote = client.scatter(X, broadcast=True, hash=False)  # a key of its own: no clash with other runs
     own = {"batch_size": batch_size, "n_samples": n, "sample_shape": list(X.shape[1:]), "seed": seed,
            "optimizer": None, "layer": type(layer).__name__, "weights_shape": list(layer.weights.shape),
            "lambda_": layer.lambda_, "eta": layer.eta, "solver": layer.solver, "lca_iters": layer.lca_iters,
@@ -175,7 +175,9 @@ def fit(layer, X, *, client, epochs=1, batch_size=128, seed=0, callbacks=(), che
 
     def step(idx, rng, info):
         shards = [s for s in np.array_split(np.asarray(idx), n_shards) if len(s)]
-        layer_remote = client.scatter(layer, broadcast=True)  # the current dictionary, once per worker
+        # the current dictionary, once per worker; a fresh key per step (a content hash of the layer object
+        # would not see its new weights)
+        layer_remote = client.scatter(layer, broadcast=True, hash=False)
         parts = client.gather(client.map(_shard_task, [layer_remote] * len(shards), [X_remote] * len(shards),
                                          shards, pure=False))
         m = sum(p["n"] for p in parts)

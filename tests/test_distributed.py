@@ -55,7 +55,7 @@ def test_distributed_dictionary_learning_equals_single_process(client):
     single, dist = (LCAConv2D(8, 3, kernel_size=5, stride=2, lca_iters=30, seed=0, dtype="float64")
                     for _ in range(2))
     h1 = single.fit(X, progress=False, **kw)
-    h2 = sd.fit(dist, X, client=client, **kw)
+    h2 = dist.fit(X, client=client, progress=False, **kw)  # the layers' own fit, data-parallel
     np.testing.assert_allclose(dist.weights, single.weights, rtol=1e-12, atol=1e-12)
     for a, b in zip(h1, h2):
         for key in ("energy", "L1", "L2", "frac_active"):
@@ -93,7 +93,9 @@ def test_a_worker_killed_mid_encode_still_gives_the_complete_result(client):
     client.wait_for_workers(2, timeout=60)
 
 
-def test_bad_input_is_named():
+def test_bad_input_is_named(client):
+    with pytest.raises(ValueError, match="built-in rule only: drop optimizer"):
+        LCA(4, 6).fit(np.zeros((8, 6)), client=client, optimizer=object())
     layer = LCAConv2D(4, 3, kernel_size=5, stride=2)
     x = dask_array.from_array(images(8), chunks=(4, 3, 8, 16))
     with pytest.raises(ValueError, match="chunked along the samples"):

@@ -665,7 +665,7 @@ class _LCABase:
     # ------------------------------------------------------------- learning
     def fit(self, X, y=None, *, epochs=1, batch_size=128, seed=0, callbacks=(), checkpoint=None,
             checkpoint_every=None, allow_changes=False, settings=None, optimizer=None, lambda_schedule=None,
-            progress=True, callback=None, max_steps=None, record_steps=False, mask=None):
+            progress=True, callback=None, max_steps=None, record_steps=False, mask=None, client=None):
         """Learn the dictionary on ``X``; returns the per-epoch :class:`~sparsecoding.training.History`.
 
         Runs on the learning loop (:func:`sparsecoding.training.fit_loop`): epoch ``e`` visits
@@ -710,6 +710,9 @@ class _LCABase:
             residual ``W^2 . (s - Phi^T a)`` (minus the gradient of the weighted energy); the
             energy and L2 records are weighted. A mask is a checkpoint setting (its shape, or
             "callable").
+        client : optional ``distributed.Client`` (Dask): data-parallel learning, each batch split into
+            one shard per worker (:func:`sparsecoding.distributed.fit`; the built-in rule only, no
+            ``optimizer``, ``lambda_schedule``, ``mask`` or ``callback``); same history and checkpoints
 
         Returns
         -------
@@ -718,6 +721,17 @@ class _LCABase:
         ``L2``, ``frac_active``, ``lambda_`` and ``lca_iters_run``; with ``record_steps`` the
         per-step values are in ``History.steps`` (with ``step`` and ``epoch``).
         """
+        if client is not None:
+            unsupported = [name for name, value in (("optimizer", optimizer), ("lambda_schedule", lambda_schedule),
+                                                    ("mask", mask), ("callback", callback)) if value is not None]
+            if unsupported:
+                raise ValueError(f"fit(client=...) runs the built-in rule only: drop {', '.join(unsupported)}")
+            from ..distributed import fit as distributed_fit  # noqa: PLC0415
+
+            return distributed_fit(self, X, client=client, epochs=epochs, batch_size=batch_size, seed=seed,
+                                   callbacks=callbacks, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                                   allow_changes=allow_changes, settings=settings, progress=progress,
+                                   max_steps=max_steps, record_steps=record_steps)
         return fit_dictionary(self, X, epochs=epochs, batch_size=batch_size, seed=seed, callbacks=callbacks,
                               checkpoint=checkpoint, checkpoint_every=checkpoint_every, allow_changes=allow_changes,
                               settings=settings, optimizer=optimizer, lambda_schedule=lambda_schedule,
