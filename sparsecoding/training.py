@@ -23,6 +23,20 @@ so a run is a pure function of ``seed`` and the settings. The loop provides:
   to the caller; a second Ctrl-C stops at once;
 * a divergence guard: a non-finite metric raises ``FloatingPointError``.
 
+Callbacks are plain callables ``f(record)``, called after each epoch once the
+record is stored and checkpointed, or objects with any of these hooks (a plain
+callable may have them too; it is then also called as before):
+
+* ``on_epoch_start(epoch)``: before the epoch's first batch (also when resuming inside it);
+* ``on_epoch_end(epoch, record) -> dict | None``: after the epoch's last batch, *before* the
+  record is stored and the checkpoint written; the returned entries become columns of the
+  record, and what the hook changes in the model (e.g. re-seeded dictionary atoms) is in
+  the checkpoint, so a resumed run stays exact;
+* ``on_fit_end()``: when the loop returns or raises;
+* ``get_state() -> (arrays, meta)`` / ``set_state(arrays, meta)``: the callback's own state,
+  saved with every checkpoint (arrays named ``callback<i>_<name>``, ``i`` its position in
+  ``callbacks``) and restored on resume when the checkpoint holds an entry for position ``i``.
+
 A model takes part through two methods: ``get_state() -> (arrays, meta)``
 (host arrays by name, JSON-able values) and ``set_state(arrays, meta)``.
 """
@@ -160,7 +174,9 @@ def fit_loop(model, n_samples, step, *, epochs, batch_size, seed=0, checkpoint=N
     kind : model type name stored in the checkpoint and checked on resume
     on_epoch_start : optional ``f(epoch)`` (e.g. learning-rate schedules)
     on_epoch_end : optional ``f(epoch, record) -> dict`` of extra metrics (e.g. test error)
-    callbacks : callables ``f(record)`` called after each epoch
+    callbacks : callables ``f(record)`` called after each epoch, or objects with the hooks
+        described in the module notes (``on_epoch_start``, ``on_epoch_end``, ``on_fit_end``,
+        ``get_state`` / ``set_state``)
     drop_last : skip a last batch smaller than ``batch_size``
     max_steps : stop after this many batches in total
     record_steps : keep per-batch records in ``History.steps``
@@ -177,6 +193,7 @@ def fit_loop(model, n_samples, step, *, epochs, batch_size, seed=0, checkpoint=N
     per_epoch = n_samples // batch_size if drop_last else -(-n_samples // batch_size)
     total = epochs * per_epoch if max_steps is None else min(max_steps, epochs * per_epoch)
     settings = _canonical(settings or {})
+    callbacks = list(callbacks)
 
     history = History()
     epoch, batch, rng_state, sums = 0, 0, None, {}
@@ -190,6 +207,7 @@ def fit_loop(model, n_samples, step, *, epochs, batch_size, seed=0, checkpoint=N
             raise ValueError(f"{checkpoint} holds a {loop.get('kind')!r} model, not a {kind!r}")
         check_settings(loop.get("settings"), settings, allow_changes, where=str(checkpoint))
         model.set_state(arrays, meta.get("model", {}))
+        _restore_callbacks(callbacks, arrays, loop.get("callbacks") or {})
         history = History(loop["history"], loop.get("steps", []))
         epoch, batch, rng_state, sums = loop["epoch"], loop["batch"], loop["rng_state"], loop["sums"]
     done = epoch * per_epoch + batch
@@ -201,6 +219,9 @@ def fit_loop(model, n_samples, step, *, epochs, batch_size, seed=0, checkpoint=N
         loop = {"format": CHECKPOINT_FORMAT, "kind": kind, "settings": settings, "epoch": epoch_, "batch": batch_,
                 "rng_state": None if rng_ is None else _canonical(rng_.bit_generator.state), "sums": sums,
                 "history": list(history), "steps": history.steps}
+        states = _callback_states(callbacks, arrays)
+        if states:
+            loop["callbacks"] = states
         save_checkpoint(checkpoint, arrays, {"model": meta, "loop": loop})
 
     bar = tqdm(total=total, initial=min(done, total), disable=not progress, desc=desc)
@@ -216,6 +237,9 @@ def fit_loop(model, n_samples, step, *, epochs, batch_size, seed=0, checkpoint=N
                     sums = {}
                 if on_epoch_start is not None:  # also on resuming inside an epoch
                     on_epoch_start(epoch)
+                for cb in callbacks:
+                    if hasattr(cb, "on_epoch_start"):
+                        cb.on_epoch_start(epoch)
                 while batch < per_epoch and done < total:
                     idx = perm[batch * batch_size:(batch + 1) * batch_size]
                     metrics = step(idx, rng, {"epoch": epoch, "batch": batch, "step": done}) or {}
@@ -248,13 +272,39 @@ def fit_loop(model, n_samples, step, *, epochs, batch_size, seed=0, checkpoint=N
                 record = {"epoch": epoch + 1, **{k: s[0] / s[1] for k, s in sums.items()}}
                 if on_epoch_end is not None:
                     record.update(on_epoch_end(epoch, record) or {})
+                for cb in callbacks:
+                    if hasattr(cb, "on_epoch_end"):
+                        record.update(cb.on_epoch_end(epoch, record) or {})
                 history.append(record)
                 epoch, batch, sums = epoch + 1, 0, {}
                 save(epoch, 0, None)
                 for cb in callbacks:
-                    cb(record)
+                    if callable(cb):
+                        cb(record)
                 if sigint.raised:
                     raise TrainingInterrupted(history, checkpoint)
     finally:
         bar.close()
+        for cb in callbacks:
+            if hasattr(cb, "on_fit_end"):
+                cb.on_fit_end()
     return history
+
+
+def _callback_states(callbacks, arrays):
+    """Add the callbacks' arrays to ``arrays`` (``callback<i>_<name>``); return their metas by position."""
+    states = {}
+    for i, cb in enumerate(callbacks):
+        if hasattr(cb, "get_state"):
+            cb_arrays, cb_meta = cb.get_state()
+            for name, value in cb_arrays.items():
+                arrays[f"callback{i}_{name}"] = np.asarray(value)
+            states[str(i)] = {"names": list(cb_arrays), "meta": _canonical(cb_meta)}
+    return states
+
+
+def _restore_callbacks(callbacks, arrays, states):
+    for i, cb in enumerate(callbacks):
+        entry = states.get(str(i))
+        if entry is not None and hasattr(cb, "set_state"):
+            cb.set_state({name: arrays[f"callback{i}_{name}"] for name in entry["names"]}, entry["meta"])
