@@ -115,3 +115,11 @@ def test_tracked_metrics_are_the_metric_functions_of_each_step(make, shape):
         np.testing.assert_allclose(m["L2"][t], compute_l2_error(x, r), rtol=1e-12)
         np.testing.assert_allclose(m["TotalEnergy"][t], m["L1"][t] + m["L2"][t], rtol=1e-12)
         assert m["FractionActive"][t] == pytest.approx(compute_frac_active(a), abs=1e-15)
+
+
+def test_metric_functions_are_exported_from_sparsecoding_lca():
+    import sparsecoding.lca as lca
+    from sparsecoding.lca import metrics
+
+    for name in metrics.__all__:
+        assert getattr(lca, name) is getattr(metrics, name) and name in lca.__all__
