@@ -15,19 +15,20 @@ from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["save_checkpoint", "load_checkpoint", "pack_optimizer", "unpack_optimizer", "pack_params", "unpack_params",
+__all__ = ["atomic_savez", "save_checkpoint", "load_checkpoint", "pack_optimizer", "unpack_optimizer", "pack_params", "unpack_params",
            "named_pairs"]
 
 
-def save_checkpoint(path, arrays, meta):
-    """Write ``arrays`` (name -> numpy array) and JSON-able ``meta`` to ``path`` (.npz) atomically."""
+def atomic_savez(path, arrays, compress=False):
+    """Write the named numpy ``arrays`` to the .npz ``path`` atomically: a temporary file in the same folder,
+    flushed to disk, then renamed over ``path`` (a crash leaves the old file or the new one, never half)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".sparsecoding-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+            (np.savez_compressed if compress else np.savez)(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -35,6 +36,12 @@ def save_checkpoint(path, arrays, meta):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    return path
+
+
+def save_checkpoint(path, arrays, meta):
+    """Write ``arrays`` (name -> numpy array) and JSON-able ``meta`` to ``path`` (.npz) atomically."""
+    return atomic_savez(path, {"__meta__": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays})
 
 
 def load_checkpoint(path):

@@ -41,6 +41,13 @@ __all__ = ["LCASparseCoder", "LCADictionaryLearning", "ConvLCADictionaryLearning
 _SOLVERS = ("fista", "lca")
 
 
+def _store_params(estimator, params):
+    """scikit-learn's convention: every constructor argument stored unchanged under its own name."""
+    for name, value in params.items():
+        if name not in ("self", "__class__"):
+            setattr(estimator, name, value)
+
+
 class NotFittedError(ValueError, AttributeError):
     """An estimator used before ``fit`` (a ValueError and an AttributeError, as scikit-learn's)."""
 
@@ -385,16 +392,7 @@ class LCASparseCoder(_Estimator):
 
     def __init__(self, dictionary, *, lambda_=0.1, solver="fista", nonneg=False, transform_max_iter=1000,
                  transform_tol=1e-4, tau=None, check_every=10, dtype=None, backend=None):
-        self.dictionary = dictionary
-        self.lambda_ = lambda_
-        self.solver = solver
-        self.nonneg = nonneg
-        self.transform_max_iter = transform_max_iter
-        self.transform_tol = transform_tol
-        self.tau = tau
-        self.check_every = check_every
-        self.dtype = dtype
-        self.backend = backend
+        _store_params(self, locals())
 
     def _dictionary(self):
         return _as_float_array(self.dictionary, None, "dictionary")  # float32 stays float32
@@ -545,21 +543,7 @@ class LCADictionaryLearning(_DictionaryLearningBase):
     def __init__(self, n_components=None, *, lambda_=0.1, solver="fista", nonneg=False, max_iter=10,
                  batch_size=256, learning_rate=0.05, dict_init=None, transform_max_iter=1000, transform_tol=1e-4,
                  tau=None, check_every=10, random_state=None, dtype=None, backend=None):
-        self.n_components = n_components
-        self.lambda_ = lambda_
-        self.solver = solver
-        self.nonneg = nonneg
-        self.max_iter = max_iter
-        self.batch_size = batch_size
-        self.learning_rate = learning_rate
-        self.dict_init = dict_init
-        self.transform_max_iter = transform_max_iter
-        self.transform_tol = transform_tol
-        self.tau = tau
-        self.check_every = check_every
-        self.random_state = random_state
-        self.dtype = dtype
-        self.backend = backend
+        _store_params(self, locals())
 
     _array_params = ("dict_init",)
 
@@ -645,25 +629,7 @@ class ConvLCADictionaryLearning(_DictionaryLearningBase):
                  nonneg=False, max_iter=5, batch_size=64, learning_rate=0.05, dict_init=None, image_shape=None,
                  transform_max_iter=500, transform_tol=1e-4, tau=None, check_every=10, random_state=None,
                  dtype=None, backend=None):
-        self.n_components = n_components
-        self.kernel_size = kernel_size
-        self.stride = stride
-        self.pad = pad
-        self.lambda_ = lambda_
-        self.solver = solver
-        self.nonneg = nonneg
-        self.max_iter = max_iter
-        self.batch_size = batch_size
-        self.learning_rate = learning_rate
-        self.dict_init = dict_init
-        self.image_shape = image_shape
-        self.transform_max_iter = transform_max_iter
-        self.transform_tol = transform_tol
-        self.tau = tau
-        self.check_every = check_every
-        self.random_state = random_state
-        self.dtype = dtype
-        self.backend = backend
+        _store_params(self, locals())
 
     _array_params = ("dict_init",)
 

@@ -33,7 +33,6 @@ import io as _io
 import json
 import numbers
 import os
-import tempfile
 import warnings
 import zipfile
 
@@ -211,12 +210,6 @@ def _ebm_describe(net):
     return settings, arrays, meta
 
 
-def _ebm_build(cls, settings, arrays, state, backend):
-    net = cls(**settings, backend=backend)
-    net.set_state(arrays, state)
-    return net
-
-
 def _lcacnn_describe(model):
     arrays, meta = model.get_state()
     ebm, lca = model.ebm, model.lca
@@ -281,7 +274,7 @@ _HANDLERS = {
     "LCASparseCoder": (_estimator_describe, _estimator_build),
     "LCADictionaryLearning": (_estimator_describe, _estimator_build),
     "ConvLCADictionaryLearning": (_estimator_describe, _estimator_build),
-    "ConvEBM": (_ebm_describe, _ebm_build), "MLPEBM": (_ebm_describe, _ebm_build),
+    "ConvEBM": (_ebm_describe, _stateful_build), "MLPEBM": (_ebm_describe, _stateful_build),
     "LCACNN": (_lcacnn_describe, _lcacnn_build),
     "LPLConvNet": (_lpl_describe, _stateful_build),
     "FoldiakNetwork": (_foldiak_describe, _stateful_build),
@@ -314,21 +307,9 @@ def save(model, path, *, compress=False):
     bad = [k for k in arrays if k == HEADER]
     if bad:
         raise ValueError(f"array name {HEADER!r} is reserved")
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".sparsecoding-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            (np.savez_compressed if compress else np.savez)(f, **{HEADER: blob}, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    from .checkpoint import atomic_savez  # noqa: PLC0415
+
+    return atomic_savez(path, {HEADER: blob, **arrays}, compress=compress)
 
 
 # --------------------------------------------------------------------------- load
