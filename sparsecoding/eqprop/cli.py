@@ -9,7 +9,7 @@ option, unless ``--allow-changed-settings``. Ctrl-C checkpoints, writes the
 metrics and curves of the epochs done and exits with status 130.
 ``--todo evaluate --save-dir FOLDER`` reloads the run and prints its test error
 with the run's own architecture, task, T1, schedule and tolerance (the folder
-alone is enough).
+alone is enough; an architecture option given with another value is refused).
 
 ``--model LCACNN`` puts an LCA sparse-coding layer in front of the network (the
 reference code's conventions): ``--channels`` starts with the sparse layer's
@@ -388,9 +388,13 @@ def _adopt_run_architecture(args):
     if ck is None or not os.path.exists(ck):
         return
     stored = _read_run(ck)[2]
+    defaults = {a.dest: a.default for a in add_arguments(argparse.ArgumentParser())._actions}
     for key in ("--task", *ARCHITECTURE, *(f"--{k}" for k in LCA_OPTIONS)):
-        if key in stored:
-            setattr(args, key.lstrip("-").replace("-", "_"), stored[key])
+        name = key.lstrip("-").replace("-", "_")
+        if key in stored and getattr(args, name) == defaults.get(name):
+            # an option left at its default takes the run's value; one given otherwise is compared (and a
+            # different value refused) by the evaluation
+            setattr(args, name, stored[key])
 
 
 def run(args):
