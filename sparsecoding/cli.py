@@ -1,5 +1,6 @@
 """The ``sparsecoding`` command line: one subcommand per model family.
 
+    sparsecoding demo      a convolutional dictionary on the bundled photographs in about a minute
     sparsecoding lca       learn a dictionary on bundled data and save its picture
     sparsecoding lpl       layer-local LPL training, linear readout per layer
     sparsecoding foldiak   Foldiak's anti-Hebbian network (bars, natural-image patches)
@@ -29,6 +30,7 @@ def _info(args):
 
 
 def build_parser():
+    from . import demo
     from .eqprop import cli as eqprop_cli
     from .lca import cli as lca_cli
     from .plasticity import cli as plasticity_cli
@@ -38,6 +40,7 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="versions and backends")
     p.set_defaults(func=_info)
+    demo.register(sub)
     lca_cli.register(sub)
     plasticity_cli.register(sub)
     eqprop_cli.register(sub)

@@ -20,7 +20,7 @@ def _commands(parser, prefix="sparsecoding"):
 def test_every_family_is_registered_and_every_option_has_help():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert set(sub.choices) == {"info", "lca", "lpl", "foldiak", "eqprop"}
+    assert set(sub.choices) == {"info", "demo", "lca", "lpl", "foldiak", "eqprop"}
     commands = dict(_commands(parser))
     assert "sparsecoding lca learn" in commands
     for name, p in commands.items():
@@ -64,3 +64,14 @@ def test_info(capsys):
 def test_unknown_command_is_one_line():
     r = subprocess.run([sys.executable, "-m", "sparsecoding", "bogus"], capture_output=True, text=True)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "invalid choice" in r.stderr
+
+
+def test_demo_writes_its_pictures_and_says_where(tmp_path, capsys):
+    # the one-minute demo with a short schedule: the three pictures, the energy falling, the paths printed
+    assert main(["demo", "--out", str(tmp_path), "--steps", "6", "--n-samples", "96", "--features", "8",
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    for name in ("features.png", "reconstruction.png", "energy.png"):
+        assert (tmp_path / name).stat().st_size > 1000 and str(tmp_path / name) in out
+    first, last = (float(v) for v in out.split("energy per sample ")[1].split(",")[0].split(" -> "))
+    assert "6 dictionary steps" in out and last < first
