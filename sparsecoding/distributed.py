@@ -19,7 +19,7 @@ atomic checkpoints, exact resume, settings check) and, at every step, splits the
 into one shard per worker. A worker codes its shard with the current dictionary and
 returns the shard's sums: the dictionary-update sum ``sum a_k patch(s - Phi^T a)``, the
 per-atom activity counts and the energy terms. The driver adds the shards' sums and
-applies lca-pytorch's rule once (``layer.update_weights`` on the summed statistics),
+applies lca-pytorch's rule once (``layer.apply_update_sums``, what ``update_weights`` runs),
 which equals the single-process step on the same batch up to the order of the float
 summation (the code of each sample does not depend on the other samples when ``tol``
 is None; with ``tol`` the stopping step is decided per shard). Per step the network
@@ -131,21 +131,6 @@ def _shard_task(layer, X, idx):
     return chunk_statistics(layer, s)
 
 
-def apply_summed_update(layer, update_sum, times_active):
-    """lca-pytorch's dictionary rule (``layer.update_weights``) from the batch's summed statistics:
-    ``dPhi_k = eta / (n_active_k + 1) * update_k``, clipped, added, atoms renormalised."""
-    xp = layer.xp
-    update = xp.asarray(update_sum, dtype=layer.dtype)
-    scale = (layer.eta / (xp.asarray(times_active, dtype=layer.dtype) + 1)).reshape((-1,) + (1,) * (update.ndim - 1))
-    update = xp.clip(update * scale, -layer.d_update_clip, layer.d_update_clip).astype(layer.dtype)
-    new = layer.weights + update
-    if not bool(xp.isfinite(new).all()):
-        raise FloatingPointError("the distributed dictionary step made the weights non-finite (eta too large, or "
-                                 "non-finite data on a worker); the previous weights are kept")
-    layer.assign_weight_values(new, normalize=True)
-    return update
-
-
 def fit(layer, X, *, client, epochs=1, batch_size=128, seed=0, callbacks=(), checkpoint=None,
         checkpoint_every=None, allow_changes=False, settings=None, n_shards=None, progress=False, max_steps=None,
         record_steps=False):
@@ -189,7 +174,7 @@ def fit(layer, X, *, client, epochs=1, batch_size=128, seed=0, callbacks=(), che
             raise FloatingPointError(f"dictionary learning diverged at step {info['step'] + 1}: "
                                      f"energy {record['energy']}")
         layer.forward_pass += 1  # as the single-process step: counted before the update
-        apply_summed_update(layer, sum(p["update"] for p in parts), sum(p["times_active"] for p in parts))
+        layer.apply_update_sums(sum(p["update"] for p in parts), sum(p["times_active"] for p in parts))
         return record
 
     history = fit_loop(_Learner(layer, None, keep_hyper=allow_changes), n, step, epochs=epochs,

@@ -151,3 +151,43 @@ def host_reads():
         return np.asarray(x).view(HostReads)
 
     return guard, lambda: HostReads.count - start
+
+
+def extra_host_reads_of_20_steps(host_reads, what, mask=False, track_metrics=False):
+    """Host reads of 40 minus 20 iterations (check_every 10) of a small conv problem on the counting
+    arrays: ``what`` in "lca", "lca-fista" (the LCA layer's two solvers), "fista", "ista"; ``mask`` adds a
+    random 0/1 data mask. A loop with no host read between its checks gives exactly 2.
+    Generic engines: the numba kernels take plain arrays only, not the counting subclass."""
+    from sparsecoding.lca import LCAConv2D  # noqa: PLC0415
+    from sparsecoding.ops import ConvOperator  # noqa: PLC0415
+    from sparsecoding.solvers import fista, ista  # noqa: PLC0415
+
+    guard, reads = host_reads
+    r = np.random.default_rng(0)
+    s = guard(r.standard_normal((2, 2, 8, 8)))
+    kw = {"mask": guard((r.random((2, 2, 8, 8)) < 0.5).astype(float))} if mask else {}
+    with use_engines("generic"):
+        if what.startswith("lca"):
+            layer = LCAConv2D(4, 2, kernel_size=3, stride=2, tau=20, solver="fista" if what == "lca-fista" else "lca",
+                              dtype="float64", seed=0, check_every=10, track_metrics=track_metrics)
+            layer._weights = guard(layer._weights)  # every operator result derives from the weights
+            layer._ops.clear()
+
+            def run(n):
+                layer.lca_iters = n
+                out = layer.solve(s, **kw)
+                assert layer.n_iter_ == n and isinstance(out["acts"], type(s))
+        else:
+            w = r.standard_normal((4, 2, 3, 3))
+            op = ConvOperator(guard(w / np.sqrt((w**2).sum((1, 2, 3), keepdims=True))), (8, 8), 2, "same")
+            solver = fista if what == "fista" else ista
+
+            def run(n):
+                assert solver(op, s, 0.1, max_iter=n, tol=None, check_every=10, **kw).n_iter == n
+        run(10)  # warm: the Lipschitz estimate is cached after the first call
+        counts = []
+        for n in (20, 40):
+            before = reads()
+            run(n)
+            counts.append(reads() - before)
+    return counts[1] - counts[0]

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from conftest import duality_gap
+from conftest import duality_gap, extra_host_reads_of_20_steps
 from sparsecoding.backend import to_numpy
 from sparsecoding.lca.dynamics import check_tau, run_lca
 from sparsecoding.ops.elementwise import hard_threshold, nonneg_soft_threshold, soft_threshold
@@ -126,39 +126,8 @@ def test_initial_states_warm_start_and_drive_scaling():
 def test_no_host_read_between_checks(host_reads, what):
     # LCA (both solvers) and FISTA/ISTA at n_iter 20 and 40 with check_every 10: the extra 20 steps
     # cost exactly the 2 extra checks' reads (one each), so no step reads a value on the host.
-    # Generic engines: the numba kernels take plain arrays only, not the counting subclass.
-    from sparsecoding.backend import use_engines
-    from sparsecoding.lca import LCAConv2D
-    from sparsecoding.solvers import ista
-
-    guard, reads = host_reads
-    r = np.random.default_rng(0)
-    s = guard(r.standard_normal((2, 2, 8, 8)))
-    with use_engines("generic"):
-        if what.startswith("lca"):
-            layer = LCAConv2D(4, 2, kernel_size=3, stride=2, tau=20, solver="fista" if what == "lca-fista" else "lca",
-                              dtype="float64", seed=0, check_every=10, track_metrics=what == "lca-tracked")
-            layer._weights = guard(layer._weights)  # every operator result derives from the weights
-            layer._ops.clear()
-
-            def run(n):
-                layer.lca_iters = n
-                out = layer.solve(s)
-                assert layer.n_iter_ == n and isinstance(out["acts"], type(s))
-        else:
-            w = r.standard_normal((4, 2, 3, 3))
-            op = ConvOperator(guard(w / np.sqrt((w**2).sum((1, 2, 3), keepdims=True))), (8, 8), 2, "same")
-            solver = fista if what == "fista" else ista
-
-            def run(n):
-                assert solver(op, s, 0.1, max_iter=n, tol=None, check_every=10).n_iter == n
-        run(10)  # warm: the Lipschitz estimate is cached after the first call
-        counts = []
-        for n in (20, 40):
-            before = reads()
-            run(n)
-            counts.append(reads() - before)
-    assert counts[1] - counts[0] == 2, counts
+    extra = extra_host_reads_of_20_steps(host_reads, what.replace("-tracked", ""), track_metrics=what == "lca-tracked")
+    assert extra == 2, extra
 
 
 @pytest.mark.parametrize("form", ["recon", "gram", "fused"])

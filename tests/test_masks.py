@@ -13,14 +13,13 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import minimize
 
-from conftest import central_difference
+from conftest import central_difference, extra_host_reads_of_20_steps
 from sparsecoding.backend import to_numpy
 from sparsecoding.lca import LCA, LCAConv1D, LCAConv2D, run_lca
 from sparsecoding.lca.masks import masked_standardize
 from sparsecoding.ops import ConvOperator, DenseOperator
 from sparsecoding.ops.elementwise import nonneg_soft_threshold, soft_threshold
-from sparsecoding.solvers import (WeightedOperator, check_mask, coordinate_descent, duality_gap, fista, ista,
-                                  lasso_energy)
+from sparsecoding.solvers import WeightedOperator, check_mask, coordinate_descent, duality_gap, fista, ista
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -470,37 +469,8 @@ def test_fit_mask_is_a_checkpoint_setting(tmp_path):
 @pytest.mark.parametrize("what", ["lca", "lca-fista", "fista", "ista"])
 def test_no_host_read_between_checks_with_mask(host_reads, what):
     # as tests/test_dynamics.py: 20 extra steps cost exactly the 2 extra checks' reads
-    from sparsecoding.backend import use_engines
-
-    guard, reads = host_reads
-    r = np.random.default_rng(0)
-    s = guard(r.standard_normal((2, 2, 8, 8)))
-    mask = guard((r.random((2, 2, 8, 8)) < 0.5).astype(float))
-    with use_engines("generic"):
-        if what.startswith("lca"):
-            layer = LCAConv2D(4, 2, kernel_size=3, stride=2, tau=20, solver="fista" if what == "lca-fista" else "lca", dtype="float64",
-                              seed=0, check_every=10)
-            layer._weights = guard(layer._weights)
-            layer._ops.clear()
-
-            def run(n):
-                layer.lca_iters = n
-                out = layer.solve(s, mask=mask)
-                assert layer.n_iter_ == n and isinstance(out["acts"], type(s))
-        else:
-            w = r.standard_normal((4, 2, 3, 3))
-            op = ConvOperator(guard(w / np.sqrt((w**2).sum((1, 2, 3), keepdims=True))), (8, 8), 2, "same")
-            solver = fista if what == "fista" else ista
-
-            def run(n):
-                assert solver(op, s, 0.1, max_iter=n, tol=None, check_every=10, mask=mask).n_iter == n
-        run(10)
-        counts = []
-        for n in (20, 40):
-            before = reads()
-            run(n)
-            counts.append(reads() - before)
-    assert counts[1] - counts[0] == 2, counts
+    extra = extra_host_reads_of_20_steps(host_reads, what, mask=True)
+    assert extra == 2, extra
 
 
 # ----------------------------------------------------------------------------- the inpainting example

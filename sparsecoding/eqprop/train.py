@@ -77,7 +77,6 @@ def _check_labels(y, n, n_classes, name="y", n_name="X"):
 
 def make_optimizer(net, optim="sgd", lrs=0.01, wds=0.0, mmt=0.0):
     """Optimiser over ``net.params`` flattened as ``[W_1, b_1, W_2, b_2, ...]``; ``lrs``/``wds`` per synapse."""
-    n = len(net.params)
     lrs, wds = _per_synapse(net, lrs, wds)
     flat = [p for pair in net.params for p in pair]
     lr2 = [v for v in lrs for _ in range(2)]

@@ -642,14 +642,30 @@ class _LCABase:
         if acts.shape[0] == 0:
             return xp.zeros(self.weight_shape, dtype=self.dtype)
         with np.errstate(over="ignore", invalid="ignore"):  # non-finite results are reported below
-            update = self.compute_weight_update(acts, recon_error)
-            axes = (0,) + tuple(range(2, acts.ndim))
-            times_active = xp.sum((acts != 0).astype(self.dtype), axis=axes) + 1
+            update_sum = self.compute_weight_update(acts, recon_error)
+        axes = (0,) + tuple(range(2, acts.ndim))
+        times_active = xp.sum((acts != 0).astype(self.dtype), axis=axes)
+        return self.apply_update_sums(update_sum, times_active, normalize,
+                                      failure=lambda update: self._update_failure(acts, recon_error, update))
+
+    def apply_update_sums(self, update_sum, times_active, normalize=True, failure=None):
+        """lca-pytorch's rule from a batch's sums (what :meth:`update_weights` computes, or the sums of its
+        shards added up): ``update_sum = sum a_k patch(residual)`` (the weights' shape) and ``times_active``
+        (per atom, the number of non-zero code entries). ``dPhi_k = eta / (times_active_k + 1) update_sum_k``,
+        clipped, added, atoms renormalised (with ``normalize``), then ``lr_schedule``. Returns the update;
+        a step that would make the weights non-finite raises ``FloatingPointError`` (``failure(update)`` is
+        its message) and leaves the previous weights in place."""
+        xp = self.xp
+        with np.errstate(over="ignore", invalid="ignore"):  # non-finite results are reported below
+            update = xp.asarray(update_sum, dtype=self.dtype)
+            times_active = xp.asarray(times_active, dtype=self.dtype) + 1
             update = update * (self.eta / times_active).reshape((-1,) + (1,) * (update.ndim - 1))
             update = xp.clip(update, -self.d_update_clip, self.d_update_clip).astype(self.dtype)
             new = self._weights + update
         if not bool(xp.isfinite(new).all()):  # one check per dictionary step, outside any loop
-            raise FloatingPointError(self._update_failure(acts, recon_error, update))
+            raise FloatingPointError(failure(update) if failure is not None else
+                                     "the dictionary update would make the weights non-finite (previous weights "
+                                     "kept): non-finite sums, or eta too large for the dtype")
         self._weights[...] = new  # in place: optimisers keep a reference to this array
         self._weights_changed()
         if normalize:
