@@ -55,7 +55,7 @@ import numpy as np
 from ..lca.layers import LCAConv2D
 from ..ops.conv import conv_output_shape
 from ..optim import _check_int, _check_number
-from ..solvers.relax import RelaxResult, relax
+from ..solvers.relax import RelaxResult, relative_change, relax
 from .network import ConvEBM, check_phase_args
 
 __all__ = ["LCACNN", "DICT_TRAINING"]
@@ -210,12 +210,10 @@ class LCACNN:
             new_u = u + inv_tau * (op.forward(x_std - op.adjoint(a)) + a - u + kappa * fb)
             return new_u, new_s
 
-        def monitor(state, previous):
-            from ..solvers.relax import relative_change  # noqa: PLC0415
-
+        def monitor(state, previous):  # the runner's relative change over u and every state
             return relative_change([state[0], *state[1]], [previous[0], *previous[1]])
 
-        with _frozen(ebm):
+        with ebm._frozen_weights():
             return relax(step, (u, states), T, tol=tol, check_every=5, monitor=monitor,
                          what="the coupled LCA-EqProp relaxation")
 
@@ -359,23 +357,4 @@ class LCACNN:
         X_test, y_test = options.pop("X_test", None), options.pop("y_test", None)
         return train(self, X, y, X_test, y_test, epochs=epochs, mbs=batch_size, seed=seed, callbacks=callbacks,
                      checkpoint=checkpoint, **options)
-
-
-class _frozen:
-    """All conv operators of ``ebm`` with frozen weight-derived operands for one relaxation."""
-
-    def __init__(self, ebm):
-        self.ebm, self.cms = ebm, []
-
-    def __enter__(self):
-        for k in range(self.ebm.n_conv):
-            cm = self.ebm._op(k).frozen_weights()
-            cm.__enter__()
-            self.cms.append(cm)
-        return self
-
-    def __exit__(self, *exc):
-        while self.cms:
-            self.cms.pop().__exit__(*exc)
-        return False
 

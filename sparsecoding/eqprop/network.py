@@ -49,7 +49,7 @@ return empty results of the right shapes; ``param_grads`` and ``ep_gradients``
 from __future__ import annotations
 
 import math
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 
 import numpy as np
 
@@ -547,14 +547,19 @@ class ConvEBM:
         result.state = self._public(result.state)
         return result
 
+    @contextmanager
+    def _frozen_weights(self):
+        """Inside: every conv operator's weight-derived operands (channels-last GEMM operands, FFT spectra)
+        computed once; the weights cannot change during a relaxation."""
+        with ExitStack() as stack:
+            for k in range(self.n_conv):
+                stack.enter_context(self._op(k).frozen_weights())
+            yield
+
     def _relax(self, x, states, T, y, beta, schedule, tol, check_every=5):
         """:meth:`relax` on checked input and internal-layout states; returns the RelaxResult."""
         self._input_term = None
-        with ExitStack() as frozen:
-            # the weights cannot change during a relaxation: operands derived from them
-            # (channels-last GEMM operands) are computed once here, not at every step
-            for k in range(self.n_conv):
-                frozen.enter_context(self._op(k).frozen_weights())
+        with self._frozen_weights():
             if self.n_conv:
                 term, memo = self._forward_terms(x, states, which={0})
                 self._input_term = (x, term[0], memo[0])
