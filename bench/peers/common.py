@@ -1,0 +1,39 @@
+"""Timing helpers for the peer benchmarks: interleaved medians, optional imports."""
+from __future__ import annotations
+
+import importlib
+import statistics
+import time
+
+
+def optional(name):
+    """The module ``name`` if it imports, else None (peers are never required)."""
+    try:
+        return importlib.import_module(name)
+    except Exception:  # noqa: BLE001 - a broken peer install counts as missing
+        return None
+
+
+def interleaved(fns, repeats=3, warmup=1):
+    """Median wall time (s) of each callable in ``fns`` (dict label -> fn), runs interleaved.
+
+    Each round runs every function once, in turn, so slow drifts of the machine (other
+    load, clock changes) touch all sides alike. ``warmup`` rounds are not timed.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def row(workload, ours, ours_s, peer, peer_s, target=None, note=""):
+    """One result row (``ratio`` = peer time / our time, None when the peer is missing)."""
+    ratio = None if peer_s is None or ours_s is None else peer_s / ours_s
+    return {"workload": workload, "ours": ours, "ours_s": ours_s, "peer": peer, "peer_s": peer_s,
+            "ratio": ratio, "target": target, "note": note}
