@@ -1,6 +1,6 @@
 """Write the README's table of figures from the benchmark results (never by hand).
 
-Reads ``bench/results/{conv,lca,eqprop,accuracy,foldiak,lpl,lcacnn}.json`` as the
+Reads ``bench/results/{conv,lca,eqprop,accuracy,foldiak,lpl,lcacnn,peers}.json`` as the
 benchmarks last wrote them on the current code and replaces the README
 between ``<!-- figures:begin -->`` and ``<!-- figures:end -->``. Every row
 names the CPU and, for timings, the float32 GEMM rate measured in the same
@@ -8,7 +8,8 @@ run; peers appear only where the same run measured them.
 
 Run all, then this: ``python -m bench.conv; python -m bench.lca; python -m
 bench.eqprop; python -m bench.foldiak; python -m bench.lpl; python -m
-bench.lcacnn; python -m bench.accuracy --lca; python -m bench.readme``.
+bench.lcacnn; python -m bench.accuracy --demo --lca; python -m bench.peers; python -m
+bench.readme``.
 """
 from __future__ import annotations
 
@@ -81,9 +82,15 @@ def rows():
                     f"{100 * r['test_accuracy']:.1f}% test accuracy after {r['epochs']} epochs, "
                     f"{r['seconds_per_epoch']:.1f} s per epoch; `--todo evaluate` of the saved run: {same}",
                     _where(acc), "bench.accuracy"))
+    if acc and "demo_main_job" in acc:
+        r = acc["demo_main_job"]
+        out.append((f"`{r['command']}` (the main job)",
+                    f"{r['steps']} dictionary steps, {r['wall_seconds']:.0f} s in all; energy per sample "
+                    f"{r['energy_first']:.4g} -> {r['energy_last']:.4g}, fraction active {r['frac_active']:.3f}; "
+                    f"wrote {', '.join(r['pictures'])}", _where(acc), "bench.accuracy --demo"))
     if acc and "lca_main_job" in acc:
         r = acc["lca_main_job"]
-        out.append((f"`{r['command']}` (the main job)",
+        out.append((f"`{r['command']}`",
                     f"{r['steps']} dictionary steps in {r['wall_seconds']:.0f} s, final energy {r['energy']:.4g}, "
                     f"fraction active {r['frac_active']:.3f}", _where(acc), "bench.accuracy --lca"))
     lc = _load("lcacnn")
@@ -106,7 +113,20 @@ def rows():
             out.append(("LPL on DIGITS, linear readout per layer",
                         "LPL " + " / ".join(f"{a:.3f}" for a in acc_rows["LPL"]) + "; random init "
                         + " / ".join(f"{a:.3f}" for a in acc_rows.get("random init", [])), _where(lpl), "bench.lpl"))
+    peers = _load("peers")
+    if peers:
+        for r in peers["rows"]:
+            if r.get("peer_s") is None:
+                continue
+            target = "" if r.get("target") is None else f" (target {r['target']}x)"
+            out.append((f"{r['workload']}: {r['ours']} vs {r['peer']}",
+                        f"{_ms(r['ours_s'])} vs {_ms(r['peer_s'])}: **{r['ratio']:.2f}x**{target}"
+                        + (f"; {r['note']}" if r.get("note") else ""), _where(peers), "bench.peers"))
     return out
+
+
+def _ms(seconds):
+    return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
 def render():
