@@ -79,7 +79,8 @@ def add_arguments(p):
            "of the convolutional one")
     a("--task", default="DIGITS", choices=["DIGITS", "MNIST", "CIFAR10"],
       help="DIGITS: scikit-learn's bundled 8x8 digits (1400 train / 397 test); MNIST, CIFAR10: read from --data-dir")
-    a("--data-dir", default=None, help="folder with the MNIST IDX / CIFAR-10 python files (nothing is downloaded)")
+    a("--data-dir", default=None,
+      help="folder with the MNIST IDX / CIFAR-10 python files (nothing is downloaded; default: none)")
     a("--n-train", type=positive_int, default=None, metavar="N", help="train on the first N training samples (default all)")
     a("--n-test", type=positive_int, default=None, metavar="N", help="test on the first N test samples (default all)")
     a("--data-aug", action="store_true", help="random crop (padding W/8) and horizontal flip of the training images")
@@ -94,10 +95,10 @@ def add_arguments(p):
     a("--optim", default="sgd", choices=["sgd", "adam"], help="optimiser")
     a("--lrs", type=nonnegative_float, nargs="+", default=None,
       help="learning rate per synapse (the last value is repeated for the remaining synapses; LCACNN: the sparse "
-           "layer's slot first); default 0.2 0.1 0.04, chosen on DIGITS with the other defaults: 0.1 0.05 0.02 ends "
+           "layer's slot first); default: 0.2 0.1 0.04, chosen on DIGITS with the other defaults: 0.1 0.05 0.02 ends "
            "at 22%% test error after 10 epochs, these at 3%%")
     a("--wds", type=nonnegative_float, nargs="+", default=None,
-      help="weight decay per synapse (the last value is repeated; default none)")
+      help="weight decay per synapse (the last value is repeated; default: none)")
     a("--mmt", type=_momentum, default=0.9, help="SGD momentum, in [0, 1)")
     a("--lr-decay", action="store_true", help="cosine decay of the learning rates over --epochs")
     a("--epochs", type=positive_int, default=10, help="number of epochs (a larger value continues a finished run)")
@@ -114,9 +115,11 @@ def add_arguments(p):
     a("--thirdphase", action="store_true", help="nudge at +beta2 and -beta2 (symmetric estimate)")
     a("--loss", default="mse", choices=["mse", "cel"], help="squared error or cross-entropy")
     a("--softmax", action="store_true", help="the last fc layer is a softmax readout outside the dynamics")
-    a("--scale", type=positive_float, default=None, help="factor on the default initialisation of the weights")
-    a("--save", action="store_true", help="write a run folder (default runs/eqprop-<time>; see --save-dir)")
-    a("--save-dir", default=None, help="run folder; an existing one is resumed")
+    a("--scale", type=positive_float, default=None,
+      help="factor on the default initialisation of the weights (default: 1)")
+    a("--save", action="store_true", help="write a run folder, runs/eqprop-<time> (see --save-dir)")
+    a("--save-dir", default=None,
+      help="run folder; an existing one is resumed (default: none; with --save, runs/eqprop-<time>)")
     a("--checkpoint-every", type=positive_int, default=None, metavar="N",
       help="also checkpoint every N batches (default: at the end of every epoch)")
     a("--allow-changed-settings", action="store_true",
@@ -124,7 +127,8 @@ def add_arguments(p):
     a("--seed", type=nonnegative_int, default=0, help="seed of the initialisation, sample order and augmentation")
     a("--device", default="cpu", help="cpu, gpu or a GPU index")
     a("--schedule", default="sync", choices=["sync", "async"], help="all layers at once, or odd then even layers")
-    a("--tol", type=positive_float, default=None, help="stop a phase once the states move less than this")
+    a("--tol", type=positive_float, default=None,
+      help="stop a phase once the states move less than this (default: none: run --T1 / --T2 steps)")
     lca = "LCA front end (--model LCACNN): "
     d = LCA_DEFAULTS
     a("--lca_feats", type=positive_int, default=None, help=lca + "number of dictionary features (default: the first "
