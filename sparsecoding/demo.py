@@ -4,10 +4,11 @@ Learns 32 RGB atoms 9x9 (stride 2, "same", non-negative codes, FISTA to a 1e-3 d
 32x32 crops of scikit-image's photographs (2x downsampled, 1/f whitened, standardised per crop),
 with a progress bar, then writes to ``--out`` (default ``runs/demo``):
 
-* ``features.png``: the learned atoms;
+* ``features.png``: the learned atoms (:func:`sparsecoding.viz.plot_features`);
 * ``reconstruction.png``: four crops, their reconstructions ``Phi^T a`` and the residuals, each
-  panel labelled, with the fraction of active units and the relative error;
-* ``energy.png``: the energy per sample of each dictionary step.
+  labelled with the relative error (:func:`sparsecoding.viz.plot_reconstruction`);
+* ``energy.png``: the energy per sample and the fraction of active units of each dictionary step
+  (:func:`sparsecoding.viz.plot_history` of the per-step records).
 
 and prints where they are. Nothing is downloaded; the photographs come with scikit-image.
 """
@@ -21,40 +22,10 @@ import numpy as np
 from .cliutil import HelpFormatter, nonnegative_int, one_line_errors, positive_int, writable_dir
 
 
-def _panel(inputs, recons, path):
-    """Inputs / reconstructions / residuals of a few crops (RGB shown after min-max scaling per image)."""
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    n = len(inputs)
-    fig, axes = plt.subplots(3, n, figsize=(2.4 * n, 7.6))
-    axes = np.asarray(axes).reshape(3, n)
-
-    def show(ax, img, title):
-        img = np.moveaxis(np.asarray(img, dtype=np.float64), 0, -1)
-        lo, hi = img.min(), img.max()
-        ax.imshow((img - lo) / (hi - lo) if hi > lo else np.zeros_like(img), interpolation="nearest")
-        ax.set_title(title, fontsize=9)
-        ax.axis("off")
-
-    for i in range(n):
-        x, r = inputs[i], recons[i]
-        err = float(np.linalg.norm(x - r) / max(np.linalg.norm(x), 1e-12))
-        show(axes[0, i], x, f"input {i + 1}")
-        show(axes[1, i], r, "reconstruction")
-        show(axes[2, i], x - r, f"residual ({100 * err:.0f}% of the norm)")
-    fig.suptitle("LCA codes of whitened crops: input, reconstruction Phi^T a, residual", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def run(args):
     from .data import natural_images, random_crops, whiten_images
     from .lca import LCAConv2D
-    from .viz import save_curves, save_dictionary
+    from .viz import plot_features, plot_history, plot_reconstruction
 
     writable_dir(args.out, "--out")
     t0 = time.perf_counter()
@@ -66,15 +37,18 @@ def run(args):
     history = layer.fit(X, epochs=epochs, batch_size=batch, seed=args.seed, max_steps=args.steps,
                         progress=not args.quiet, record_steps=True)
     steps = history.steps
-    features = save_dictionary(layer.weights, os.path.join(args.out, "features.png"),
-                               title=f"{args.features} atoms, {len(steps)} steps")
+    features = os.path.join(args.out, "features.png")
+    plot_features(layer.weights, title=f"{args.features} atoms {layer.weights.shape[2]}x{layer.weights.shape[3]} "
+                                       f"after {len(steps)} dictionary steps", path=features)
     s = layer.preprocess(X[:4])
     out = layer.solve(s)
     recon = os.path.join(args.out, "reconstruction.png")
-    _panel(np.asarray(s), np.asarray(out["recons"]), recon)
+    plot_reconstruction(s, out["recons"], n_samples=4, path=recon,
+                        title="LCA codes of whitened crops: input x, reconstruction x^ = Phi^T a, residual x - x^")
     energy = os.path.join(args.out, "energy.png")
-    save_curves({"energy per sample": [h["energy"] for h in steps]}, energy, xlabel="dictionary step",
-                ylabel="1/2 ||s - Phi^T a||^2 + lambda ||a||_1", title="dictionary learning")
+    plot_history(history, steps=True, keys=("energy", "frac_active"), path=energy,
+                 labels={"energy": "1/2 ||s - Phi^T a||^2 + lambda ||a||_1", "frac_active": "fraction of active units"},
+                 title="dictionary learning: energy per sample and sparsity of each batch before its step")
     active = float(np.mean(np.asarray(out["acts"]) != 0))
     print(f"{len(steps)} dictionary steps in {time.perf_counter() - t0:.0f} s; energy per sample "
           f"{steps[0]['energy']:.1f} -> {steps[-1]['energy']:.1f}, fraction active {active:.3f}\n"
