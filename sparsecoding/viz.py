@@ -230,9 +230,9 @@ def _features_image(w, shown, scale, ncols, pad, title):
         layout = [(i, t) for i in range(k) for t in range(kt)]
         owner = np.repeat(np.arange(k), kt)
     else:
-        cols, _ = _grid_shape(k, ncols)
+        cols_grid, _ = _grid_shape(k, ncols)
         tiles = w
-        layout = [divmod(i, cols) for i in range(k)]
+        layout = [divmod(i, cols_grid) for i in range(k)]
         owner = np.arange(k)
     h, ww = tiles.shape[2:]
     rows_n = 1 + max(r for r, _ in layout)
@@ -257,6 +257,13 @@ def _features_image(w, shown, scale, ncols, pad, title):
         im = ax.imshow(img, cmap=cmap, vmin=-m, vmax=m, interpolation="nearest")
         fig.colorbar(im, ax=ax, label=label, shrink=0.8)
         kind = "grey"
+        if not frames and k % cols_grid:  # the unused cells of the last row: blank, not gap-coloured
+            from matplotlib.patches import Rectangle  # noqa: PLC0415
+
+            r0, q0 = divmod(k, cols_grid)
+            x0, y0 = pad + q0 * (ww + pad) - 0.5, pad + r0 * (h + pad) - 0.5
+            ax.add_patch(Rectangle((x0, y0), img.shape[1] - 0.5 - x0, img.shape[0] - 0.5 - y0, facecolor="white",
+                                   edgecolor="none"))
     else:
         rgb = 0.5 + 0.5 * tiles / np.maximum(atom_max[owner], 1e-300)[:, None, None, None]
         im = ax.imshow(_mosaic(rgb.transpose(0, 2, 3, 1), layout, pad, 1.0), interpolation="nearest")
