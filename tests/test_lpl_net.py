@@ -105,3 +105,141 @@ def test_fit_stopped_by_max_steps_and_resumed_ends_bit_identical(tmp_path):
     assert list(h_res) == list(h_full) and h_res.steps == h_full.steps
     assert all(np.array_equal(list(a.values()), list(b.values())) for a, b in zip(h_res + h_res.steps,
                                                                                  h_full + h_full.steps))
+
+
+# ---------------------------------------------------------------- the fused CPU step (issue 15)
+import pytest  # noqa: E402
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from conftest import central_difference  # noqa: E402
+
+
+def _reference_inputs(net, x1, x2, layer):
+    """The inputs of ``layer`` for both views by a plain forward (ops.conv, the registry activation, max_pool)."""
+    from sparsecoding.ops.conv import conv
+    from sparsecoding.ops.pool import max_pool
+
+    h = [x1, x2]
+    for l in range(layer):
+        W, b = net.params[l]
+        z = [net.f(conv(v, W, 1, W.shape[-1] // 2) + b.reshape(1, -1, 1, 1)) for v in h]
+        h = [max_pool(v, 2)[0] if net.pools[l] == "m" else v for v in z]
+    return h
+
+
+def _pair_loss(net, h1, h2, W, b, W0, b0):
+    """``(L(view 2 | SG view 1) + L(view 1 | SG view 2)) / 2`` at weights (W, b), targets at (W0, b0),
+    from the public lpl_losses (DESIGN.md §7), and view 2's three losses."""
+    from sparsecoding.ops.conv import conv
+    from sparsecoding.plasticity.lpl import lpl_losses
+
+    def z(h, W_, b_):
+        return net.f(conv(h, W_, 1, W_.shape[-1] // 2) + b_.reshape(1, -1, 1, 1))
+
+    def flat(v):
+        return np.moveaxis(v, 1, -1).reshape(-1, v.shape[1])
+
+    t1, t2 = z(h1, W0, b0), z(h2, W0, b0)  # the stop-gradient targets
+    terms = net.terms
+    parts = []
+    for zv, target in ((z(h2, W, b), t1), (z(h1, W, b), t2)):
+        pooled = zv.mean(axis=(2, 3)), target.mean(axis=(2, 3))
+        if net.mode == "pool":
+            lp, lh, ld = lpl_losses(*pooled)
+        elif net.mode == "positions":
+            lp, lh, ld = lpl_losses(flat(zv), flat(target))
+        else:
+            lp = lpl_losses(*pooled)[0]
+            _, lh, ld = lpl_losses(flat(zv), flat(zv))
+        parts.append((lp, lh, ld))
+    total = sum(("pred" in terms) * lp + net.lambda1 * lh + net.lambda2 * ld for lp, lh, ld in parts) / 2
+    return total, parts[0]
+
+
+@pytest.mark.parametrize("mode", ["mixed", "pool", "positions"])
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "linear"])
+@pytest.mark.parametrize("predictive", [True, False])
+def test_fused_step_gradient_equals_finite_differences(mode, activation, predictive):
+    """The CPU step's gradient of every trained layer (the second fed channels-last and pooled by the
+    first) is central finite differences of the pair loss built from lpl_losses on a plain forward,
+    and its reported losses are lpl_losses of view 2 predicting view 1."""
+    from sparsecoding.plasticity.lpl_net import LPLConvNet
+
+    r = np.random.default_rng(4)
+    net = LPLConvNet(2, (3, 4), "mi", activation=activation, mode=mode, predictive=predictive, lambda2=3.0,
+                     weight_decay=0.01, seed=2, dtype="float64")
+    for W, b in net.params:
+        b[...] = 0.1 * r.standard_normal(b.shape)
+    assert net._fused_ok()
+    x1, x2 = r.standard_normal((3, 2, 7, 7)), r.standard_normal((3, 2, 7, 7))
+    report = []
+    grads = net._gradients(x1, x2, [0, 1], report)
+    for (layer, gW, gb), rep in zip(grads, report):
+        W0, b0 = net.params[layer]
+        h1, h2 = _reference_inputs(net, x1, x2, layer)
+        fdW = central_difference(lambda W_: _pair_loss(net, h1, h2, W_, b0, W0, b0)[0], W0.copy())
+        fdb = central_difference(lambda b_: _pair_loss(net, h1, h2, W0, b_, W0, b0)[0], b0.copy())
+        np.testing.assert_allclose(gW, fdW + 0.01 * W0, rtol=1e-5, atol=1e-7)  # as test_lpl.py's conv FD test
+        np.testing.assert_allclose(gb, fdb, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(rep, _pair_loss(net, h1, h2, W0, b0, W0, b0)[1], rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("mode", ["mixed", "pool", "positions"])
+@given(n=st.integers(2, 4), c=st.integers(1, 3), k=st.integers(1, 5), size=st.integers(2, 6),
+       seed=st.integers(0, 2**31))
+def test_fused_step_equals_public_conv_deltas(mode, n, c, k, size, seed):
+    """ReLU (not differentiable at 0, so no finite differences): the step's gradient is minus the mean of
+    the public lpl_delta_conv of the two views (float64; float32 against torch: bench/peers/lpl.py)."""
+    from sparsecoding.plasticity.lpl import ACTIVATIONS, lpl_delta_conv
+    from sparsecoding.plasticity.lpl_net import LPLConvNet
+
+    r = np.random.default_rng(seed)
+    net = LPLConvNet(c, (k,), "i", mode=mode, seed=seed % 1000, dtype="float64")
+    x1, x2 = r.random((n, c, size, size)), r.random((n, c, size, size))
+    ((_, gW, gb),) = net._gradients(x1, x2, [0])
+    W, b = net.params[0]
+    f, fp = ACTIVATIONS["relu"]
+    z1, z2 = (f(conv_ref(x, W, b)) for x in (x1, x2))
+    target = {"pool": lambda z: z.mean(axis=(2, 3)), "mixed": lambda z: z.mean(axis=(2, 3)),
+              "positions": lambda z: z}[mode]
+    d2 = lpl_delta_conv(W, b, x2, target(z1), f, fp, 1, 1, mode=mode)
+    d1 = lpl_delta_conv(W, b, x1, target(z2), f, fp, 1, 1, mode=mode)
+    np.testing.assert_allclose(gW, -0.5 * (d1[0] + d2[0]), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(gb, -0.5 * (d1[1] + d2[1]), rtol=1e-9, atol=1e-12)
+
+
+def conv_ref(x, W, b):
+    from sparsecoding.ops.conv import conv
+
+    return conv(x.astype(np.float64), W.astype(np.float64), 1, 1) + b.reshape(1, -1, 1, 1)
+
+
+@given(n=st.integers(1, 4), c=st.integers(1, 4), k=st.integers(1, 5), h=st.integers(1, 6), w=st.integers(1, 6),
+       rows=st.integers(1, 40), seed=st.integers(0, 2**31))
+def test_fused_forward_statistics_match_numpy(n, c, k, h, w, rows, seed):
+    """Pass A in chunks of any size (straddling samples, split over the cores): the pre-activation is
+    conv + b, the per-sample sums and the moments (count, mean, centred co-moment) are numpy's over
+    the positions-as-samples matrix, and the next layer's input is max_pool of f(a)."""
+    from sparsecoding.ops.pool import max_pool
+    from sparsecoding.plasticity._lpl_cpu import FusedConvLPL
+
+    r = np.random.default_rng(seed)
+    x = r.standard_normal((n, c, h, w))
+    W, b = r.standard_normal((k, c, 3, 3)), r.standard_normal(k)
+    fused = FusedConvLPL(c, k, (3, 3), (h, w), np.float64, rows=rows)
+    a, psum, (count, mean, m2) = fused.forward(0, x, W, b, 1)  # tanh
+    ref = conv_ref(x, W, b)
+    np.testing.assert_allclose(a.reshape(n, h, w, k), np.moveaxis(ref, 1, -1), rtol=1e-12, atol=1e-12)
+    z = np.moveaxis(np.tanh(ref), 1, -1).reshape(-1, k)
+    zc = z - z.mean(0)
+    assert count == n * h * w
+    np.testing.assert_allclose(psum, np.tanh(ref).sum(axis=(2, 3)), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(mean, z.mean(0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(m2, zc.T @ zc, rtol=1e-10, atol=1e-10)
+    if min(h, w) >= 2:
+        pooled = np.moveaxis(max_pool(np.tanh(ref), 2)[0], 1, -1)
+        np.testing.assert_allclose(fused.output(0, n, 1, True), pooled, rtol=1e-12, atol=1e-15)
+    # the channels-last input of a later layer gives the same
+    a_cl = fused.forward(1, np.ascontiguousarray(np.moveaxis(x, 1, -1)), W, b, 1, channels_last=True)[0]
+    np.testing.assert_array_equal(a_cl, a)

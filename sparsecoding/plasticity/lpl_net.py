@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import to_numpy, namespace
+from ..backend import capabilities, namespace, to_numpy
 from ..ops.conv import ConvOperator
 from ..ops.elementwise import ACTIVATIONS, get_activation
 from ..ops.pool import max_pool
 from ..optim import Adam, SGD, _check_finite, _check_int
+from ._lpl_cpu import ACT_CODES as _ACT_CODES
+from ._lpl_cpu import FusedConvLPL as _FusedConvLPL
+from ._lpl_cpu import pair_gradients as _pair_gradients
 from .lpl import LPL_ACTIVATIONS, MODES, _check_coefficients, _delta_conv, _losses
 
 __all__ = ["LPLConvNet", "adaptive_avg_pool"]
@@ -94,6 +97,7 @@ class LPLConvNet:
         self.optimizer = (Adam(flat, lr=lr, names=names) if optimizer == "adam"
                           else SGD(flat, lr=lr, momentum=0.9, names=names))
         self._ops = {}
+        self._fused = {}  # (layer, input shape) -> the layer's CPU step with its work buffers
 
     def _op(self, layer, shape):
         key = (layer, tuple(shape))
@@ -188,7 +192,23 @@ class LPLConvNet:
                              f"{tuple(h1.shape)} and {tuple(h2.shape)}")
         if h1.shape[0] < 2:
             raise ValueError(f"x1 and x2 need at least 2 images (LPL's batch variance), got {h1.shape[0]}")
-        grads, report = [], []
+        report = []
+        grads = self._gradients(h1, h2, layers, report)
+        full = []
+        for layer, (W, b) in enumerate(self.params):
+            g = next((g for g in grads if g[0] == layer), None)
+            full += [g[1], g[2]] if g is not None else [xp.zeros_like(W), xp.zeros_like(b)]
+        self.optimizer.step(full)
+        return report
+
+    def _gradients(self, h1, h2, layers, report=None):
+        """``[(layer, dL/dW, dL/db)]`` for the trained ``layers`` on checked views ``h1``, ``h2``, with
+        ``L = (L(view 2 | SG view 1) + L(view 1 | SG view 2)) / 2``; appends each layer's
+        ``(L_pred, L_hebb, L_dec)`` (view 2 predicting view 1) to ``report`` when given."""
+        if self._fused_ok():
+            return self._gradients_fused(h1, h2, layers, report)
+        xp = self.xp
+        grads = []
         for layer in range(max(layers) + 1):
             W, b = self.params[layer]
             z1, n1, a1 = self._layer_forward(layer, h1, return_pre=True)
@@ -201,20 +221,49 @@ class LPLConvNet:
                 dW1, db1, _ = _delta_conv(W, b, h2, p1, self.f, self.fprime, a=a2, **kw)  # view 2 from view 1
                 dW2, db2, _ = _delta_conv(W, b, h1, p2, self.f, self.fprime, a=a1, **kw)
                 grads.append((layer, -0.5 * (dW1 + dW2), -0.5 * (db1 + db2)))
-                flat2 = p2 if p2.ndim == 2 else xp.moveaxis(p2, 1, -1).reshape(-1, p2.shape[1])
-                flat1 = p1 if p1.ndim == 2 else xp.moveaxis(p1, 1, -1).reshape(-1, p1.shape[1])
-                report.append(tuple(float(v) for v in _losses(flat2, flat1, self.eps)))
-                if self.mode == "mixed":  # Hebbian / decorrelation are measured over positions
-                    pos = xp.moveaxis(z2, 1, -1).reshape(-1, z2.shape[1])
-                    local = _losses(pos, pos, self.eps)
-                    report[-1] = (report[-1][0], float(local[1]), float(local[2]))
+                if report is not None:
+                    flat2 = p2 if p2.ndim == 2 else xp.moveaxis(p2, 1, -1).reshape(-1, p2.shape[1])
+                    flat1 = p1 if p1.ndim == 2 else xp.moveaxis(p1, 1, -1).reshape(-1, p1.shape[1])
+                    report.append(tuple(float(v) for v in _losses(flat2, flat1, self.eps)))
+                    if self.mode == "mixed":  # Hebbian / decorrelation are measured over positions
+                        pos = xp.moveaxis(z2, 1, -1).reshape(-1, z2.shape[1])
+                        local = _losses(pos, pos, self.eps)
+                        report[-1] = (report[-1][0], float(local[1]), float(local[2]))
             h1, h2 = n1, n2
-        full = []
-        for layer, (W, b) in enumerate(self.params):
-            g = next((g for g in grads if g[0] == layer), None)
-            full += [g[1], g[2]] if g is not None else [xp.zeros_like(W), xp.zeros_like(b)]
-        self.optimizer.step(full)
-        return report
+        return grads
+
+    def _act_code(self):
+        return next((_ACT_CODES[k] for k in _ACT_CODES if ACTIVATIONS[k][0] is self.f), None)
+
+    def _fused_ok(self):
+        """The per-core channels-last path (:mod:`._lpl_cpu`): numpy arrays, a registry activation."""
+        return capabilities(self.xp).numba and self._act_code() is not None
+
+    def _gradients_fused(self, h1, h2, layers, report):
+        """:meth:`_gradients` on the CPU: two fused passes per view and layer, layers chained channels-last."""
+        act = self._act_code()
+        grads, cl = [], False
+        for layer in range(max(layers) + 1):
+            W, b = self.params[layer]
+            n, shape = h1.shape[0], (h1.shape[1:3] if cl else h1.shape[2:])
+            key = (layer, tuple(shape))
+            fused = self._fused.get(key)
+            if fused is None:
+                fused = self._fused[key] = _FusedConvLPL(W.shape[1], W.shape[0], W.shape[2:], shape, W.dtype)
+            if layer in layers:
+                gW, gb, rep = _pair_gradients(fused, h1, h2, W, b, act, self.mode, self.lambda1, self.lambda2,
+                                              self.eps, self.weight_decay, self.terms, channels_last=cl)
+                grads.append((layer, gW, gb))
+                if report is not None:
+                    report.append(rep)
+            else:
+                for v, h in ((0, h1), (1, h2)):
+                    fused.forward(v, h, W, b, act, channels_last=cl, stats=False)
+            if layer < max(layers):
+                pool = self.pools[layer] == "m" and min(shape) >= 2
+                h1, h2 = fused.output(0, n, act, pool), fused.output(1, n, act, pool)
+                cl = True
+        return grads
 
     def fit(self, X, y=None, *, epochs=1, batch_size=128, seed=0, callbacks=(), checkpoint=None,
             checkpoint_every=None, allow_changes=False, settings=None, augment=None, greedy=False, progress=True,
