@@ -23,12 +23,18 @@ class CLIError(Exception):
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Shows every option's default after its help text (unless the text already states it, "(default ...")
-    and keeps the description's line breaks."""
+    and keeps the description's line breaks. Flags show "(default: off)" / "(default: on)", lists as
+    they are typed ("16 32")."""
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if "(default" in text or "default:" in text:
+        if "(default" in text or "default:" in text or action.default is argparse.SUPPRESS:
             return text
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            return f"{text} (default: {'on' if action.default else 'off'})"
+        if isinstance(action.default, (list, tuple)) and (action.option_strings or action.nargs):
+            shown = " ".join(str(v) for v in action.default).replace("%", "%%")
+            return f"{text} (default: {shown})"
         return super()._get_help_string(action)
 
 

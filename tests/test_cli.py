@@ -1,5 +1,7 @@
 """The top-level command: every family registered, `info`, one-line errors."""
 import argparse
+import os
+import re
 import subprocess
 import sys
 
@@ -17,16 +19,47 @@ def _commands(parser, prefix="sparsecoding"):
                 yield from _commands(p, f"{prefix} {name}")
 
 
-def test_every_family_is_registered_and_every_option_has_help():
+def _shown(parser, action):
+    """The help text of ``action`` as --help prints it (defaults filled in), on one line."""
+    return " ".join(parser._get_formatter()._expand_help(action).split())
+
+
+def test_every_family_is_registered_and_every_option_shows_its_default():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert set(sub.choices) == {"info", "demo", "lca", "lpl", "foldiak", "eqprop"}
+    assert set(sub.choices) == {"info", "demo", "lca", "lpl", "foldiak", "eqprop", "bench"}
     commands = dict(_commands(parser))
-    assert "sparsecoding lca learn" in commands
-    for name, p in commands.items():
+    assert {"sparsecoding lca learn", "sparsecoding lca encode"} <= set(commands)
+    checked = 0
+    for name, p in [("sparsecoding", parser), *commands.items()]:
         for action in p._actions:
-            if action.dest != "help":
-                assert action.help, f"{name} {action.option_strings or action.dest} has no help text"
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            where = f"{name} {'/'.join(action.option_strings) or action.dest}"
+            text = _shown(p, action)
+            assert text, f"{where} has no help text"
+            if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+                assert f"default: {'on' if action.default else 'off'}" in text, where
+            elif action.default is None:  # the text says what happens without it
+                assert "default" in text, f"{where}: {text!r}"
+            else:
+                shown = " ".join(map(str, action.default)) if isinstance(action.default, list) else \
+                    str(action.default)
+                assert "default" in text and shown in text, f"{where}: {text!r}"
+            checked += 1
+    assert checked > 150
+
+
+def test_top_level_help_lists_every_command_on_one_line():
+    r = subprocess.run([sys.executable, "-m", "sparsecoding", "--help"], capture_output=True, text=True,
+                       env={**os.environ, "COLUMNS": "80"})
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    for name in ("info", "demo", "lca", "lpl", "foldiak", "eqprop", "bench"):
+        i = next(i for i, line in enumerate(lines) if line.split()[:1] == [name])
+        assert len(lines[i].split()) > 2, lines[i]  # the name and its description on one line
+        assert lines[i + 1].split()[:1] in ([], ["options:"]) or lines[i + 1].startswith("    ") and \
+            lines[i + 1].split()[0] in ("info", "demo", "lca", "lpl", "foldiak", "eqprop", "bench"), lines[i + 1]
 
 
 def test_lca_learn_options_show_their_defaults():
@@ -41,12 +74,13 @@ def test_lca_learn_options_show_their_defaults():
     assert "fewer iterations" in text
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["lca", "--help"], ["lca", "learn", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["lca", "--help"], ["lca", "learn", "--help"],
+                                  ["lca", "encode", "--help"], ["bench", "--help"]])
 def test_help_of_every_level(argv):
     r = subprocess.run([sys.executable, "-m", "sparsecoding", *argv], capture_output=True, text=True)
     assert r.returncode == 0 and r.stderr == "" and r.stdout.startswith("usage: sparsecoding"), r.stderr
-    if argv[0] == "lca":
-        assert "learn" in r.stdout
+    if argv == ["lca", "--help"]:
+        assert "learn" in r.stdout and "encode" in r.stdout
 
 
 def test_lca_without_learn_is_the_lca_job():
@@ -75,3 +109,77 @@ def test_demo_writes_its_pictures_and_says_where(tmp_path, capsys):
         assert (tmp_path / name).stat().st_size > 1000 and str(tmp_path / name) in out
     first, last = (float(v) for v in out.split("energy per sample ")[1].split(",")[0].split(" -> "))
     assert "6 dictionary steps" in out and last < first
+
+
+# --------------------------------------------------------------------------- bench
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCHES = ("conv", "lca", "eqprop", "lpl", "foldiak", "lcacnn", "distributed", "accuracy", "peers", "readme")
+
+
+def test_bench_list_from_the_checkout():
+    r = subprocess.run([sys.executable, "-m", "sparsecoding", "bench", "--list"], capture_output=True, text=True,
+                       cwd=ROOT)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    names = [line.split()[0] for line in r.stdout.splitlines()]
+    assert set(BENCHES) <= set(names) and names[-1] == "readme" and len(names) == len(set(names))
+    for line in r.stdout.splitlines():  # the name, then the first line of the module's docstring
+        name, summary = line.split(None, 1)
+        doc = open(os.path.join(ROOT, "bench", name, "__init__.py") if name == "peers" else
+                   os.path.join(ROOT, "bench", f"{name}.py"), encoding="utf-8").read().split('"""')[1]
+        assert summary.startswith(doc.strip().splitlines()[0]), line
+
+
+def test_bench_outside_a_checkout_says_where_the_benchmarks_are(tmp_path, monkeypatch, capsys):
+    from sparsecoding import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "_package_parent", lambda: tmp_path)  # an installed package: no bench/ beside it
+    for argv in (["bench", "--list"], ["bench", "lca"]):
+        assert main(argv) == 1
+        out, err = capsys.readouterr()
+        assert out == "" and len(err.strip().splitlines()) == 1
+        assert "the benchmarks live in the source repository" in err and "python -m bench.NAME" in err
+
+
+@pytest.fixture
+def fake_checkout(tmp_path, monkeypatch):
+    """A checkout with two benchmark modules that record how they were run."""
+    from sparsecoding import cli
+
+    (tmp_path / "sparsecoding").mkdir()
+    (tmp_path / "sparsecoding" / "__init__.py").write_text("")
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "__init__.py").write_text("")
+    (tmp_path / "bench" / "common.py").write_text('"""helpers, not a benchmark"""\n')
+    body = ('import json, os, sys\n'
+            'if __name__ == "__main__":\n'
+            '    open("{name}.json", "w").write(json.dumps([sys.executable, os.getcwd(), sys.argv[1:]]))\n'
+            '    sys.exit({rc})\n')
+    (tmp_path / "bench" / "fast.py").write_text('"""A fast one.\n\nRun: python -m bench.fast [--quick]\n"""\n'
+                                                + body.format(name="fast", rc=0))
+    (tmp_path / "bench" / "slow.py").write_text('"""A slow one that fails."""\n' + body.format(name="slow", rc=3))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "_package_parent", lambda: tmp_path / "elsewhere")
+    return tmp_path
+
+
+def test_bench_runs_modules_in_the_checkout_with_the_same_interpreter(fake_checkout, capsys):
+    import json
+
+    assert main(["bench", "--list"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["fast  A fast one.  options: [--quick]",
+                                                    "slow  A slow one that fails."]
+    assert main(["bench", "fast", "--quick", "--", "--backend", "cupy"]) == 0
+    run = json.loads((fake_checkout / "fast.json").read_text())
+    assert run == [sys.executable, str(fake_checkout), ["--quick", "--backend", "cupy"]]
+    assert "ran 1 benchmark(s)" in capsys.readouterr().out
+    # --quick without names: only the modules with a quick mode; a failing module is one line and exit 1
+    (fake_checkout / "fast.json").unlink()
+    assert main(["bench", "--quick"]) == 0 and (fake_checkout / "fast.json").exists()
+    assert not (fake_checkout / "slow.json").exists() and "left out: slow" in capsys.readouterr().out
+    assert main(["bench", "slow", "fast"]) == 1
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"sparsecoding bench: error: 1 of 2 benchmark\(s\) failed: slow \(exit 3\) \(\d+ s\)\n", err)
+    assert json.loads((fake_checkout / "slow.json").read_text())[2] == []
+    assert main(["bench", "nope"]) == 1
+    assert "unknown benchmark(s) nope; they are: fast, slow" in capsys.readouterr().err

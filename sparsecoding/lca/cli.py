@@ -8,7 +8,9 @@ checkpoint and the files for the steps done. ``--evaluate`` reloads the run and 
 summary as the end of training.
 
 ``sparsecoding lca learn [options]`` is the dictionary-learning job of the EqProp LCA front end
-(the file ``--lca_dict`` reads); see ``sparsecoding lca learn --help``.
+(the file ``--lca_dict`` reads); see ``sparsecoding lca learn --help``. ``sparsecoding lca encode
+--model PATH --input DATA.npy`` codes data with a learned model (this job's run folder, ``lca
+learn``'s dictionary, or a file of ``sparsecoding.save``); see ``sparsecoding lca encode --help``.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import numpy as np
 
 from ..cliutil import (CLIError, HelpFormatter, device_backend, nonnegative_float, nonnegative_int, positive_float,
                        one_line_errors, positive_int, writable_dir)
-from . import learn_cli
+from . import encode_cli, learn_cli
 
 
 # options that change what a run learns: stored in the checkpoint and compared on resume
@@ -127,8 +129,7 @@ def run(args):
 def register(sub):
     """Add the ``lca`` subcommand to the top-level parser's subparsers."""
     p = sub.add_parser("lca", formatter_class=HelpFormatter, description=__doc__,
-                       help="learn an LCA dictionary on bundled data and save its picture; "
-                       "lca learn: the dictionary file of the EqProp LCA front end")
+                       help="LCA: learn dictionaries (also lca learn); code data (lca encode)")
     one_line_errors(p)
     a = p.add_argument
     a("--data", choices=["photos", "digits"], default="photos",
@@ -148,7 +149,7 @@ def register(sub):
     a("--solver", choices=["lca", "fista"], default="fista", help="sparse coding solver")
     a("--lca-iters", type=positive_int, default=60, help="most solver iterations per batch")
     a("--tol", type=nonnegative_float, default=1e-3, help="stop a batch's solve at this relative duality gap")
-    a("--signed", action="store_true", help="signed codes (default non-negative)")
+    a("--signed", action="store_true", help="signed codes (off: non-negative codes)")
     a("--batch-size", type=positive_int, default=32, help="samples per dictionary step")
     a("--steps", type=positive_int, default=300, help="dictionary steps in total (a larger value continues a run)")
     a("--epochs", type=positive_int, default=None,
@@ -164,24 +165,27 @@ def register(sub):
     a("--device", default="cpu", help="cpu, gpu or a GPU index")
     a("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
-    actions = p.add_subparsers(dest="action", metavar="{learn}", required=False,
-                               help="learn: the dictionary file of the EqProp LCA front end (options after it: "
-                               "sparsecoding lca learn --help); without it, the job above")
+    actions = p.add_subparsers(dest="action", metavar="{learn,encode}", required=False,
+                               help="learn: the dictionary file of the EqProp LCA front end; encode: code data "
+                               "with a learned model (options after it: sparsecoding lca learn --help, "
+                               "sparsecoding lca encode --help); without either, the job above")
     learn_cli.register(actions)
+    encode_cli.register(actions)
     _learn_comes_first(p)
     return p
 
 
 def _learn_comes_first(parser):
-    """Refuse ``sparsecoding lca <options> learn``: the options before ``learn`` would be ignored."""
+    """Refuse ``sparsecoding lca <options> learn`` (or ``encode``): the options before it would be ignored."""
     parse = parser.parse_known_args
 
     def parse_known_args(args=None, namespace=None):
         args = sys.argv[1:] if args is None else list(args)
         ns, rest = parse(args, namespace)
-        if getattr(ns, "action", None) == "learn" and args[:1] != ["learn"]:
-            parser.error(f"'learn' must come right after 'lca' (options of sparsecoding lca learn follow it; "
-                         f"got {' '.join(args[:args.index('learn')])!r} before it)")
+        action = getattr(ns, "action", None)
+        if action in ("learn", "encode") and args[:1] != [action]:
+            parser.error(f"'{action}' must come right after 'lca' (options of sparsecoding lca {action} follow it; "
+                         f"got {' '.join(args[:args.index(action)])!r} before it)")
         return ns, rest
 
     parser.parse_known_args = parse_known_args

@@ -154,9 +154,10 @@ def register(sub):
     a("--task", choices=["DIGITS", "CIFAR10", "photos"], default="DIGITS",
       help="training images: DIGITS (scikit-learn's 8x8 digits, 1,400 training images, 1 channel), CIFAR10 "
       "(the training batches in --data-dir, 3x32x32), photos (32x32 RGB crops of scikit-image's photographs)")
-    a("--data-dir", default=None, help="folder of the CIFAR-10 python batches (--task CIFAR10; nothing is downloaded)")
+    a("--data-dir", default=None,
+      help="folder of the CIFAR-10 python batches (--task CIFAR10; nothing is downloaded; default: none)")
     a("--n-samples", type=positive_int, default=None,
-      help=f"use only the first this many training images; None: all of them (photos: {PHOTO_SAMPLES} crops)")
+      help=f"use only the first this many training images (default: all of them; photos: {PHOTO_SAMPLES} crops)")
     a("--lca_feats", type=positive_int, default=64, help="number of dictionary features (atoms)")
     a("--lca_lambda", type=nonnegative_float, default=0.25, help="sparsity threshold lambda: the start value of "
       "the lambda schedule")
@@ -171,7 +172,7 @@ def register(sub):
     a("--lca_solver", choices=["lca", "fista"], default="lca",
       help="lca: the seed's LCA dynamics; fista: reaches the same code in fewer iterations")
     a("--lca_tol", type=nonnegative_float, default=None,
-      help="stop a batch's solve at this relative duality gap; None: run all --lca_iters steps")
+      help="stop a batch's solve at this relative duality gap (default: none: run all --lca_iters steps)")
     a("--epochs", type=positive_int, default=5, help="passes over the data (a larger value continues a run)")
     a("--mbs", type=positive_int, default=32, help="batch size: images per dictionary step")
     a("--seed", type=nonnegative_int, default=0, help="seed of the dictionary, batch order (and photo crops)")
