@@ -84,6 +84,15 @@ def _real_array(x, name):
     return a.astype(np.float64)
 
 
+def _check_finite(a, name):
+    bad = ~np.isfinite(a)
+    if bad.any():
+        first = np.argwhere(bad)[0]
+        raise ValueError(f"{name} has {int(bad.sum())} non-finite values (the first at index {tuple(int(i) for i in first)}):"
+                         f" nothing sensible to draw")
+    return a
+
+
 def _ticks(n, most=16):
     """Indices 0..n-1 thinned to at most ``most`` evenly spaced ones (tick labels stay legible)."""
     step = max(1, math.ceil(n / most))
@@ -101,7 +110,6 @@ def _symmetric_max(a):
     return m if m > 0 else 1.0  # an all-zero array still gets a valid colour range
 
 
-
 # ------------------------------------------------------------------------------------------ features
 def _atoms(weights, atom_shape):
     """The weights as channels-first atoms ``(K, C, *kernel)`` with 1-3 kernel dimensions."""
@@ -111,6 +119,7 @@ def _atoms(weights, atom_shape):
                          f"(K, C, kt, kh, kw), got shape {tuple(w.shape)}")
     if w.shape[0] == 0 or 0 in w.shape:
         raise ValueError(f"weights has no atoms or empty atoms (shape {tuple(w.shape)}): nothing to draw")
+    _check_finite(w, "weights")
     if atom_shape is not None and w.ndim != 2:
         raise ValueError(f"atom_shape is for dense (K, D) weights; these are already shaped {tuple(w.shape)}")
     if w.ndim == 2:
@@ -128,9 +137,9 @@ def _atoms(weights, atom_shape):
 
 
 def _grid_shape(k, ncols):
+    if ncols is not None and (isinstance(ncols, bool) or not isinstance(ncols, numbers.Integral) or ncols < 1):
+        raise ValueError(f"ncols must be an integer >= 1 or None, got {ncols!r}")
     cols = int(ncols) if ncols is not None else int(math.ceil(math.sqrt(k)))
-    if cols < 1:
-        raise ValueError(f"ncols must be an integer >= 1, got {ncols!r}")
     cols = min(cols, k)
     return cols, int(math.ceil(k / cols))
 
@@ -306,6 +315,7 @@ def _samples(x, name, sample_shape):
                          f"sample_shape), got shape {tuple(to_numpy(x).shape)}")
     if a.shape[0] == 0 or 0 in a.shape:
         raise ValueError(f"{name} has no samples or empty samples (shape {tuple(a.shape)}): nothing to draw")
+    _check_finite(a, name)
     if a.ndim == 4 and a.shape[1] not in (1, 3):
         raise ValueError(f"{name} has {a.shape[1]} channels: images are drawn grey (1 channel) or RGB (3 channels); "
                          f"pass {name}[:, [c]] to see channel c alone")

@@ -245,6 +245,12 @@ def test_plot_features_bad_input():
         viz.plot_features(np.zeros((4, 1, 3, 3)), max_atoms=0)
     with pytest.raises(TypeError, match="weights must be real"):
         viz.plot_features(np.zeros((4, 1, 3, 3), dtype=complex))
+    bad = np.zeros((4, 1, 3, 3))
+    bad[2, 0, 1, 1] = np.nan
+    with pytest.raises(ValueError, match=r"weights has 1 non-finite values \(the first at index \(2, 0, 1, 1\)\)"):
+        viz.plot_features(bad)
+    with pytest.raises(ValueError, match="ncols"):
+        viz.plot_features(np.zeros((4, 1, 3, 3)), ncols=0)
 
 
 def _rel_err(x, r):
@@ -319,6 +325,8 @@ def test_plot_reconstruction_bad_input():
         viz.plot_reconstruction(np.zeros((2, 10)), np.zeros((2, 10)), sample_shape=(3, 3))
     with pytest.raises(ValueError, match="n_samples"):
         viz.plot_reconstruction(x, x, n_samples=0)
+    with pytest.raises(ValueError, match="recons has 2 non-finite"):
+        viz.plot_reconstruction(x, np.where(np.arange(16).reshape(1, 1, 4, 4) == 5, np.inf, x))
 
 
 def _lines_by_label(ax):
