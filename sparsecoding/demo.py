@@ -4,11 +4,11 @@ Learns 32 RGB atoms 9x9 (stride 2, "same", non-negative codes, FISTA to a 1e-3 d
 32x32 crops of scikit-image's photographs (2x downsampled, 1/f whitened, standardised per crop),
 with a progress bar, then writes to ``--out`` (default ``runs/demo``):
 
-* ``features.png``: the learned atoms (:func:`sparsecoding.viz.plot_features`);
+* ``features.png``: the learned atoms (sparsecoding.viz.plot_features);
 * ``reconstruction.png``: four crops, their reconstructions ``Phi^T a`` and the residuals, each
-  labelled with the relative error (:func:`sparsecoding.viz.plot_reconstruction`);
+  labelled with the relative error (sparsecoding.viz.plot_reconstruction);
 * ``energy.png``: the energy per sample and the fraction of active units of each dictionary step
-  (:func:`sparsecoding.viz.plot_history` of the per-step records).
+  (sparsecoding.viz.plot_history of the per-step records).
 
 and prints where they are. Nothing is downloaded; the photographs come with scikit-image.
 """
