@@ -45,9 +45,11 @@ __all__ = ["ACT_CODES", "FusedConvLPL", "ROWS"]
 
 ACT_CODES = {"relu": 0, "tanh": 1, "sigmoid": 2, "linear": 3}
 
-# Positions per chunk. Measured on the 2-core Xeon (loaded), 64->64 3x3 at batch 256: the
-# columns of 1024 rows (2.4 MB at 576 values a row) ran best; see bench/peers/lpl.py.
-ROWS = 1024
+# Positions per chunk: 512 rows of 64->64 3x3 columns are 1.2 MB, inside a core's 2 MB L2.
+# Measured on the 2-core Xeon (AVX-512, loaded by other jobs; CPU seconds of one step of
+# bench/peers/lpl.py at 64->64, batch 256): 256 rows 1.42-1.47, 512 rows 1.19-1.45,
+# 1024 rows 1.53-1.66, 2048 rows 1.81-2.01, 4096 rows 1.72-2.03.
+ROWS = 512
 
 
 @njit_cached(nogil=True)
@@ -125,6 +127,16 @@ def _act_stats(a, b, act, npos, r0, shift, zs, colsum, psum, stats):  # pragma: 
             nprev = n
         ar = a[i]
         zr = zs[i]
+        if act == 0 and stats:  # ReLU, the default: a branch-free inner loop that vectorises
+            for k in range(nk):
+                v = ar[k] + b[k]
+                ar[k] = v
+                z = max(v, 0.0)
+                ps[k] += z
+                d = z - shift[k]
+                zr[k] = d
+                cs[k] += d
+            continue
         for k in range(nk):
             v = ar[k] + b[k]
             ar[k] = v
@@ -144,6 +156,10 @@ def _act(a, act, out):  # pragma: no cover - compiled
     for i in range(a.shape[0]):
         ar = a[i]
         orow = out[i]
+        if act == 0:
+            for k in range(a.shape[1]):
+                orow[k] = max(ar[k], 0.0)
+            continue
         for k in range(a.shape[1]):
             orow[k] = _f(ar[k], act)
 
@@ -162,6 +178,12 @@ def _grad_a(a, t, use_t, rowc, npos, r0, act, pos, s_pos, a_other, ga, dbsum, sq
         rc = rowc[n]
         gr = ga[i]
         orow = a_other[i]
+        if act == 0 and use_t and not pos:  # ReLU with the Z G term: branch-free, vectorises
+            for k in range(nk):
+                g = (rc[k] + tr[k]) if ar[k] > 0 else 0.0
+                gr[k] = g
+                db[k] += g
+            continue
         for k in range(nk):
             v = ar[k]
             g = rc[k]
