@@ -38,7 +38,7 @@ import numpy as np
 
 __all__ = ["LCASparseCoder", "LCADictionaryLearning", "ConvLCADictionaryLearning", "NotFittedError"]
 
-_SOLVERS = ("fista", "lca")
+_SOLVERS = ("fista", "lca", "cd")
 
 
 def _store_params(estimator, params):
@@ -370,7 +370,9 @@ class LCASparseCoder(_Estimator):
     ----------
     dictionary : array (n_components, n_features), the atoms as rows (used as given: not renormalised)
     lambda_ : float >= 0, the sparsity weight (default 0.1)
-    solver : "fista" (default; accelerated proximal gradient) or "lca" (the LCA dynamics, step ``1/tau``)
+    solver : "fista" (default; accelerated proximal gradient), "lca" (the LCA dynamics, step ``1/tau``) or
+        "cd" (coordinate descent: the exact dense route; locally greedy on convolutional dictionaries;
+        ``transform_max_iter`` sweeps at most, no ``check_every``)
     nonneg : non-negative codes (default False)
     transform_max_iter : iterations of the encoder at most (default 1000)
     transform_tol : None, or stop once the relative duality gap of the batch is below it (default 1e-4;

@@ -2,7 +2,8 @@
 
 The constructor names and defaults are lca-pytorch's, so its users change
 only the import. What is new: ``solver="fista"`` (same fixed point, far fewer
-iterations), ``tol`` (early stop once the relative duality gap, a certificate of the
+iterations) and ``solver="cd"`` (coordinate descent: the exact dense route for ``LCA``, locally
+greedy coordinate descent for the convolutional layers; no ``mask`` there), ``tol`` (early stop once the relative duality gap, a certificate of the
 relative distance of the energy to the optimum computed from the residual, is below it;
 checked every ``check_every`` steps; for hard thresholds and callable transfers, which
 minimise no convex energy, the relative change of the potentials over one step), ``seed``,
@@ -53,7 +54,9 @@ from ..data.preprocessing import standardize
 from ..ops.conv import ConvOperator, conv_output_shape
 from ..ops.elementwise import get_transfer
 from ..ops.linop import DenseOperator
-from ..solvers.lasso import WeightedOperator, check_integer, check_mask, check_number, check_real_array, fista
+from ..solvers.cd_conv import conv_coordinate_descent
+from ..solvers.lasso import (WeightedOperator, check_integer, check_mask, check_number, check_real_array,
+                             coordinate_descent, fista)
 from .dynamics import RETURN_VARS, LCAResult, check_tau, run_lca
 from .learning import fit_dictionary
 from .masks import masked_standardize
@@ -178,7 +181,7 @@ class _LCABase:
 
     @property
     def solver(self):
-        """The encoder: "lca" (the dynamics) or "fista" (soft threshold only)."""
+        """The encoder: "lca" (the dynamics), "fista" or "cd" (coordinate descent; both soft threshold only)."""
         return self._solver
 
     @solver.setter
@@ -191,10 +194,10 @@ class _LCABase:
             raise TypeError(f"transfer_func must be 'soft_threshold', 'hard_threshold' or a callable u -> a, got "
                             f"{type(transfer_func).__name__} {transfer_func!r}")
         transfer = get_transfer(transfer_func, nonneg)  # validates the name
-        if solver not in ("lca", "fista"):
-            raise ValueError(f"solver must be 'lca' or 'fista', got {solver!r}")
-        if solver == "fista" and (callable(transfer_func) or transfer_func != "soft_threshold"):
-            raise ValueError("solver='fista' solves the L1 problem: it needs transfer_func='soft_threshold'")
+        if solver not in ("lca", "fista", "cd"):
+            raise ValueError(f"solver must be 'lca', 'fista' or 'cd', got {solver!r}")
+        if solver != "lca" and (callable(transfer_func) or transfer_func != "soft_threshold"):
+            raise ValueError(f"solver={solver!r} solves the L1 problem: it needs transfer_func='soft_threshold'")
         self._transfer_func, self._nonneg, self._solver, self._transfer = transfer_func, bool(nonneg), solver, transfer
 
     @property
@@ -515,13 +518,31 @@ class _LCABase:
                            mask=mask)
         return self._encode_fista(op, inputs, drive_scaling, initial_states, mask)
 
+    def _solve_l1(self, op, inputs, a0, mask):
+        """The L1 problem by the chosen solver: FISTA, or coordinate descent ("cd": the dense exact route
+        :func:`~sparsecoding.solvers.coordinate_descent` for ``LCA``, locally greedy coordinate descent
+        :func:`~sparsecoding.solvers.conv_coordinate_descent` for the convolutional layers, ``lca_iters``
+        sweeps at most; ``tol=None`` there means the solver's own default, 1e-8 dense and 1e-4 conv,
+        since a sweep is no iteration count a user would set)."""
+        if self.solver == "fista":
+            return fista(op, inputs, self.lambda_, nonneg=self.nonneg, max_iter=self.lca_iters, tol=self.tol, a0=a0,
+                         check_every=self.check_every, mask=mask)
+        kw = {} if self.tol is None else {"tol": self.tol}
+        if isinstance(op, DenseOperator):
+            return coordinate_descent(op, inputs, self.lambda_, nonneg=self.nonneg, max_iter=self.lca_iters, a0=a0,
+                                      mask=mask, **kw)
+        if mask is not None:
+            raise ValueError("mask= is not available with solver='cd' on the convolutional layers (no data "
+                             "weights in the coordinate-descent kernels); use solver='fista'")
+        return conv_coordinate_descent(op, inputs, self.lambda_, nonneg=self.nonneg, max_iter=self.lca_iters, a0=a0,
+                                       **kw)
+
     def _encode_fista(self, op, inputs, drive_scaling, initial_states, mask=None):
         if drive_scaling is not None:
             raise ValueError("drive_scaling is defined for solver='lca' only")
         xp = self.xp
         a0 = None if initial_states is None else self._transfer(initial_states, self.lambda_)
-        res = fista(op, inputs, self.lambda_, nonneg=self.nonneg, max_iter=self.lca_iters, tol=self.tol, a0=a0,
-                    check_every=self.check_every, mask=mask)
+        res = self._solve_l1(op, inputs, a0, mask)
         # the LCA variables at the codes, in the solvers' layout (one fused residual step); with a mask
         # those of the weighted problem: c = Phi (W^2 r), b = Phi (W^2 s)
         wop, winputs = (op, inputs) if mask is None else (WeightedOperator(op, mask), mask * inputs)
@@ -988,7 +1009,8 @@ class LCAConv2D(_LCAConv):
     seed, dtype, backend : initialisation, float32/float64, "numpy"/"cupy" (keyword-only, as those below)
     tol : early stop on the relative duality gap (soft thresholds; the relative change of the potentials
         otherwise), checked every ``check_every`` steps
-    solver : "lca" (the dynamics) or "fista" (same minimiser, far fewer iterations)
+    solver : "lca" (the dynamics), "fista" (same minimiser, far fewer iterations) or "cd" (locally greedy
+        coordinate descent, :func:`~sparsecoding.solvers.conv_coordinate_descent`; ``lca_iters`` sweeps at most)
     lateral : "recon" (re-encode the reconstruction: two convolutions a step, exact for any padding)
         or "gram" (lca-pytorch's precomputed lateral tensor; pad="valid" only; cheaper when C >> K)
     conv_method : the convolution engine ("auto", "im2col", "fft")

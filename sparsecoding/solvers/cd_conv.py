@@ -1,0 +1,453 @@
+"""Convolutional sparse coding by locally greedy coordinate descent (LGCD), numba, CPU.
+
+Problem, per sample (DESIGN.md §5)::
+
+    minimise_a  E(a) = 1/2 ||s - Phi^T a||^2 + lambda ||a||_1          (optionally a >= 0)
+
+with ``Phi^T a = conv_transpose(a, W, stride, padding)`` and ``Phi r = conv(r, W, stride, padding)``
+(PyTorch semantics, :mod:`sparsecoding.ops.conv`; 1-, 2- and 3-D, any stride and zero padding,
+"same" and "valid" included). The atom ``k`` placed at code position ``p`` covers the input
+positions ``x = p * stride - pad + j`` (``j`` the kernel index) that lie inside the signal: at
+"same" borders the atom is *cropped*, and every quantity below uses the cropped atom
+``w_kp`` exactly.
+
+Coordinate update. With ``r = s - Phi^T a`` and ``c = Phi r`` (``c_kp = <w_kp, r>``), the energy as a
+function of the one coordinate ``a_kp`` (the others fixed) is minimised at
+
+    z* = T_lambda(c_kp + n_kp a_kp) / n_kp,        n_kp = ||w_kp||^2 (the cropped atom's norm)
+
+(``T`` the soft threshold; ``max(v - lambda, 0)`` for ``a >= 0``). Changing ``a_kp`` by ``delta``
+changes the residual by ``-delta w_kp`` on one patch, hence ``||r||^2`` by
+``delta (delta n_kp - 2 c_kp)`` and ``c`` on the neighbouring coordinates by
+
+    c_k'q <- c_k'q - delta <w_k'q, w_kp>
+
+where ``<w_k'q, w_kp>`` is the atoms' cross-correlation at the offset ``q - p`` summed over the part
+of their overlap inside the signal. Per spatial dimension that crop depends only on the pair
+``(p_d, q_d)``, and equals the uncropped overlap except for pairs of border positions whose
+overlap pokes out of the signal; the table ``T[u_0, u_1, u_2, k, k']`` holds the inner products for
+every combination of per-dimension classes ``u_d`` (the ``2 R_d + 1`` uncropped offsets,
+``R_d = (k_d - 1) // stride_d``, plus one class per distinct cropped border pair), computed once
+per solve by small GEMMs over the weights. The update of ``c`` is therefore exact at the borders
+and costs ``K prod(2 R_d + 1)`` multiply-adds, the same as in the interior.
+
+Locally greedy choice (Moreau, Oudre & Vayatis 2018; alphacsc's LGCD): the code positions are
+split into segments of ``segment`` positions per dimension (default ``R_d + 1``, about one atom;
+measured: 1-D 64-sample atoms, segments of 32 / 64 / 128 positions: 0.30 / 0.35 / 0.31 s per signal;
+2-D 9x9 stride 2, segments of 3 / 5 / 8: 10.2 / 7.1 / 6.8 s (not converged at 1000 sweeps, 5 the
+lowest energy)); a sweep visits the segments in turn and in each updates the coordinate with the
+largest change ``|z* - a_kp|``. Each segment keeps that largest change and its coordinate from its
+last scan and is scanned again only after an update within reach (``R_d`` positions) changed its
+``c``. With ``focus > 0`` a sweep updates only the segments whose largest change exceeds ``focus``
+times the largest of the previous sweep (a Gauss-Southwell flavour that spends the updates where
+the changes are large; the largest one is always taken, so every sweep makes progress).
+
+Stopping: the relative duality gap of :func:`sparsecoding.solvers.lasso.duality_gap`, from the
+maintained ``c`` and ``||r||^2``: the dual point ``theta = beta r`` with
+``beta = min(1, lambda / max|c|)`` (``max c`` for ``a >= 0``) gives
+
+    gap = 1/2 (1 - beta)^2 ||r||^2 + lambda ||a||_1 - beta <a, c>   >=  E(a) - E*.
+
+Each sample stops once ``gap_n <= tol E_n(a)`` (which implies the batch criterion
+``sum gap_n <= tol sum E_n`` of the other solvers), checked after every sweep that scanned at
+least one full code's worth of coordinates and whenever a sweep changed nothing. The maintained
+``c`` drifts by rounding, so a sample that stops is re-certified with ``c`` and ``r`` recomputed
+through the operator (one ``conv_transpose`` + ``conv``); one that fails resumes from the fresh
+values. A gap within its own rounding (``16 eps (1 + ||a||_1 max|Phi s| / E)``, as in
+:class:`~sparsecoding.solvers.lasso._GapMonitor`) counts as zero.
+
+Samples are independent: one numba thread per sample (``prange``). float32 and float64; the scalar
+accumulators (``||r||^2``, the gap terms) are float64. Masks / data weights are not supported
+(``ValueError``: use :func:`~sparsecoding.solvers.lasso.fista`).
+"""
+from __future__ import annotations
+
+import itertools
+
+import numba
+import numpy as np
+
+from ..backend import get_xp, to_numpy
+from ..ops._jit import njit_cached
+from ..ops.conv import ConvOperator
+from .lasso import (GAP_ROUNDING, SolveResult, _check_inputs, _empty_result, check_integer, check_lambda,
+                    check_number, duality_gap, lasso_energy)
+
+__all__ = ["conv_coordinate_descent", "overlap_table"]
+
+#: the largest overlap table built (bytes); beyond it a ValueError suggests FISTA
+MAX_TABLE_BYTES = 512 * 2**20
+
+
+def _dim_classes(L, k, s, pad, O):
+    """Per spatial dimension: the overlap classes ``[(dp, jlo, jhi)]`` (``j`` in the kernel frame of the
+    updated atom at ``p``; the neighbour at ``q = p + dp`` sees ``j - dp s``) and the map
+    ``idx[p, dp + R]`` -> class (-1 where ``q`` is outside the code or the overlap is empty)."""
+    R = (k - 1) // s
+    dps = np.arange(-R, R + 1)
+    classes = [(int(dp), max(0, dp * s), min(k, dp * s + k)) for dp in dps]
+    p = np.arange(O)[:, None]
+    dp = dps[None, :]
+    base = p * s - pad
+    jlo, jhi = np.maximum(0, dp * s), np.minimum(k, dp * s + k)
+    clo, chi = np.maximum(jlo, -base), np.minimum(jhi, L - base)  # inside the signal: 0 <= base + j < L
+    ok = (p + dp >= 0) & (p + dp < O) & (clo < chi)
+    idx = np.where(ok, dp + R, -1).astype(np.int64)
+    cropped = ok & ((clo != jlo) | (chi != jhi))
+    if cropped.any():
+        keys = np.stack([np.broadcast_to(dp, cropped.shape)[cropped], clo[cropped], chi[cropped]], axis=1)
+        uniq, inv = np.unique(keys, axis=0, return_inverse=True)
+        idx[cropped] = len(classes) + inv.reshape(-1)
+        classes += [tuple(int(v) for v in row) for row in uniq]
+    return classes, idx
+
+
+def _geometry3(op):
+    """The operator's geometry padded to 3 spatial dimensions (unit sizes) and its weights (K, C, k0, k1, k2)."""
+    g = op.geometry
+    d = g.d
+    pad1 = (1,) * (3 - d)
+    L, k, s = g.in_shape + pad1, g.kernel + pad1, g.stride + pad1
+    pad, O = g.pad + (0,) * (3 - d), g.out_shape + pad1
+    w = to_numpy(op.w)
+    return L, k, s, pad, O, w.reshape(w.shape[0], w.shape[1], *k)
+
+
+def overlap_table(op, dtype=None):
+    """The exact (cropped) atom inner products of the operator's geometry.
+
+    Returns ``(T, (idx0, idx1, idx2), nrm)``: ``T[u0, u1, u2, k, k']`` the inner product of atom ``k``
+    at ``p`` with atom ``k'`` at ``q`` over their overlap inside the signal, for the per-dimension
+    classes ``u_d = idx_d[p_d, q_d - p_d + R_d]`` (-1: no overlap); ``nrm[p0, p1, p2, k]`` the squared
+    norm of the cropped atom ``k`` at ``p``. The geometry is padded to 3 spatial dimensions.
+    """
+    L, k, s, pad, O, w = _geometry3(op)
+    dtype = np.dtype(op.dtype if dtype is None else dtype)
+    per_dim = [_dim_classes(*args) for args in zip(L, k, s, pad, O)]
+    shape = tuple(len(c) for c, _ in per_dim)
+    K = w.shape[0]
+    nbytes = int(np.prod(shape)) * K * K * dtype.itemsize
+    if nbytes > MAX_TABLE_BYTES:
+        raise ValueError(f"solver 'cd': the overlap table of this geometry (classes {shape}, {K} atoms) would take "
+                         f"{nbytes / 2**20:.0f} MiB (limit {MAX_TABLE_BYTES / 2**20:.0f} MiB); use solver='fista'")
+    w64 = w.astype(np.float64)
+    T = np.zeros((*shape, K, K), dtype=np.float64)
+    for u in itertools.product(*(range(n) for n in shape)):
+        here, there = [slice(None), slice(None)], [slice(None), slice(None)]
+        for d, ud in enumerate(u):
+            dp, jlo, jhi = per_dim[d][0][ud]
+            here.append(slice(jlo, jhi))
+            there.append(slice(jlo - dp * s[d], jhi - dp * s[d]))
+        a = w64[tuple(here)].reshape(K, -1)
+        b = w64[tuple(there)].reshape(K, -1)
+        T[u] = a @ b.T  # [k (at p), k' (at q)]
+    idx = tuple(i for _, i in per_dim)
+    R = [(kk - 1) // ss for kk, ss in zip(k, s)]
+    nrm = np.zeros((*O, K), dtype=np.float64)
+    diag = np.einsum("...kk->...k", T)
+    for p in itertools.product(*(range(o) for o in O)):
+        u = tuple(int(idx[d][p[d], R[d]]) for d in range(3))
+        if min(u) >= 0:
+            nrm[p] = diag[u]
+    return T.astype(dtype), idx, nrm.astype(dtype)
+
+
+@njit_cached()
+def _gap(c, a, r2, lam, nonneg, eps, scale):  # pragma: no cover - compiled
+    """(relative gap, energy, absolute gap) of one sample from ``c``, ``a`` and ``||r||^2``."""
+    cf = c.ravel()
+    af = a.ravel()
+    l1 = 0.0
+    ac = 0.0
+    worst = 0.0
+    for i in range(cf.size):
+        ai = float(af[i])
+        ci = float(cf[i])
+        l1 += abs(ai)
+        ac += ai * ci
+        wv = ci if nonneg else abs(ci)
+        if wv > worst:
+            worst = wv
+    r2 = max(r2, 0.0)
+    beta = 1.0 if worst <= lam else lam / worst
+    e = 0.5 * r2 + lam * l1
+    gap = 0.5 * (1.0 - beta) ** 2 * r2 + lam * l1 - beta * ac
+    size = max(abs(e), 1e-300)
+    rel = gap / size
+    if rel <= GAP_ROUNDING * eps * (1.0 + l1 * scale / size):
+        rel = 0.0
+        gap = 0.0
+    return rel, e, gap
+
+
+@njit_cached()
+def _scan(c, a, nrm, lam, nonneg, lo0, hi0, lo1, hi1, lo2, hi2):  # pragma: no cover - compiled
+    """The coordinate of the largest change in a box of positions: (|change|, change, p0, p1, p2, k)."""
+    K = c.shape[3]
+    best = 0.0
+    bd = 0.0
+    b0 = b1 = b2 = bk = -1
+    for q0 in range(lo0, hi0):
+        for q1 in range(lo1, hi1):
+            for q2 in range(lo2, hi2):
+                cq = c[q0, q1, q2]
+                aq = a[q0, q1, q2]
+                nq = nrm[q0, q1, q2]
+                for k in range(K):
+                    nv = nq[k]
+                    if nv <= 0:
+                        continue
+                    av = aq[k]
+                    v = cq[k] + nv * av
+                    if nonneg:
+                        z = (v - lam) / nv if v > lam else 0.0
+                    elif v > lam:
+                        z = (v - lam) / nv
+                    elif v < -lam:
+                        z = (v + lam) / nv
+                    else:
+                        z = 0.0
+                    d = z - av
+                    if abs(d) > best:
+                        best = abs(d)
+                        bd = d
+                        b0, b1, b2, bk = q0, q1, q2, k
+    return best, bd, b0, b1, b2, bk
+
+
+@njit_cached()
+def _lgcd_sample(c, a, r2, T, I0, I1, I2, nrm, S0, S1, S2, lam, nonneg, max_iter, tol, eps, scale, focus,
+                 gap_hist, e_hist):  # pragma: no cover - compiled
+    """LGCD on one sample (``c``, ``a`` channels-last, updated in place); returns (sweeps, ||r||^2, converged).
+
+    ``gap_hist[t]``, ``e_hist[t]``: absolute gap and energy at the check after sweep ``t`` (0: the start).
+    ``tol < 0``: no gap test (run ``max_iter`` sweeps). ``focus``: a sweep updates only the segments whose
+    largest change exceeds ``focus`` times the largest of the previous sweep."""
+    P0, P1, P2, K = c.shape
+    R0 = (I0.shape[1] - 1) // 2
+    R1 = (I1.shape[1] - 1) // 2
+    R2 = (I2.shape[1] - 1) // 2
+    n0 = (P0 + S0 - 1) // S0
+    n1 = (P1 + S1 - 1) // S1
+    n2 = (P2 + S2 - 1) // S2
+    nseg = n0 * n1 * n2
+    dirty = np.ones(nseg, dtype=np.bool_)  # c changed since the segment's last scan
+    best = np.zeros(nseg)  # the largest change found at the last scan (exact while not dirty)
+    where = np.zeros((nseg, 4), dtype=np.int64)
+    change = np.zeros(nseg)
+    total = P0 * P1 * P2 * K
+    rel, e, g = _gap(c, a, r2, lam, nonneg, eps, scale)
+    gap_hist[0] = g
+    e_hist[0] = e
+    if tol >= 0 and rel <= tol:
+        return 0, r2, True
+    thr = 0.0
+    work = 0
+    it = 0
+    while it < max_iter:
+        it += 1
+        top = 0.0
+        for si in range(nseg):
+            if dirty[si]:
+                s0 = si // (n1 * n2)
+                s1 = (si // n2) % n1
+                s2 = si % n2
+                lo0, lo1, lo2 = s0 * S0, s1 * S1, s2 * S2
+                hi0, hi1, hi2 = min(P0, lo0 + S0), min(P1, lo1 + S1), min(P2, lo2 + S2)
+                work += (hi0 - lo0) * (hi1 - lo1) * (hi2 - lo2) * K
+                bv, d, b0, b1, b2, bk = _scan(c, a, nrm, lam, nonneg, lo0, hi0, lo1, hi1, lo2, hi2)
+                best[si] = bv
+                change[si] = d
+                where[si, 0], where[si, 1], where[si, 2], where[si, 3] = b0, b1, b2, bk
+                dirty[si] = False
+            bv = best[si]
+            if bv > top:
+                top = bv
+            if bv <= thr or bv == 0.0:
+                continue
+            d = change[si]
+            b0, b1, b2, bk = where[si, 0], where[si, 1], where[si, 2], where[si, 3]
+            # ||r - d w||^2 = ||r||^2 - 2 d <w, r> + d^2 ||w||^2
+            r2 += d * (d * float(nrm[b0, b1, b2, bk]) - 2.0 * float(c[b0, b1, b2, bk]))
+            a[b0, b1, b2, bk] += d
+            for dp0 in range(-R0, R0 + 1):
+                q0 = b0 + dp0
+                if q0 < 0 or q0 >= P0:
+                    continue
+                u0 = I0[b0, dp0 + R0]
+                if u0 < 0:
+                    continue
+                for dp1 in range(-R1, R1 + 1):
+                    q1 = b1 + dp1
+                    if q1 < 0 or q1 >= P1:
+                        continue
+                    u1 = I1[b1, dp1 + R1]
+                    if u1 < 0:
+                        continue
+                    for dp2 in range(-R2, R2 + 1):
+                        q2 = b2 + dp2
+                        if q2 < 0 or q2 >= P2:
+                            continue
+                        u2 = I2[b2, dp2 + R2]
+                        if u2 < 0:
+                            continue
+                        row = T[u0, u1, u2, bk]
+                        cq = c[q0, q1, q2]
+                        for k in range(K):
+                            cq[k] -= d * row[k]
+            # the segments whose c changed are scanned again when next visited
+            for t0 in range(max(0, (b0 - R0) // S0), min(n0, (b0 + R0) // S0 + 1)):
+                for t1 in range(max(0, (b1 - R1) // S1), min(n1, (b1 + R1) // S1 + 1)):
+                    for t2 in range(max(0, (b2 - R2) // S2), min(n2, (b2 + R2) // S2 + 1)):
+                        dirty[(t0 * n1 + t1) * n2 + t2] = True
+        thr = focus * top
+        if work >= total or top == 0.0:
+            work = 0
+            rel, e, g = _gap(c, a, r2, lam, nonneg, eps, scale)
+            gap_hist[it] = g
+            e_hist[it] = e
+            if tol >= 0 and rel <= tol:
+                return it, r2, True
+            if top == 0.0:
+                return it, r2, False  # no coordinate changes: a stationary point in this precision
+    return it, r2, False
+
+
+@njit_cached(parallel=True)
+def _lgcd_batch(C, A, R2, T, I0, I1, I2, nrm, S0, S1, S2, lam, nonneg, max_iter, tol, eps, scale, focus,
+                n_iter, conv, gap_hist, e_hist):  # pragma: no cover - compiled
+    """Every sample in its own thread; ``n_iter[n]`` sweeps done so far (updated), histories written from there."""
+    for n in numba.prange(C.shape[0]):
+        done = n_iter[n]
+        if done >= max_iter:
+            continue
+        it, r2, ok = _lgcd_sample(C[n], A[n], R2[n], T, I0, I1, I2, nrm, S0, S1, S2, lam, nonneg,
+                                  max_iter - done, tol, eps, scale[n], focus, gap_hist[n, done:], e_hist[n, done:])
+        n_iter[n] = done + it
+        R2[n] = r2
+        conv[n] = ok
+
+
+def _to_last(x, shape3):
+    """(N, K, *O) -> (N, O0, O1, O2, K) contiguous."""
+    n, k = x.shape[:2]
+    return np.ascontiguousarray(np.moveaxis(x.reshape(n, k, *shape3), 1, -1))
+
+
+def conv_coordinate_descent(op, s, lambda_, nonneg=False, max_iter=1000, tol=1e-4, a0=None, segment=None,
+                            focus=0.3, mask=None):
+    """Locally greedy coordinate descent for convolutional sparse coding (see the module notes).
+
+    Parameters
+    ----------
+    op : ConvOperator with channels-first inputs and codes (1 to 3 spatial dims, any stride / padding)
+    s : array (N, C, *L), inputs
+    lambda_ : float >= 0
+    nonneg : bool, constrain ``a >= 0``
+    max_iter : int >= 1, the most sweeps (one sweep visits every segment once)
+    tol : float >= 0 or None; each sample stops once its relative duality gap is <= ``tol``
+        (None: run ``max_iter`` sweeps)
+    a0 : optional warm start (N, K, *O)
+    segment : int or tuple, the segment size in code positions per spatial dim (default ``R_d + 1``,
+        ``R_d = (k_d - 1) // stride_d``)
+    focus : float in [0, 1), a sweep updates only the segments whose largest change exceeds ``focus`` times the
+        largest change of the previous sweep (0: every segment, plain LGCD). Measured (2-core Xeon, loaded),
+        1-D workload (5,000 samples, 16 atoms of 64) per signal to a 1e-3 gap: 0.35 s at 0, 0.20 s at 0.3
+        (268 vs 281 sweeps); 2-D (3x32x32, 64 atoms 9x9, stride 2): 5.9 s at 0.3 vs 7.1 s at 0 for 16 images
+    mask : not supported (``ValueError``); use :func:`~sparsecoding.solvers.lasso.fista`
+
+    Returns
+    -------
+    SolveResult: ``codes`` (N, K, *O) on ``s``'s namespace, ``energy`` per sample, ``n_iter`` (most sweeps of
+    any sample), ``converged`` (every sample's gap <= ``tol``, certified on a fresh residual),
+    ``history`` ``(sweep, total gap / total energy)`` and ``energy_history``.
+
+    Raises
+    ------
+    TypeError for a non-ConvOperator ``op`` or complex inputs; ValueError for channels-last layouts, a mask,
+    bad shapes, non-finite inputs and out-of-range ``lambda_``, ``max_iter``, ``tol``, ``segment``.
+    """
+    if not isinstance(op, ConvOperator):
+        raise TypeError(f"op must be a ConvOperator for the convolutional coordinate descent, got "
+                        f"{type(op).__name__} (dense dictionaries: sparsecoding.solvers.coordinate_descent)")
+    if op.layout != "channels_first" or op.code_layout != "channels_first":
+        raise ValueError("op must have channels-first inputs and codes (layout='channels_first')")
+    if mask is not None:
+        raise ValueError("mask: the coordinate-descent solver has no data weights; use solver='fista'")
+    lam = check_lambda(lambda_)
+    max_iter = check_integer("max_iter", max_iter, 1)
+    tol = check_number("tol", tol, 0.0, allow_none=True)
+    s, a0 = _check_inputs(op, s, a0)
+    if s.shape[0] == 0:
+        return _empty_result(op, s)
+    xp = get_xp(s)
+    g = op.geometry
+    d = g.d
+    R = [(k - 1) // st for k, st in zip(g.kernel, g.stride)]
+    if segment is None:
+        seg = tuple(r + 1 for r in R)
+    else:
+        seg = tuple(int(v) for v in ((segment,) * d if np.isscalar(segment) else segment))
+        if len(seg) != d or any(v < 1 for v in seg):
+            raise ValueError(f"segment must be an int >= 1 or a tuple of {d} ints >= 1, got {segment!r}")
+    seg = seg + (1,) * (3 - d)
+    focus = check_number("focus", focus, 0.0)
+    if focus >= 1.0:
+        raise ValueError(f"focus must be in [0, 1), got {focus!r}")
+    dtype = np.dtype(s.dtype)
+    if op.dtype != dtype:  # compute in the inputs' precision, as the other solvers do
+        op = ConvOperator(op.w.astype(dtype), g.in_shape, g.stride, g.pad, op.method)
+    T, (I0, I1, I2), nrm = overlap_table(op)
+    O3 = g.out_shape + (1,) * (3 - d)
+    n = s.shape[0]
+    with op.frozen_weights():
+        b = op.forward(s)  # Phi s: the scale of the gap's rounding
+        scale = to_numpy(xp.max(xp.abs(b.reshape(n, -1)), axis=1)).astype(np.float64)
+        if a0 is None:
+            A = np.zeros((n, *O3, g.n_out), dtype=dtype)
+            C = _to_last(to_numpy(b), O3)
+            R2 = to_numpy(xp.sum((s * s).reshape(n, -1), axis=1)).astype(np.float64)
+        else:
+            A = _to_last(to_numpy(a0), O3)
+            r = s - op.adjoint(a0)
+            C = _to_last(to_numpy(op.forward(r)), O3)
+            R2 = to_numpy(xp.sum((r * r).reshape(n, -1), axis=1)).astype(np.float64)
+        eps = float(np.finfo(dtype).eps)
+        tol_k = -1.0 if tol is None else float(tol)
+        n_iter = np.zeros(n, dtype=np.int64)
+        conv = np.zeros(n, dtype=np.bool_)
+        gh = np.full((n, max_iter + 1), np.nan)
+        eh = np.full((n, max_iter + 1), np.nan)
+        for attempt in range(4):  # re-certify on a fresh residual; resume where the drift misled
+            _lgcd_batch(C, A, R2, T, I0, I1, I2, nrm, seg[0], seg[1], seg[2], lam, bool(nonneg),
+                        max_iter, tol_k, eps, scale, float(focus), n_iter, conv, gh, eh)
+            a_pub = xp.asarray(np.ascontiguousarray(np.moveaxis(A, -1, 1)).reshape(n, g.n_out, *g.out_shape))
+            if tol is None:
+                break
+            r = s - op.adjoint(a_pub)
+            c_true = op.forward(r)
+            primal, gap = duality_gap(a_pub, c_true, r, lam, bool(nonneg))
+            e_np = np.maximum(np.abs(to_numpy(primal).astype(np.float64)), 1e-300)
+            l1 = to_numpy(xp.sum(xp.abs(a_pub).reshape(n, -1), axis=1)).astype(np.float64)
+            rel = to_numpy(gap).astype(np.float64) / e_np
+            conv = rel <= np.maximum(tol, GAP_ROUNDING * eps * (1.0 + l1 * scale / e_np))
+            if conv.all() or (n_iter[~conv] >= max_iter).all() or attempt == 3:
+                break
+            # samples already certified stop at their first check on the fresh values
+            C = _to_last(to_numpy(c_true), O3)
+            R2 = to_numpy(xp.sum((r * r).reshape(n, -1), axis=1)).astype(np.float64)
+        energy = lasso_energy(op, s, a_pub, lam)
+    # batch history: per sample the last checked values carried forward
+    history, energy_history = [], []
+    last_g, last_e = gh[:, 0].copy(), eh[:, 0].copy()
+    for t in range(gh.shape[1]):
+        seen = ~np.isnan(gh[:, t])
+        if not seen.any():
+            continue
+        last_g[seen], last_e[seen] = gh[seen, t], eh[seen, t]
+        tot = float(np.sum(last_e))
+        history.append((t, float(np.sum(last_g)) / max(abs(tot), 1e-300)))
+        energy_history.append(tot)
+    codes = a_pub
+    return SolveResult(codes, int(n_iter.max()), bool(np.all(conv)), history, codes=codes, energy=energy,
+                       energy_history=energy_history)
