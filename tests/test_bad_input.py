@@ -114,7 +114,7 @@ for name in LAYERS:
         (lambda name=name: _set(_layer(name), "lca_iters", 2.5), ValueError, "lca_iters must be an integer >= 1"),
         (lambda name=name: _set(_layer(name), "lca_iters", "10"), TypeError, "lca_iters must be an integer"),
         (lambda name=name: _set(_layer(name), "lr_schedule", 0.1), TypeError, "lr_schedule must be None or a callable"),
-        (lambda name=name: _set(_layer(name), "solver", "adam"), ValueError, "solver must be 'lca' or 'fista'"),
+        (lambda name=name: _set(_layer(name), "solver", "adam"), ValueError, "solver must be 'lca', 'fista' or 'cd'"),
         (lambda name=name: _set(_layer(name), "transfer_func", "relu"), ValueError, "transfer_func"),
         (lambda name=name: _set(_layer(name, solver="fista"), "transfer_func", "hard_threshold"), ValueError,
          "soft_threshold"),

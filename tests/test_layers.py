@@ -82,6 +82,25 @@ def test_fista_solver_reaches_lca_minimum(engines, cls, shape):
     np.testing.assert_allclose([e_lca, e_fista], ref, rtol=1e-7)
 
 
+@pytest.mark.parametrize("cls,shape", [(LCAConv1D, (2, 2, 11)), (LCAConv2D, (2, 2, 9, 8)), (LCA, (4, 6))])
+def test_cd_solver_gives_the_fista_energy(cls, shape):
+    """solver="cd" (locally greedy coordinate descent on the conv layers, the exact dense route on LCA) reaches the
+    energy of a tight FISTA solve of the same layer, to its tolerance; "cd" needs the soft threshold."""
+    x = np.random.default_rng(5).standard_normal(shape)
+    kw = dict(lambda_=0.3, lca_iters=20000, dtype="float64", seed=0, tol=1e-10)
+    if cls is not LCA:
+        kw.update(kernel_size=3, stride=2)
+    fis = cls(5, 2 if cls is not LCA else 6, solver="fista", **kw)
+    cd = cls(5, 2 if cls is not LCA else 6, solver="cd", **kw)
+    cd.weights = fis.weights
+    s = fis.preprocess(x)
+    e_fista, e_cd = fis.energy(s, fis(x)).sum(), cd.energy(s, cd(x)).sum()
+    assert cd.converged_
+    np.testing.assert_allclose(e_cd, e_fista, rtol=1e-9)
+    with pytest.raises(ValueError, match="soft"):
+        cls(5, 2, solver="cd", transfer_func="hard_threshold")
+
+
 def explicit_update(acts, err, stride, pad, k):
     """sum_{n,o} a[n,k,o] * err_pad[n,:,o*s:o*s+k] with a loop over positions (1-D and 2-D)."""
     errp = np.pad(err, [(0, 0), (0, 0)] + [(p, p) for p in pad])
