@@ -185,28 +185,61 @@ def test_fused_step_gradient_equals_finite_differences(mode, activation, predict
         np.testing.assert_allclose(rep, _pair_loss(net, h1, h2, W0, b0, W0, b0)[1], rtol=1e-10, atol=1e-14)
 
 
+def _reference_relu_gradient(W, b, x, target, mode, lambda1, lambda2):
+    """The gradient of one view's loss for a ReLU layer, from the public dense lpl_grad_z on explicit
+    feature matrices and the weight gradient as an explicit sum over the padded input."""
+    from sparsecoding.plasticity.lpl import lpl_grad_z
+
+    a = conv_ref(x, W, b)
+    z = np.maximum(a, 0)
+    n, m, h, w = z.shape
+    flat = np.moveaxis(z, 1, -1).reshape(-1, m)
+    gz = np.zeros_like(z)
+    if mode in ("pool", "mixed"):
+        terms = ("pred", "hebb", "dec") if mode == "pool" else ("pred",)
+        g = lpl_grad_z(z.mean(axis=(2, 3)), target, lambda1, lambda2, terms=terms)
+        gz += g[:, :, None, None] / (h * w)
+    if mode in ("positions", "mixed"):
+        prev = np.moveaxis(target, 1, -1).reshape(-1, m) if mode == "positions" else flat
+        terms = ("pred", "hebb", "dec") if mode == "positions" else ("hebb", "dec")
+        g = lpl_grad_z(flat, prev, lambda1, lambda2, terms=terms)
+        gz += np.moveaxis(g.reshape(n, h, w, m), -1, 1)
+    ga = gz * (a > 0)
+    kh, kw = W.shape[2:]
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2)))
+    gW = np.zeros(W.shape)
+    for i in range(kh):
+        for j in range(kw):
+            gW[:, :, i, j] = np.einsum("nkhw,nchw->kc", ga, xp[:, :, i:i + h, j:j + w])
+    return gW, ga.sum(axis=(0, 2, 3))
+
+
 @pytest.mark.parametrize("mode", ["mixed", "pool", "positions"])
 @given(n=st.integers(2, 4), c=st.integers(1, 3), k=st.integers(1, 5), size=st.integers(2, 6),
        seed=st.integers(0, 2**31))
-def test_fused_step_equals_public_conv_deltas(mode, n, c, k, size, seed):
-    """ReLU (not differentiable at 0, so no finite differences): the step's gradient is minus the mean of
-    the public lpl_delta_conv of the two views (float64; float32 against torch: bench/peers/lpl.py)."""
+def test_fused_step_and_conv_delta_equal_explicit_relu_gradient(mode, n, c, k, size, seed):
+    """ReLU (not differentiable at 0, so no finite differences): the step's gradient is the mean of the
+    two views' gradients from the dense formulas and an explicit weight-gradient sum, and the public
+    lpl_delta_conv of one view is minus that view's (float64; float32 against torch: bench/peers/lpl.py)."""
     from sparsecoding.plasticity.lpl import ACTIVATIONS, lpl_delta_conv
     from sparsecoding.plasticity.lpl_net import LPLConvNet
 
     r = np.random.default_rng(seed)
     net = LPLConvNet(c, (k,), "i", mode=mode, seed=seed % 1000, dtype="float64")
     x1, x2 = r.random((n, c, size, size)), r.random((n, c, size, size))
-    ((_, gW, gb),) = net._gradients(x1, x2, [0])
     W, b = net.params[0]
-    f, fp = ACTIVATIONS["relu"]
-    z1, z2 = (f(conv_ref(x, W, b)) for x in (x1, x2))
-    target = {"pool": lambda z: z.mean(axis=(2, 3)), "mixed": lambda z: z.mean(axis=(2, 3)),
-              "positions": lambda z: z}[mode]
-    d2 = lpl_delta_conv(W, b, x2, target(z1), f, fp, 1, 1, mode=mode)
-    d1 = lpl_delta_conv(W, b, x1, target(z2), f, fp, 1, 1, mode=mode)
-    np.testing.assert_allclose(gW, -0.5 * (d1[0] + d2[0]), rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(gb, -0.5 * (d1[1] + d2[1]), rtol=1e-9, atol=1e-12)
+    b[...] = 0.05 * r.standard_normal(k)
+    ((_, gW, gb),) = net._gradients(x1, x2, [0])
+    z1, z2 = (np.maximum(conv_ref(x, W, b), 0) for x in (x1, x2))
+    target = (lambda z: z) if mode == "positions" else (lambda z: z.mean(axis=(2, 3)))
+    ref2 = _reference_relu_gradient(W, b, x2, target(z1), mode, 1.0, 10.0)
+    ref1 = _reference_relu_gradient(W, b, x1, target(z2), mode, 1.0, 10.0)
+    np.testing.assert_allclose(gW, 0.5 * (ref1[0] + ref2[0]), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(gb, 0.5 * (ref1[1] + ref2[1]), rtol=1e-9, atol=1e-12)
+    dW, db, z = lpl_delta_conv(W, b, x2, target(z1), *ACTIVATIONS["relu"], 1, 1, mode=mode, weight_decay=0.1)
+    np.testing.assert_allclose(dW, -ref2[0] - 0.1 * W, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(db, -ref2[1], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(z, z2, rtol=1e-12, atol=1e-15)
 
 
 def conv_ref(x, W, b):

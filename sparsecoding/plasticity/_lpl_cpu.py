@@ -165,9 +165,11 @@ def _act(a, act, out):  # pragma: no cover - compiled
 
 
 @njit_cached(nogil=True)
-def _grad_a(a, t, use_t, rowc, npos, r0, act, pos, s_pos, a_other, ga, dbsum, sq):  # pragma: no cover - compiled
-    """ga = (t + rowc[n] + s_pos (f(a) - f(a_other))) f'(a) (t only if use_t, the last term only if pos);
-    dbsum += ga; sq[0] += sum (f(a) - f(a_other))^2 when pos."""
+def _grad_a(a, t, use_t, rowc, npos, r0, act, pos, s_pos, a_other, act_other, ga, dbsum,
+            sq):  # pragma: no cover - compiled
+    """ga = (t + rowc[n] + s_pos (f(a) - g(a_other))) f'(a) (t only if use_t, the last term only if pos;
+    g the activation ``act_other``: f, or the identity when the other view's features are given);
+    dbsum += ga; sq[0] += sum (f(a) - g(a_other))^2 when pos."""
     nr, nk = a.shape
     acc = 0.0
     db = np.zeros(nk)
@@ -190,7 +192,7 @@ def _grad_a(a, t, use_t, rowc, npos, r0, act, pos, s_pos, a_other, ga, dbsum, sq
             if use_t:
                 g += tr[k]
             if pos:
-                d = _f(v, act) - _f(orow[k], act)
+                d = _f(v, act) - _f(orow[k], act_other)
                 g += s_pos * d
                 acc += d * d
             g = g * _fp(v, act)
@@ -329,14 +331,17 @@ class FusedConvLPL:
         return a, psum, moments
 
     # ---------------------------------------------------------------- pass B
-    def weight_grad(self, view, n, act, G, rowc, s_pos=0.0, other=None):
+    def weight_grad(self, view, n, act, G, rowc, s_pos=0.0, other=None, z_other=None):
         """Pass B on the view's stored ``a``: ``(dW (M, C, *k), db (M,), sum (z - z_other)^2)`` for
         ``dL/dZ = Z G + rowc[n] + s_pos (Z - f(a_other))`` (G None: no ``Z G`` term; other None: no
-        last term and the sum is 0)."""
+        last term and the sum is 0; ``z_other`` (N P, M): the other view's features themselves)."""
         nk, nc = self.k, self.c
         a = self._buf(f"a{view}", (n * self.npos, nk))
         xbf = self._buf(f"x{view}", (n, *self.buffer, nc), zero=True).reshape(n, -1, nc)
         a_other = a if other is None else self._buf(f"a{other}", (n * self.npos, nk))
+        act_other, pos = act, other is not None
+        if z_other is not None:
+            a_other, act_other, pos = z_other, ACT_CODES["linear"], True
         use_t = G is not None
         G = np.zeros((nk, nk), self.dtype) if G is None else np.ascontiguousarray(G, dtype=self.dtype)
         rowc = np.ascontiguousarray(rowc, dtype=self.dtype)
@@ -353,7 +358,7 @@ class FusedConvLPL:
                     zs = s["zs"][:nr]
                     _act(ar, act, zs)
                     np.matmul(zs, G, out=t)
-                _grad_a(ar, t, use_t, rowc, self.npos, r0, act, other is not None, s_pos, a_other[r0:r1], ga, db, sq)
+                _grad_a(ar, t, use_t, rowc, self.npos, r0, act, pos, s_pos, a_other[r0:r1], act_other, ga, db, sq)
                 cols = s["cols"][:nr]
                 _gather(xbf, self.idx, r0, r1, cols)
                 np.matmul(ga.T, cols.reshape(nr, -1), out=s["dw"])
@@ -446,3 +451,34 @@ def pair_gradients(fused, x1, x2, W, b, act, mode, lambda1, lambda2, eps, weight
                           else 0.5 * float(np.sum((p[1] - p[0]) ** 2)) / (m * n))
                 report = (l_pred, *_local_losses(var, cov, m, eps))
     return gW.astype(W.dtype), gb.astype(W.dtype), report
+
+
+def single_delta(x, W, b, z_prev, act, mode, lambda1, lambda2, eps, weight_decay, terms):
+    """:func:`sparsecoding.plasticity.lpl.lpl_delta_conv` for a 2-D layer with stride 1 and padding
+    ``k // 2`` on the CPU: ``(dW, db, z)``, minus the gradient of the view's loss, z channels-first."""
+    n, m = x.shape[0], W.shape[0]
+    fused = FusedConvLPL(W.shape[1], m, W.shape[2:], x.shape[2:], W.dtype)
+    npos = fused.npos
+    local = [t for t in terms if t != "pred"]
+    _, psum, moments = fused.forward(0, x, W, b, act, stats=mode != "pool")
+    p = psum / npos
+    z_other = None
+    if mode == "pool":
+        from .lpl import _grad_z  # noqa: PLC0415
+
+        G, rowc, s_pos = None, _grad_z(p, z_prev.astype(np.float64), lambda1, lambda2, eps, terms) / npos, 0.0
+    else:
+        G, zG, _, _ = _coefficients(moments, m, lambda1, lambda2, eps, local, 1.0)
+        rowc = np.broadcast_to(-zG, (n, m))
+        s_pos = 0.0
+        if mode == "mixed" and "pred" in terms:
+            rowc = rowc + (p - z_prev) / (m * n * npos)
+        elif mode == "positions" and "pred" in terms:
+            s_pos = 1.0 / (m * n * npos)
+            z_other = np.ascontiguousarray(np.moveaxis(z_prev, 1, -1), dtype=W.dtype).reshape(n * npos, m)
+        if not local:
+            G = None
+    dW, db, _ = fused.weight_grad(0, n, act, G, rowc, s_pos, z_other=z_other)
+    dW = -dW - weight_decay * W
+    z = np.ascontiguousarray(np.moveaxis(fused.output(0, n, act, False), -1, 1))
+    return dW.astype(W.dtype, copy=False), (None if b is None else (-db).astype(W.dtype)), z

@@ -239,10 +239,40 @@ def lpl_delta_conv(W, b, x, z_prev, f, fprime, stride=1, padding=1, mode="pool",
     return dW, db, z
 
 
+def _fused_activation(xp, f, fprime):
+    """The :mod:`._lpl_cpu` code of the registry activation ``(f, fprime)`` on the numba engines, else None."""
+    from ..backend import capabilities  # noqa: PLC0415
+    from ._lpl_cpu import ACT_CODES  # noqa: PLC0415
+
+    if not capabilities(xp).numba:
+        return None
+    return next((code for name, code in ACT_CODES.items() if ACTIVATIONS[name] == (f, fprime)), None)
+
+
+def _fused_geometry(W, x, stride, padding):
+    """2-D, stride 1, odd kernels with padding ``k // 2`` (the layers of LPLConvNet), float weights."""
+    from ..ops._geometry import as_tuple, resolve_padding  # noqa: PLC0415
+
+    if W.ndim != 4 or x.ndim != 4 or W.dtype.kind != "f" or any(k % 2 == 0 for k in W.shape[2:]):
+        return False
+    try:
+        same = resolve_padding(padding, W.shape[2:]) == tuple(k // 2 for k in W.shape[2:])
+        return same and as_tuple(stride, 2, "stride", 1) == (1, 1)
+    except (TypeError, ValueError):
+        return False
+
+
 def _delta_conv(W, b, x, z_prev, f, fprime, stride, padding, mode, lambda1, lambda2, eps, weight_decay, terms, op,
                 a):
     """:func:`lpl_delta_conv` without the argument checks (callers that checked their input)."""
     xp = get_xp(x)
+    act = _fused_activation(xp, f, fprime)
+    if act is not None and _fused_geometry(W, x, stride, padding):
+        # the per-core, cache-sized, channels-last CPU path (_lpl_cpu); it recomputes the
+        # pre-activation in its cache-sized chunks rather than reading a given ``a``
+        from ._lpl_cpu import single_delta  # noqa: PLC0415
+
+        return single_delta(x, W, b, z_prev, act, mode, lambda1, lambda2, eps, weight_decay, terms)
     if op is None:
         op = ConvOperator(W, x.shape[2:], stride, padding)
     if a is None:
