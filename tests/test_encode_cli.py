@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, strategies as st
 
 import sparsecoding
 from sparsecoding.cli import main
@@ -152,6 +153,24 @@ def test_estimators_code_as_their_transform(tmp_path, capsys):
         np.testing.assert_allclose(np.load(tmp_path / f"c{i}.npz")["codes"], want, rtol=1e-9, atol=1e-12)
 
 
+@given(n=st.integers(1, 9), d=st.integers(2, 7), k=st.integers(1, 8), batch=st.integers(1, 10),
+       solver=st.sampled_from(["fista", "lca"]), seed=st.integers(0, 2**16))
+def test_batches_are_coded_as_the_whole_array(tmp_path_factory, n, d, k, batch, solver, seed):
+    # with a fixed number of iterations (no --tol) every row's code is independent of the others: the command's
+    # batches give the codes the layer computes for the whole array in one call
+    tmp = tmp_path_factory.mktemp("batches")
+    rng = np.random.default_rng(seed)
+    layer = LCA(k, d, lambda_=0.1, solver=solver, lca_iters=30, tau=50, dtype="float64", seed=seed)
+    sparsecoding.save(layer, tmp / "m.npz")
+    X = rng.standard_normal((n, d))
+    np.save(tmp / "x.npy", X)
+    assert main(["lca", "encode", "--model", str(tmp / "m.npz"), "--input", str(tmp / "x.npy"),
+                 "--out", str(tmp / "c.npz"), "--batch-size", str(batch)]) == 0
+    with np.load(tmp / "c.npz") as z:
+        np.testing.assert_allclose(z["codes"], layer.forward(X), rtol=1e-9, atol=1e-12)
+        assert len(z["n_iter"]) == -(-n // batch) and (z["n_iter"] == 30).all()
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("encode")
@@ -192,10 +211,13 @@ def files(tmp_path_factory):
     ("conv.npz", "img.npy", ["--lambda", "-1"], "--lambda"),
     ("conv.npz", "img.npy", ["--batch-size", "0"], "--batch-size"),
     ("conv.npz", "img.npy", ["--device", "tpu"], "--device"),
+    ("conv.npz", "img.npy", ["--out", "/proc/no/such/folder/c.npz"], "--out"),
+    ("conv.npz", "img.npy", ["--out", "empty"], "--out empty: a folder"),
 ])
 def test_bad_values_are_one_line(files, capsys, monkeypatch, model, data, extra, needle):
     monkeypatch.chdir(files)
-    rc, out, err = run_main(["lca", "encode", "--model", model, "--input", data, "--out", "out.npz", *extra], capsys)
+    extra = extra if "--out" in extra else ["--out", "out.npz", *extra]
+    rc, out, err = run_main(["lca", "encode", "--model", model, "--input", data, *extra], capsys)
     assert rc not in (0, None) and out == "" and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1 and needle in err, err
     assert err.startswith("sparsecoding lca encode: error:"), err

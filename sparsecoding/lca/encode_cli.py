@@ -42,7 +42,8 @@ import time
 
 import numpy as np
 
-from ..cliutil import (CLIError, HelpFormatter, device_backend, nonnegative_float, one_line_errors, positive_int)
+from ..cliutil import (CLIError, HelpFormatter, device_backend, nonnegative_float, one_line_errors, positive_int,
+                       writable_dir)
 
 __all__ = ["register", "run", "load_model", "ENCODABLE"]
 
@@ -293,6 +294,9 @@ def run(args):
     _check_input(X, where, model)
     out_path = args.out if args.out is not None else \
         os.path.splitext(os.path.basename(args.input))[0] + "_codes.npz"
+    if os.path.isdir(out_path):
+        raise CLIError(f"--out {out_path}: a folder; give the .npz file to write")
+    writable_dir(os.path.dirname(os.path.abspath(out_path)), "--out")  # before the work, not after it
     dtype = model.dtype(X.dtype)
     layer = model.layer_for(dtype, tuple(X.shape[2:]) if X.ndim > 2 else None)
     xp, n = layer.xp, X.shape[0]
