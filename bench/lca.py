@@ -1,4 +1,4 @@
-"""LCA benchmark (issue: LCA sparse coding).
+"""LCA and LASSO solvers: conv LCA/FISTA per iteration and to a 1e-3 energy gap; dense LASSO vs scikit-learn.
 
 (a) time per iteration and (b) time to a relative energy gap <= 1e-3 against
 a long float64 FISTA optimum, on the CIFAR-like workload: N=128 RGB 32x32
