@@ -16,7 +16,8 @@ too); the peer: the same loss written in torch (channels-first tensors, as a use
 would write it), ``loss.backward()`` and ``torch.optim.Adam.step()``, torch threads =
 the cores. Before timing, the gradient both sides apply is compared once (our
 ``-delta`` against torch's ``W.grad`` / ``b.grad``, and both against torch in float64),
-so the two sides do the same work. Layers: 3 -> 64 and 64 -> 64.
+so the two sides do the same work. Layers: 3 -> 64 and 64 -> 64. The note gives each side's
+spread over the timed runs and its median CPU seconds per step (all threads).
 """
 from __future__ import annotations
 
@@ -95,17 +96,21 @@ def run(*, repeats=3, quick=False):
                 opt.step()
 
             fns["peer"] = peer
-        # spread: every timed run of each side (min / median / max), to show how stable the time is
+        # interleaved as common.interleaved, keeping every run: the spread (min-max) shows how stable
+        # the time is, and the process CPU seconds (both threads) compare the sides on a loaded machine
         runs = {k: [] for k in fns}
+        cpu = {k: [] for k in fns}
         for fn in fns.values():
             fn()
         for _ in range(repeats):
             for k, fn in fns.items():
-                t0 = time.perf_counter()
+                c0, t0 = time.process_time(), time.perf_counter()
                 fn()
                 runs[k].append(time.perf_counter() - t0)
+                cpu[k].append(time.process_time() - c0)
         med = {k: statistics.median(v) for k, v in runs.items()}
-        spread = "; ".join(f"{k} {min(v) * 1e3:.0f}-{max(v) * 1e3:.0f} ms" for k, v in runs.items())
+        spread = "; ".join(f"{k} {min(v) * 1e3:.0f}-{max(v) * 1e3:.0f} ms, CPU {statistics.median(cpu[k]):.2f} s"
+                           for k, v in runs.items())
         rows.append(row(f"LPL layer-local step, {c_in}->{c_out} 3x3, B={batch} {size}x{size}, two views",
                         "LPLConvNet.train_step", med["ours"], "torch autograd + Adam", med.get("peer"), target=1.5,
                         note=f"{note}; spread {spread}"))

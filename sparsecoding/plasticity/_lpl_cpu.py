@@ -34,6 +34,7 @@ memory), and nothing is transposed but the input, once, into its padded buffer.
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 
@@ -244,6 +245,13 @@ class FusedConvLPL:
         self.nj = self.idx.shape[1]
         self.rows = int(rows)
         self._bufs = {}
+        self._local = threading.local()
+
+    def __getstate__(self):  # work buffers and the per-thread scratch are not state (copy, pickle)
+        return {k: v for k, v in self.__dict__.items() if k not in ("_bufs", "_local")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _bufs={}, _local=threading.local())
 
     # ---------------------------------------------------------------- buffers
     def _buf(self, name, shape, zero=False):
@@ -257,15 +265,15 @@ class FusedConvLPL:
             self._bufs[key] = b
         return b
 
-    def _scratch(self, lo):
+    def _scratch(self, lo=None):
+        """The calling thread's chunk buffers (the pool's worker threads persist, so these are kept)."""
         rows, nj, c, k = self.rows, self.nj, self.c, self.k
-        key = ("scratch", lo)
-        s = self._bufs.get(key)
+        s = getattr(self._local, "scratch", None)
         if s is None:
             s = {"cols": np.empty((rows, nj, c), self.dtype), "zs": np.empty((rows, k), self.dtype),
                  "t": np.empty((rows, k), self.dtype), "ga": np.empty((rows, k), self.dtype),
                  "kk": np.empty((k, k), self.dtype), "dw": np.empty((k, nj * c), self.dtype)}
-            self._bufs[key] = s
+            self._local.scratch = s
         return s
 
     def _chunks(self, lo, hi):

@@ -21,6 +21,11 @@ DESIGN.md rule ``1/(MB) sum_b [-(z - z_prev) + lambda1 alpha zc/(var+eps)
 
 Convolutional layers: ``mode="pool"`` applies the losses to globally
 average-pooled features, ``mode="positions"`` treats every position as a sample.
+On the numba engines, for the registry activations and 2-D layers with stride 1 and
+padding ``k // 2`` (LPLConvNet's), :func:`lpl_delta_conv` runs the per-core,
+cache-sized, channels-last passes of :mod:`sparsecoding.plasticity._lpl_cpu`
+(statistics in one pass with one symmetric GEMM per chunk, the delta in one kernel,
+no full im2col array); elsewhere the generic array code below.
 
 Bad input (DESIGN.md §10): the public functions refuse arrays with NaN or Inf,
 mismatched shapes, a batch of fewer than 2 samples, ``lambda1``/``lambda2``/

@@ -6,6 +6,10 @@ pool to give ``h_l``) learns only from its own LPL delta
 layers. Consecutive "frames" are two random augmentations of the same
 images: each view's features are the other's prediction target (symmetric,
 stop-gradient). Layers train all at once or greedily one after another.
+On the numba engines with a registry activation, a training step runs each layer's two
+passes per view on the CPU path of :mod:`sparsecoding.plasticity._lpl_cpu` (per core,
+cache-sized chunks, channels-last, the layers chained channels-last); elsewhere (cupy,
+the generic engines, a custom activation) the generic array code.
 
 Bad input (DESIGN.md §10): images with NaN or Inf, of the wrong rank or channel
 count, fewer than 2 images per training step, unknown layers, and hyperparameters
