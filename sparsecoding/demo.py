@@ -8,7 +8,9 @@ with a progress bar, then writes to ``--out`` (default ``runs/demo``):
 * ``reconstruction.png``: four crops, their reconstructions ``Phi^T a`` and the residuals, each
   labelled with the relative error (sparsecoding.viz.plot_reconstruction);
 * ``energy.png``: the energy per sample and the fraction of active units of each dictionary step
-  (sparsecoding.viz.plot_history of the per-step records).
+  (sparsecoding.viz.plot_history of the per-step records);
+* ``model.npz``: the learned layer (``sparsecoding.save``; ``sparsecoding.load`` reads it back, and
+  ``sparsecoding lca encode --model <folder>`` codes new images with it),
 
 and prints where they are. Nothing is downloaded; the photographs come with scikit-image.
 """
@@ -37,6 +39,9 @@ def run(args):
     history = layer.fit(X, epochs=epochs, batch_size=batch, seed=args.seed, max_steps=args.steps,
                         progress=not args.quiet, record_steps=True)
     steps = history.steps
+    from .io import save  # noqa: PLC0415
+
+    model = save(layer, os.path.join(args.out, "model.npz"))
     features = os.path.join(args.out, "features.png")
     plot_features(layer.weights, title=f"{args.features} atoms {layer.weights.shape[2]}x{layer.weights.shape[3]} "
                                        f"after {len(steps)} dictionary steps", path=features)
@@ -52,7 +57,7 @@ def run(args):
     active = float(np.mean(np.asarray(out["acts"]) != 0))
     print(f"{len(steps)} dictionary steps in {time.perf_counter() - t0:.0f} s; energy per sample "
           f"{steps[0]['energy']:.1f} -> {steps[-1]['energy']:.1f}, fraction active {active:.3f}\n"
-          f"features: {features}\nreconstruction: {recon}\nenergy curve: {energy}")
+          f"features: {features}\nreconstruction: {recon}\nenergy curve: {energy}\nmodel: {model}")
     return 0
 
 

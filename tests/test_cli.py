@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from sparsecoding.cli import build_parser, main
@@ -109,6 +110,16 @@ def test_demo_writes_its_pictures_and_says_where(tmp_path, capsys):
         assert (tmp_path / name).stat().st_size > 1000 and str(tmp_path / name) in out
     first, last = (float(v) for v in out.split("energy per sample ")[1].split(",")[0].split(" -> "))
     assert "6 dictionary steps" in out and last < first
+    # the saved layer codes new crops through `lca encode --model <demo folder>`: unit-norm atoms,
+    # and codes whose energy is below that of the zero code (1/2 ||s||^2 = (D - 1)/2 per standardised crop)
+    assert str(tmp_path / "model.npz") in out
+    crops = np.random.default_rng(1).standard_normal((5, 3, 32, 32)).astype(np.float32)
+    np.save(tmp_path / "crops.npy", crops)
+    assert main(["lca", "encode", "--model", str(tmp_path), "--input", str(tmp_path / "crops.npy"),
+                 "--out", str(tmp_path / "codes.npz")]) == 0
+    with np.load(tmp_path / "codes.npz") as f:
+        assert f["codes"].shape == (5, 8, 16, 16) and (f["codes"] >= 0).all()
+        assert (f["energy"] < 0.5 * (3 * 32 * 32 - 1)).all()
 
 
 # --------------------------------------------------------------------------- bench

@@ -282,14 +282,15 @@ def write_run_outputs(folder, history):
     if not history:
         return
     history.to_csv(os.path.join(folder, "metrics.csv"))
-    try:
-        from ..viz import save_curves  # noqa: PLC0415
-    except ImportError:
-        return
+    from ..viz import save_curves  # noqa: PLC0415
+
     curves = {"train error": history.column("train_error")}
     if history.column("test_error"):
         curves["test error"] = history.column("test_error")
-    save_curves(curves, os.path.join(folder, "error_curves.png"), xlabel="epoch", ylabel="error")
+    try:  # matplotlib is an optional extra: without it the run keeps its csv and checkpoint, no picture
+        save_curves(curves, os.path.join(folder, "error_curves.png"), xlabel="epoch", ylabel="error")
+    except ImportError:
+        return
 
 
 def load_run(path):
