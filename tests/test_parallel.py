@@ -61,3 +61,20 @@ def test_bad_thread_count_is_named(monkeypatch, value):
     monkeypatch.setenv("SPARSECODING_THREADS", value)
     with pytest.raises(ValueError, match="SPARSECODING_THREADS must be a positive integer"):
         run_split(lambda lo, hi: None, 4)
+
+
+def test_run_split_nested_in_a_worker_runs_inline(monkeypatch):
+    # an engine that splits its batch, called from inside another split (e.g. a Winograd conv in a
+    # per-core worker), must not wait on the pool it is running in: every pair (outer, inner) once
+    monkeypatch.setenv("SPARSECODING_THREADS", "2")
+    seen, lock = [], threading.Lock()
+
+    def outer(lo, hi):
+        for i in range(lo, hi):
+            def inner(a, b, i=i):
+                with lock:
+                    seen.extend((i, j) for j in range(a, b))
+            run_split(inner, 3)
+
+    run_split(outer, 4)
+    assert sorted(seen) == [(i, j) for i in range(4) for j in range(3)]

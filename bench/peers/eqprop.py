@@ -120,8 +120,9 @@ def _one(torch, name, cfg, repeats, quick):
     t = interleaved(fns, repeats=repeats)
     peer_s = t["peer"] / STEPS if "peer" in t else None
     wl = f"EqProp relaxation step, {name}, batch {batch}"
+    engines = ", ".join(net._op(k).engine.replace("-native", "") for k in range(net.n_conv))
     return row(wl, "ConvEBM.relax", t["ours"] / STEPS, label, peer_s, 1.5,
-               f"layout {net.layout}; per step of {STEPS}")
+               f"{net.layout}; engines {engines}; per step of {STEPS}")
 
 
 def run(*, repeats=3, quick=False):

@@ -332,6 +332,16 @@ class ConvEBM:
                 terms.append(cached[1])
                 memo.append(cached[2])
                 continue
+            if self.pools[k] == "m" and memo_fixed is None and self.conv_out_shapes[k][0] >= 2 <= \
+                    self.conv_out_shapes[k][1]:
+                # the pool taken with the forward (fused in the output transform where the engine is
+                # Winograd: the pre-activation is never written); the bias after it, as below
+                pooled, idx = self._op(k).forward_maxpool(inputs[k])
+                if bias:
+                    pooled = pooled + self.params[k][1].reshape((1, 1, 1, -1) if self.cl else (1, -1, 1, 1))
+                terms.append(pooled)
+                memo.append(idx)
+                continue
             pre = self._op(k).forward(inputs[k])
             # the bias is constant over each channel's pool window: adding it after the pool gives
             # the same values and argmaxes (max(z + b) = max(z) + b) on a 4x smaller array

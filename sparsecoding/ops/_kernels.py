@@ -69,6 +69,27 @@ def gather_columns_1t(src, idx, out):  # pragma: no cover - compiled
 
 
 @njit_cached(nogil=True)
+def scatter_add_columns_1t(src, idx, out):  # pragma: no cover - compiled
+    """:func:`scatter_add_columns` in the calling thread: out[n, c, idx[m, j]] += src[n, m, c, j]."""
+    nn, nc = out.shape[0], out.shape[1]
+    nm, nj = idx.shape
+    for n in range(nn):
+        for m in range(nm):
+            for c in range(nc):
+                for j in range(nj):
+                    out[n, c, idx[m, j]] += src[n, m, c, j]
+
+
+@njit_cached(nogil=True)
+def swap_last_two_1t(a, out):  # pragma: no cover - compiled
+    """:func:`swap_last_two` in the calling thread: out[n, j, i] = a[n, i, j]."""
+    for n in range(a.shape[0]):
+        for i in range(a.shape[1]):
+            for j in range(a.shape[2]):
+                out[n, j, i] = a[n, i, j]
+
+
+@njit_cached(nogil=True)
 def scatter_residual_1t(cols, idx, s_buf, mask, out):  # pragma: no cover - compiled
     """``out = (s_buf - col2im(cols)) * mask``: the residual ``s - Phi^T a`` in the padded buffer,
     zero on the padding (the cropped objective ignores it). cols (N, M, C, J); s_buf, out (N, C, P)."""

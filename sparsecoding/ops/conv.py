@@ -71,9 +71,13 @@ class ConvOperator(LinearOperator):
     in_shape : tuple of int
         Spatial shape ``L`` of the inputs.
     stride, padding : as for :func:`conv`.
-    method : {"auto", "im2col", "fft"}
-        Engine kind; "auto" uses :func:`choose_method`'s cost model. The engine family
-        (numba or generic arrays) comes from ``backend.capabilities``.
+    method : {"auto", "im2col", "fft", "winograd"}
+        Engine kind; "auto" uses :func:`choose_method`'s cost model, except for 3x3 stride-1 2-D
+        layers with channels-last inputs and codes on the CPU, where im2col, Winograd F(2x2, 3x3)
+        and F(4x4, 3x3) are timed on first use and the fastest is cached per machine
+        (:mod:`sparsecoding.ops.autotune`); "winograd" (3x3 stride-1 2-D, CPU) picks the faster
+        tile size the same way. The engine family (numba or generic arrays) comes from
+        ``backend.capabilities``.
     layout : {"channels_first", "channels_last"}
         Layout of the inputs ``x``: ``(N, C, *L)`` (PyTorch) or ``(N, *L, C)``.
     code_layout : {"channels_first", "channels_last"} or None
@@ -114,7 +118,8 @@ class ConvOperator(LinearOperator):
 
     @property
     def engine(self):
-        """The engine's name: "im2col-native", "im2col-generic", "fft-native" or "fft-generic"."""
+        """The engine's name: "im2col-native", "im2col-generic", "fft-native", "fft-generic",
+        "winograd2-native" or "winograd4-native"."""
         return self._engine.name
 
     # ------------------------------------------------------------------ setup
@@ -218,6 +223,22 @@ class ConvOperator(LinearOperator):
         if x.shape[0] == 0:
             return self.xp.zeros((0, *self.out_shape), dtype=self.dtype)
         return self._engine.forward(x)
+
+    def forward_maxpool(self, x):
+        """``max_pool(forward(x), 2, 2)`` (2x2 windows, stride 2, floor) and the argmax indices, as
+        :func:`sparsecoding.ops.max_pool` returns them for this code layout. Fused where the engine can
+        (Winograd with channels-last codes: the pool is taken in the output transform and the
+        pre-activation is never written), else the forward followed by the pool."""
+        if self.geometry.d != 2:
+            raise ValueError(f"forward_maxpool needs a 2-D convolution, got {self.geometry.d} spatial dims")
+        x = self._check_x(x)
+        fused = getattr(self._engine, "forward_maxpool", None)
+        if fused is not None and self.code_layout == "channels_last" and x.shape[0] > 0:
+            return fused(x)
+        from .engines import select_pool_engine
+
+        return select_pool_engine(self.xp).max_pool(self.forward(x), (2, 2), (2, 2),
+                                                    self.code_layout == "channels_last")
 
     def adjoint(self, y):
         """``conv_transpose(y, w)`` onto the operator's input shape: (N, *out_shape) -> (N, *in_shape)."""

@@ -14,6 +14,7 @@ call; without it (or with one core) the work runs in the calling thread.
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 try:
@@ -30,6 +31,7 @@ L2_CHUNK_BYTES = 1 << 19
 _pool = None
 _pool_pid = None
 _controller = None
+_local = threading.local()  # .inside: this thread is one of run_split's workers
 
 
 def n_workers():
@@ -67,12 +69,22 @@ def run_split(fn, n):
     (numpy, single-threaded numba kernels). Exceptions propagate.
     """
     workers = min(n_workers(), n)
-    if workers <= 1 or ThreadpoolController is None:
+    if workers <= 1 or ThreadpoolController is None or getattr(_local, "inside", False):
+        # one worker, or called from inside a worker (an engine used within another split): in this
+        # thread, since waiting on the pool from one of its own threads could deadlock
         fn(0, n)
         return
     pool, controller = _get_pool(workers)
     bounds = [n * i // workers for i in range(workers + 1)]
+
+    def call(lo, hi):
+        _local.inside = True
+        try:
+            fn(lo, hi)
+        finally:
+            _local.inside = False
+
     with controller.limit(limits=1, user_api="blas"):
-        futures = [pool.submit(fn, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
+        futures = [pool.submit(call, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
         for f in futures:
             f.result()

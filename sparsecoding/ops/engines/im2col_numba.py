@@ -39,12 +39,15 @@ class Im2colNumba(ConvEngine):
     method, family = "im2col", "native"
     native_code_layout = "channels_last"
 
-    def __init__(self, geometry, xp, dtype, x_layout, y_layout, caps):
+    def __init__(self, geometry, xp, dtype, x_layout, y_layout, caps, split_cf=False, chunk_bytes=None):
         super().__init__(geometry, xp, dtype, x_layout, y_layout, caps)
         g = geometry
         self.buffer = tuple((o - 1) * s + k for o, s, k in zip(g.out_shape, g.stride, g.kernel))
         self.idx = K.window_index(self.buffer, g.kernel, g.stride, g.out_shape)
         self._scratch = self._pad_buf = None  # reused channels-last work buffers
+        # channels-first inputs: whole-batch gather + one multi-threaded GEMM, or the per-core split
+        # (the columns of each core's chunk stay in its cache between the copies and the GEMM)
+        self.split_cf, self.chunk_bytes = bool(split_cf), chunk_bytes
 
     def _derive(self, w):
         if not self.x_cl:
@@ -77,6 +80,8 @@ class Im2colNumba(ConvEngine):
         return self.xp.ascontiguousarray(self.xp.moveaxis(y, -1, 1))
 
     def _forward_cf_cols(self, buf):
+        if self.split_cf:
+            return self._forward_cf_split(buf)
         # numba gather into (N, M, C, J), one (N*M, CJ) x (CJ, K) GEMM, swap to (N, K, M) unless codes are cl
         g, np_ = self.g, self.xp
         n = buf.shape[0]
@@ -89,6 +94,71 @@ class Im2colNumba(ConvEngine):
         res = np_.empty((n, g.n_out, m), dtype=self.dtype)
         K.swap_last_two(out.reshape(n, m, g.n_out), res)
         return res.reshape(n, g.n_out, *g.out_shape)
+
+    def _per_core_chunk(self):
+        """Samples per core chunk of the split channels-first paths: columns of about ``chunk_bytes``
+        (default :data:`parallel.L2_CHUNK_BYTES`; at least one sample)."""
+        m, nj = self.idx.shape
+        chunk = self.chunk_bytes or parallel.L2_CHUNK_BYTES
+        return max(1, chunk // (m * self.g.n_in * nj * self.dtype.itemsize))
+
+    def _forward_cf_split(self, buf):
+        # per core, per chunk of samples: gather, GEMM and (channels-first codes) transpose while the
+        # columns are in the core's cache (single-threaded BLAS in each worker)
+        g, np_ = self.g, self.xp
+        n = buf.shape[0]
+        m, nj = self.idx.shape
+        src = buf.reshape(n, g.n_in, -1)
+        w2t = self._w2.T
+        nb = self._per_core_chunk()
+        out = np_.empty((n * m, g.n_out) if self.y_cl else (n, g.n_out, m), dtype=self.dtype)
+
+        def work(lo, hi):
+            b = min(nb, hi - lo)
+            cols = np_.empty((b, m, g.n_in, nj), dtype=self.dtype)
+            tmp = None if self.y_cl else np_.empty((b * m, g.n_out), dtype=self.dtype)
+            for i in range(lo, hi, nb):
+                j = min(hi, i + nb)
+                cv = cols[:j - i]
+                K.gather_columns_1t(src[i:j], self.idx, cv)
+                if self.y_cl:
+                    np_.matmul(cv.reshape((j - i) * m, -1), w2t, out=out[i * m:j * m])
+                else:
+                    tv = tmp[:(j - i) * m]
+                    np_.matmul(cv.reshape((j - i) * m, -1), w2t, out=tv)
+                    K.swap_last_two_1t(tv.reshape(j - i, m, g.n_out), out[i:j])
+
+        parallel.run_split(work, n)
+        if self.y_cl:
+            return out.reshape(n, *g.out_shape, g.n_out)
+        return out.reshape(n, g.n_out, *g.out_shape)
+
+    def _adjoint_cf_split(self, y):
+        g, np_ = self.g, self.xp
+        n = y.shape[0]
+        m, nj = self.idx.shape
+        yc = np_.ascontiguousarray(y).reshape((n * m, g.n_out) if self.y_cl else (n, g.n_out, m))
+        w2 = self._w2
+        nb = self._per_core_chunk()
+        buf = np_.zeros((n, g.n_in, math.prod(self.buffer)), dtype=self.dtype)
+
+        def work(lo, hi):
+            b = min(nb, hi - lo)
+            cols = np_.empty((b * m, g.n_in * nj), dtype=self.dtype)
+            yt = None if self.y_cl else np_.empty((b, m, g.n_out), dtype=self.dtype)
+            for i in range(lo, hi, nb):
+                j = min(hi, i + nb)
+                cv = cols[:(j - i) * m]
+                if self.y_cl:
+                    np_.matmul(yc[i * m:j * m], w2, out=cv)
+                else:
+                    yv = yt[:j - i]
+                    K.swap_last_two_1t(yc[i:j], yv)
+                    np_.matmul(yv.reshape((j - i) * m, g.n_out), w2, out=cv)
+                K.scatter_add_columns_1t(cv.reshape(j - i, m, g.n_in, nj), self.idx, buf[i:j])
+
+        parallel.run_split(work, n)
+        return buf.reshape(n, g.n_in, *self.buffer)
 
     def _padded_input(self, x):
         """x (N, *L, C) in the zero-padded buffer, flattened to (N, P, C). The buffer is kept between
@@ -127,6 +197,8 @@ class Im2colNumba(ConvEngine):
         return self.crop(self._adjoint_cf_cols(y), self.buffer)
 
     def _adjoint_cf_cols(self, y):
+        if self.split_cf:
+            return self._adjoint_cf_split(y)
         g, np_ = self.g, self.xp
         n = y.shape[0]
         m, nj = self.idx.shape
