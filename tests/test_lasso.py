@@ -170,3 +170,100 @@ def test_weighted_energy_and_masked_solvers_on_backend(xp):
             res = solver(DenseOperator(xp.asarray(phi)), xp.asarray(s), 0.2, max_iter=50000, tol=1e-15,
                          mask=xp.asarray(mask))
             np.testing.assert_allclose(to_numpy(res.energy), ref, rtol=1e-8)
+
+
+def enumerated_lasso(phi, s, lam, nonneg):
+    """The exact LASSO minimiser of one sample by enumeration (independent of every solver):
+    for each support and sign pattern, the stationary point ``G_SS a_S = b_S - lambda z_S`` is
+    the optimum iff its signs are ``z`` and ``|b_j - G_j a| <= lambda`` off the support
+    (``<=`` without the absolute value for ``a >= 0``). Needs full column rank (K <= D)."""
+    import itertools
+
+    k = phi.shape[0]
+    G, b = phi @ phi.T, phi @ s
+    for size in range(k + 1):
+        for support in itertools.combinations(range(k), size):
+            idx = list(support)
+            for z in itertools.product(*[[1.0] if nonneg else [1.0, -1.0]] * size):
+                a = np.zeros(k)
+                if size:
+                    a[idx] = np.linalg.solve(G[np.ix_(idx, idx)], b[idx] - lam * np.asarray(z))
+                    if np.any(a[idx] * np.asarray(z) <= 0):
+                        continue
+                c = b - G @ a
+                off = np.setdiff1d(np.arange(k), idx)
+                if np.all((c[off] if nonneg else np.abs(c[off])) <= lam * (1 + 1e-12)):
+                    return a
+    raise AssertionError("no stationary point found")
+
+
+@given(st.integers(1, 5), st.integers(0, 2**31), st.floats(0.02, 0.9), st.booleans())
+def test_path_is_the_exact_minimiser_by_enumeration(k, seed, lam, nonneg):
+    # full column rank (K <= D): the minimiser is unique, the path must land on it to rounding
+    r = np.random.default_rng(seed)
+    d = k + int(r.integers(0, 3))
+    phi = r.standard_normal((k, d))
+    phi /= np.linalg.norm(phi, axis=1, keepdims=True)
+    s = r.standard_normal((3, d))
+    res = coordinate_descent(DenseOperator(phi), s, lam, nonneg=nonneg)
+    expect = np.stack([enumerated_lasso(phi, x, lam, nonneg) for x in s])
+    np.testing.assert_allclose(to_numpy(res.codes), expect, atol=1e-10)
+    assert res.converged
+
+
+@given(dense_problems(), st.booleans())
+def test_warm_start_and_path_reach_the_certified_minimum(prob, zero_start):
+    # the warm-start route (coordinate descent + exact support solve from a0) and the path (no a0)
+    # both satisfy the KKT conditions, agree with FISTA at a tight gap, and their reported
+    # certificate is an independent duality gap (conftest) within tol
+    phi, s, lam, nonneg = prob
+    op = DenseOperator(phi)
+    r = np.random.default_rng(0)
+    a0 = np.zeros((s.shape[0], phi.shape[0])) if zero_start else r.standard_normal((s.shape[0], phi.shape[0]))
+    if nonneg:
+        a0 = np.abs(a0)
+    ref = fista(op, s, lam, nonneg=nonneg, max_iter=50000, tol=1e-15)
+    for res in (coordinate_descent(op, s, lam, nonneg=nonneg, tol=1e-12, max_iter=20000),
+                coordinate_descent(op, s, lam, nonneg=nonneg, tol=1e-12, max_iter=20000, a0=a0)):
+        assert res.converged
+        assert kkt_violation(op, s, res.codes, lam, nonneg) < 1e-7
+        e = to_numpy(res.energy)
+        np.testing.assert_allclose(e, to_numpy(ref.energy), rtol=1e-7, atol=1e-9)
+        gap = duality_gap(op, s, res.codes, lam, nonneg)
+        assert np.all(gap <= 1e-9 * np.maximum(e, 1))
+        assert 0 <= res.history[-1][1] <= 1e-9
+
+
+@pytest.mark.parametrize("nonneg", [False, True])
+def test_degenerate_dictionaries_fall_back_and_converge(nonneg):
+    # duplicated atoms: the signed path meets a singular restricted Gram matrix (on these samples
+    # it stops after 2 steps) and coordinate descent finishes; a 6x overcomplete dictionary at a
+    # small lambda (supports of D atoms, ill-conditioned); the KKT conditions hold and FISTA agrees
+    # on the energy
+    r = np.random.default_rng(5)
+    base = r.standard_normal((6, 8))
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    wide = r.standard_normal((24, 4))
+    wide /= np.linalg.norm(wide, axis=1, keepdims=True)
+    for phi, lam in ((np.concatenate([base, base[:3]]), 0.1), (wide, 0.01)):
+        op = DenseOperator(phi)
+        s = r.standard_normal((5, phi.shape[1]))
+        res = coordinate_descent(op, s, lam, nonneg=nonneg, tol=1e-12, max_iter=50000)
+        assert kkt_violation(op, s, res.codes, lam, nonneg) < 1e-6
+        ref = fista(op, s, lam, nonneg=nonneg, max_iter=100000, tol=1e-14)
+        np.testing.assert_allclose(to_numpy(res.energy), to_numpy(ref.energy), rtol=1e-7, atol=1e-9)
+
+
+def test_float32_inputs_and_zero_lambda():
+    # float32 data: float64 arithmetic inside, codes back in float32 at the float64 optimum's energy;
+    # lambda = 0 with K <= D: the least-squares solution
+    r = np.random.default_rng(7)
+    phi = r.standard_normal((5, 9))
+    phi /= np.linalg.norm(phi, axis=1, keepdims=True)
+    s = r.standard_normal((4, 9))
+    res32 = coordinate_descent(DenseOperator(phi.astype(np.float32)), s.astype(np.float32), 0.2)
+    res64 = coordinate_descent(DenseOperator(phi), s, 0.2)
+    assert res32.codes.dtype == np.float32
+    np.testing.assert_allclose(res32.codes, res64.codes, atol=1e-5)
+    ls = np.linalg.lstsq(phi.T, s.T, rcond=None)[0].T
+    np.testing.assert_allclose(to_numpy(coordinate_descent(DenseOperator(phi), s, 0.0).codes), ls, atol=1e-9)

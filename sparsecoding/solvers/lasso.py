@@ -1,4 +1,5 @@
-"""LASSO solvers: ISTA, FISTA (any linear operator) and coordinate descent (dense, numba).
+"""LASSO solvers: ISTA, FISTA (any linear operator) and the exact dense route (numba):
+the LASSO path (homotopy) per sample, coordinate descent for warm starts (``coordinate_descent``).
 
 Problem, per sample::
 

@@ -1,0 +1,127 @@
+"""Dense LASSO against SPAMS and scikit-learn, to equal energy (issue 15).
+
+Workload (bench/lca.py's dense section, with the issue's lambda): 1,024 grayscale 8x8
+natural-image patches (``sparsecoding.data.extract_patches(natural_images(color=False), 8,
+1024, seed=1)``), each centred, all divided by their common standard deviation, float64;
+256 random unit-norm atoms (``default_rng(0)``, rows of a (256, 64) array). Problem per
+patch ``s``: ``min_a 1/2 ||s - Phi^T a||^2 + lambda ||a||_1``, lambda 0.5 (the issue's
+row; about 27 active atoms per patch) and 0.1 (bench/lca.py's; about 42), signed, and
+lambda 0.5 with ``a >= 0``.
+
+Conventions, checked by the energies (each side's codes are scored by our
+``lasso_energy`` in float64):
+
+* SPAMS ``spams.lasso(X, D, lambda1, mode=2, pos)`` minimises
+  ``1/2 ||x - D alpha||^2 + lambda1 ||alpha||_1`` with signals and atoms as *columns*
+  (``X = S^T``, ``D = Phi^T``, Fortran order): the same problem, ``lambda1 = lambda``;
+  LARS with its own Gram matrix, ``numThreads=-1`` (both cores).
+* scikit-learn ``sparse_encode(S, Phi, algorithm=..., alpha=lambda)`` divides ``alpha`` by
+  the number of features (64) and its estimators minimise
+  ``1/(2 n_features) ||s - Phi^T a||^2 + alpha' ||a||_1`` = ``(1/64) E(a)``: the same
+  problem with ``alpha = lambda`` (measured: lasso_lars' energy equals the optimum,
+  lasso_cd's is within 1e-8 relative). ``n_jobs`` left at its default (one core).
+
+"To equal energy": our side's total energy must be at or below the peer's, allowing
+1e-12 relative (the rounding of a float64 sum of 1,024 energies near an exact optimum:
+SPAMS's LARS and our path both end within about 1e-15 of each other). Ours:
+``coordinate_descent`` at its default ``tol=1e-8`` (the LASSO path per sample, exact up to
+rounding, so one setting serves every peer), and FISTA at the loosest ``tol`` of a ladder
+that reaches the peer's energy. Medians of ``repeats`` interleaved runs; the notes give
+each side's energy excess over the best energy found by any side.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from bench.peers.common import interleaved, optional, row
+
+REL = 1e-12  # the rounding allowance of "equal energy" (module notes)
+LADDER = [1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9, 1e-10, 1e-11, 1e-12, 1e-13]
+
+
+def workload(n=1024):
+    from sparsecoding.data import extract_patches, natural_images
+
+    P = extract_patches(natural_images(color=False), 8, n, seed=1, flatten=True).astype(np.float64)
+    P -= P.mean(axis=1, keepdims=True)
+    P /= P.std() + 1e-8
+    r = np.random.default_rng(0)
+    D = r.standard_normal((256, 64))
+    D /= np.linalg.norm(D, axis=1, keepdims=True)
+    return P, D
+
+
+def _total(op, P, codes, lam):
+    from sparsecoding.solvers import lasso_energy
+
+    return float(np.sum(lasso_energy(op, P, np.asarray(codes, dtype=np.float64), lam)))
+
+
+def run(*, repeats=3, quick=False):
+    from sparsecoding.ops import DenseOperator
+    from sparsecoding.solvers import coordinate_descent, fista
+
+    spams = optional("spams")
+    skd = optional("sklearn.decomposition")
+    P, D = workload(256 if quick else 1024)
+    op = DenseOperator(D)
+    X, Dm = np.asfortranarray(P.T), np.asfortranarray(D.T)
+    cases = [(0.5, False)] if quick else [(0.5, False), (0.1, False), (0.5, True)]
+    rows = []
+    for lam, nonneg in cases:
+        name = (f"dense LASSO, {P.shape[0]:,} 8x8 patches, 256 atoms, lambda {lam:g}"
+                + (", a >= 0" if nonneg else "") + ", to equal energy")
+        fns = {"cd": lambda: coordinate_descent(op, P, lam, nonneg=nonneg).codes}
+        if spams is not None:
+            fns["spams"] = lambda: spams.lasso(X, D=Dm, lambda1=lam, mode=2, pos=nonneg, numThreads=-1).toarray().T
+        if skd is not None and not nonneg:  # sparse_encode's lasso solvers are signed only (positive= not exposed)
+            def sk(alg):
+                def f():
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # lasso_cd: "did not converge" at max_iter
+                        return skd.sparse_encode(P, D, algorithm=alg, alpha=lam, max_iter=2000)
+                return f
+            fns["lasso_cd"] = sk("lasso_cd")
+            if lam >= 0.5:  # lasso_lars at lambda 0.1 takes ~14 s a run: left out
+                fns["lasso_lars"] = sk("lasso_lars")
+        energy = {k: _total(op, P, fn(), lam) for k, fn in fns.items()}
+        # FISTA: the loosest tolerance whose energy reaches the most accurate peer's (or our path's)
+        goal = min(energy.values())
+        fista_tol, e_f = None, None
+        for tol in LADDER:
+            e_f = _total(op, P, fista(op, P, lam, nonneg=nonneg, tol=tol, max_iter=100000).codes, lam)
+            if e_f <= goal + REL * abs(goal):
+                fista_tol = tol
+                break
+        if fista_tol is not None:
+            fns["fista"] = lambda: fista(op, P, lam, nonneg=nonneg, tol=fista_tol, max_iter=100000).codes
+            energy["fista"] = e_f
+        t = interleaved(fns, repeats=repeats)
+        best = min(energy.values())
+
+        def excess(k):
+            return f"{(energy[k] - best) / abs(best):.1e}"
+
+        def reached(k, peer):
+            return energy[k] <= energy[peer] + REL * abs(energy[peer])
+
+        labels = {"spams": "SPAMS lasso (LARS)", "lasso_cd": "sklearn lasso_cd", "lasso_lars": "sklearn lasso_lars"}
+        for peer in ("spams", "lasso_cd", "lasso_lars"):
+            if peer == "spams" and spams is None:
+                rows.append(row(name, "coordinate_descent", t["cd"], labels[peer], None, 1.0,
+                                "spams not importable (pip install spams-bin)"))
+                continue
+            if peer not in fns:
+                continue
+            note = f"energy excess: ours {excess('cd')}, peer {excess(peer)}"
+            if not reached("cd", peer):
+                note += "; ours did NOT reach the peer's energy"
+            rows.append(row(name, "coordinate_descent", t["cd"], labels[peer], t[peer], 1.0, note))
+            if peer == "spams" and "fista" in fns:
+                note = f"fista tol {fista_tol:g}; energy excess: fista {excess('fista')}, peer {excess(peer)}"
+                if not reached("fista", peer):
+                    note += "; fista did NOT reach the peer's energy"
+                rows.append(row(name, "fista", t["fista"], labels[peer], t[peer], None, note))
+    return rows
