@@ -288,6 +288,7 @@ class FusedConvLPL:
         (None without ``stats``)."""
         n = x.shape[0]
         nk, nc = self.k, self.c
+        x = x.astype(self.dtype, copy=False)  # as ConvOperator casts its inputs (float16, integers, ...)
         xb = self._buf(f"x{view}", (n, *self.buffer, nc), zero=True)
         xbf = xb.reshape(n, -1, nc)
         a = self._buf(f"a{view}", (n * self.npos, nk))
