@@ -140,8 +140,8 @@ def _conv3x3(g, xp, dtype, x_layout, y_layout, caps, engines):
         else:
             for chunk in WINOGRAD_CHUNKS:
                 names[f"{e}@{chunk >> 10}K"] = (e, chunk)
-    key = (f"conv{g.kernel[0]}x{g.kernel[1]} C{g.n_in} K{g.n_out} {'x'.join(map(str, g.in_shape))} pad {'x'.join(map(str, g.pad))} "
-           f"{dtype.name} {x_layout}/{y_layout}")
+    key = (f"conv{g.kernel[0]}x{g.kernel[1]} C{g.n_in} K{g.n_out} {'x'.join(map(str, g.in_shape))} "
+           f"pad {'x'.join(map(str, g.pad))} {dtype.name} {x_layout}/{y_layout}")
 
     def candidates():
         # a batch of about 1 GMAC per map (8 to 64 samples): enough samples per worker that the larger
