@@ -9,8 +9,11 @@
     float32 GEMM rate measured in the same run (useful: the first layer's forward counted every
     step, as the autograd reference computes it; executed: it is computed once per phase here),
     and against the bare GEMMs of the same shapes (the bound for im2col at these shapes: thin
-    GEMMs run below the square rate). Reference (issue): the autograd PyTorch implementation
-    takes 568 ms and 70 ms per step on this machine type.
+    GEMMs run below the square rate). Reference: the autograd PyTorch implementation took 568 ms
+    and 70 ms per step on a 2-core AMD EPYC, 234 ms and 27 ms on a 2-core AVX-512 Xeon (issue 15);
+    ``python -m bench.peers --only eqprop`` times it side by side on the machine at hand. The
+    engine of each layer (im2col or Winograd, measured per machine: sparsecoding.ops.autotune)
+    is printed.
 
 (b) One training batch's EP gradient: the reference schedule (T1=250, T2=50, third phase,
     synchronous) against the asynchronous schedule with convergence-based stopping
@@ -122,7 +125,9 @@ def main(argv=None):
     for name, cfg, ref_ms in [("MNIST CNN 1-32-64 5x5", MNIST, 70), ("CIFAR CNN 64-128-256-512", CIFAR, 568)]:
         net, t, flops, executed = step_time(xp, cfg, repeats=3 if quick else 5)
         bound = gemm_bound(xp, net, 128)
-        rows.append({"network": name, "ms_per_step": round(t * 1e3, 1), "useful_GFLOP": round(flops / 1e9, 2),
+        rows.append({"network": name,
+                     "engines": ",".join(net._op(k).engine.replace("-native", "") for k in range(net.n_conv)),
+                     "ms_per_step": round(t * 1e3, 1), "useful_GFLOP": round(flops / 1e9, 2),
                      "executed_GFLOP": round(executed / 1e9, 2), "frac_gemm_useful": round(flops / t / g, 3),
                      "frac_gemm_executed": round(executed / t / g, 3),
                      "bare_gemm_ms": round(bound * 1e3, 1), "frac_of_bare_gemm": round(bound / t, 3),
