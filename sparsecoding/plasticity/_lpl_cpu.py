@@ -34,8 +34,9 @@ memory), and nothing is transposed but the input, once, into its padded buffer.
 Measured (2-core Xeon with AVX-512, shared with other jobs, bench/peers/lpl.py: one
 LPLConvNet step, two views, batch 256, 32x32, against torch 2.13 autograd of the same
 loss + Adam): 64->64 1.08 CPU s per step (torch 2.18), median wall 1.78 s vs 4.71 s;
-3->64 0.27 CPU s (torch 1.50), 548 ms vs 3.41 s. The old path (channels-first
-im2col of the whole batch, separate statistics) used 3-4x our CPU time. Per view at
+3->64 0.27 CPU s (torch 1.50), 548 ms vs 3.41 s. The generic path (channels-first
+im2col of the whole batch, separate statistics) takes 3.2-3.3 CPU s at 64->64 and
+1.9-2.1 at 3->64 in the same setting (2.8x and 7x ours). Per view at
 64->64 (CPU ms, one thread): pass A 273 (input transpose 22, gathers 23, GEMM 154,
 statistics kernel 17-37, co-moment GEMM 18), pass B 265 (Z G 25, delta kernel 29,
 gathers 23, weight-gradient GEMM 164): the GEMMs are about 60%.
