@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -72,10 +73,10 @@ def demo_main_job():
         wall = time.perf_counter() - t0
         pictures = sorted(p.name for p in out_dir.glob("*.png"))
     first = out.strip().splitlines()[0]  # "<steps> dictionary steps in <s> s; energy per sample a -> b, fraction active f"
-    energy = first.split("energy per sample ", 1)[1].split(",")[0]
+    e0, e1 = re.search(r"energy per sample ([\d.]+) -> ([\d.]+)", first).groups()
     return {"command": "sparsecoding demo", "wall_seconds": wall, "summary": first,
-            "steps": int(first.split()[0]), "energy_first": float(energy.split(" -> ")[0]),
-            "energy_last": float(energy.split(" -> ")[1]), "frac_active": float(first.rsplit(" ", 1)[1]),
+            "steps": int(first.split()[0]), "energy_first": float(e0),
+            "energy_last": float(e1), "frac_active": float(first.rsplit(" ", 1)[1]),
             "pictures": pictures}
 
 

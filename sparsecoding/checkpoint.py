@@ -19,6 +19,12 @@ __all__ = ["atomic_savez", "save_checkpoint", "load_checkpoint", "pack_optimizer
            "named_pairs"]
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_savez(path, arrays, compress=False):
     """Write the named numpy ``arrays`` to the .npz ``path`` atomically: a temporary file in the same folder,
     flushed to disk, then renamed over ``path`` (a crash leaves the old file or the new one, never half)."""
@@ -27,6 +33,9 @@ def atomic_savez(path, arrays, compress=False):
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".sparsecoding-", suffix=".tmp")
     try:
+        # mkstemp makes the file private (0600); the result gets the permissions of a file opened
+        # normally (0666 less the umask), so colleagues can read a shared model as they read its pictures
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             (np.savez_compressed if compress else np.savez)(f, **arrays)
             f.flush()

@@ -57,3 +57,20 @@ def test_optimiser_state_without_names_loads_by_position():
     unpack_optimizer(opt, arrays, state)
     np.testing.assert_array_equal(opt.velocity[1], [4.0])
     assert opt.t == 5 and opt.lr == [0.1, 0.2]
+
+
+def test_atomic_files_get_the_permissions_of_an_ordinary_file(tmp_path):
+    # the temporary file mkstemp makes is private; the written file must follow the umask like open() does
+    import os  # noqa: PLC0415
+
+    from sparsecoding.checkpoint import atomic_savez  # noqa: PLC0415
+
+    old = os.umask(0o022)
+    try:
+        atomic_savez(tmp_path / "a.npz", {"x": np.zeros(2)})
+        with open(tmp_path / "b.txt", "w") as f:
+            f.write("x")
+    finally:
+        os.umask(old)
+    mode = os.stat(tmp_path / "a.npz").st_mode & 0o777
+    assert mode == os.stat(tmp_path / "b.txt").st_mode & 0o777 == 0o644

@@ -108,7 +108,7 @@ def test_demo_writes_its_pictures_and_says_where(tmp_path, capsys):
     out = capsys.readouterr().out
     for name in ("features.png", "reconstruction.png", "energy.png"):
         assert (tmp_path / name).stat().st_size > 1000 and str(tmp_path / name) in out
-    first, last = (float(v) for v in out.split("energy per sample ")[1].split(",")[0].split(" -> "))
+    first, last = (float(v) for v in re.search(r"energy per sample ([\d.]+) -> ([\d.]+)", out).groups())
     assert "6 dictionary steps" in out and last < first
     # the saved layer codes new crops through `lca encode --model <demo folder>`: unit-norm atoms,
     # and codes whose energy is below that of the zero code (1/2 ||s||^2 = (D - 1)/2 per standardised crop)

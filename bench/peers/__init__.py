@@ -1,4 +1,4 @@
-"""Side-by-side benchmarks against the peer libraries that are installed (issue 15).
+"""Side-by-side benchmarks against the peer libraries that are installed, one table.
 
 ``python -m bench.peers [--only NAME,...] [--quick] [--repeats 3]`` runs every
 workload module below in one process, each one timing our code and its peers
