@@ -86,7 +86,8 @@ def rows():
         r = acc["demo_main_job"]
         out.append((f"`{r['command']}` (the main job)",
                     f"{r['steps']} dictionary steps, {r['wall_seconds']:.0f} s in all; energy per sample "
-                    f"{r['energy_first']:.4g} -> {r['energy_last']:.4g}, (means of the first and last 10 steps), fraction active {r['frac_active']:.3f}; "
+                    f"{r['energy_first']:.4g} -> {r['energy_last']:.4g} (means of the first and last 10 steps), "
+                    f"fraction active {r['frac_active']:.3f}; "
                     f"wrote {', '.join(r['pictures'])}", _where(acc), "bench.accuracy --demo"))
     if acc and "lca_main_job" in acc:
         r = acc["lca_main_job"]
