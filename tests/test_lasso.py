@@ -209,6 +209,10 @@ def test_path_is_the_exact_minimiser_by_enumeration(k, seed, lam, nonneg):
     expect = np.stack([enumerated_lasso(phi, x, lam, nonneg) for x in s])
     np.testing.assert_allclose(to_numpy(res.codes), expect, atol=1e-10)
     assert res.converged
+    # a warm start at the minimiser is certified as it is: no path step, no sweep
+    warm = coordinate_descent(DenseOperator(phi), s, lam, nonneg=nonneg, a0=expect)
+    assert warm.n_iter == 0
+    np.testing.assert_allclose(to_numpy(warm.codes), expect, atol=1e-10)
 
 
 @given(dense_problems(), st.booleans())
