@@ -91,9 +91,17 @@ def test_lca_without_learn_is_the_lca_job():
     assert learn.func.__module__ == "sparsecoding.lca.learn_cli" and learn.command == "lca learn"
 
 
-def test_info(capsys):
+def test_info(capsys, monkeypatch, tmp_path):
+    # versions, why cupy is (not) usable, the worker count and the cache folders, as the environment sets them
+    import numba  # noqa: PLC0415
+
+    monkeypatch.setenv("SPARSECODING_THREADS", "3")
+    monkeypatch.setenv("SPARSECODING_CACHE_DIR", str(tmp_path))
     assert main(["info"]) == 0
-    assert "sparsecoding" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"numba {numba.__version__}" in out and "CPU worker threads: 3" in out
+    assert str(tmp_path / "tune.json") in out
+    assert "cupy: usable" in out or "cupy: not usable (" in out
 
 
 def test_unknown_command_is_one_line():

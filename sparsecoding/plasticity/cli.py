@@ -300,9 +300,23 @@ def run_foldiak(args):
 _NO_AUTO = "%(default).0s"
 
 
+LPL_DESCRIPTION = """sparsecoding lpl: layer-local LPL training of a VGG-like conv network (each layer learns
+from its own predictive + Hebbian + decorrelation delta on two augmented views per image), then
+a linear readout of every layer's features.
+
+"""
+FOLDIAK_DESCRIPTION = """sparsecoding foldiak: Foldiak's anti-Hebbian network (settling to equilibrium, then the
+anti-Hebbian lateral, Hebbian feed-forward and threshold rules) on the bars problem or on
+whitened natural-image patches.
+
+"""
+# the commands' shared behaviour, from the module notes (without the first line, which names both)
+_RUNS = __doc__.split("\n", 2)[2].replace("``", "")
+
+
 def register(sub):
     """Add the ``lpl`` and ``foldiak`` subcommands to the top-level parser's subparsers."""
-    p = sub.add_parser("lpl", formatter_class=HelpFormatter, description=__doc__,
+    p = sub.add_parser("lpl", formatter_class=HelpFormatter, description=LPL_DESCRIPTION + _RUNS,
                        help="layer-local LPL training of a conv network and linear readout per layer")
     p.add_argument("--data", choices=["digits", "cifar10", "stl10"], default="digits",
                    help="digits: scikit-learn's bundled 8x8 digits (1300 train / 497 test); cifar10, stl10: "
@@ -329,7 +343,7 @@ def register(sub):
     _add_run_options(p, checkpoint_every=20)
     p.set_defaults(func=run_lpl)
 
-    p = sub.add_parser("foldiak", formatter_class=HelpFormatter, description=__doc__,
+    p = sub.add_parser("foldiak", formatter_class=HelpFormatter, description=FOLDIAK_DESCRIPTION + _RUNS,
                        help="Foldiak's anti-Hebbian network on bars or natural-image patches")
     p.add_argument("--task", choices=["bars", "patches"], default="bars",
                    help="bars: the 8x8 bars problem; patches: whitened 8x8 patches of the bundled photographs")
