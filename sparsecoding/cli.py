@@ -193,13 +193,40 @@ def build_parser():
     return parser
 
 
+def _subparsers(parser):
+    return {name: sp for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+            for name, sp in a.choices.items()}
+
+
+def _unrecognized(parser, argv, rest):
+    """One line for options the command does not know, naming the command and, where the option exists
+    with '-' and '_' swapped (``lca`` spells ``--lca-iters``, ``lca learn`` the seed's ``--lca_iters``), it."""
+    command = parser
+    for token in argv:  # follow the subcommands named on the line
+        sub = _subparsers(command)
+        if token in sub:
+            command = sub[token]
+    known = {s for a in command._actions for s in a.option_strings}
+    hints = []
+    for token in rest:
+        name = token.split("=", 1)[0]
+        for other in ("--" + name[2:].replace("-", "_"), "--" + name[2:].replace("_", "-")):
+            if name.startswith("--") and other != name and other in known:
+                hints.append(f"{name} -> {other}")
+    hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
+    command.error(f"unrecognized arguments: {' '.join(rest)}{hint}")
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = []
     if argv[:1] == ["bench"] and "--" in argv:  # everything after -- goes to the benchmarks
         cut = argv.index("--")
         argv, extra = argv[:cut], argv[cut + 1:]
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest:
+        _unrecognized(parser, argv, rest)
     if extra:
         args.extra = extra
     return run_command(f"sparsecoding {args.command}", args.func, args)

@@ -202,3 +202,12 @@ def test_bench_runs_modules_in_the_checkout_with_the_same_interpreter(fake_check
     assert json.loads((fake_checkout / "slow.json").read_text())[2] == []
     assert main(["bench", "nope"]) == 1
     assert "unknown benchmark(s) nope; they are: fast, slow" in capsys.readouterr().err
+
+
+def test_an_option_spelled_with_the_other_separator_gets_a_hint():
+    # `lca` spells --lca-iters, `lca learn` keeps the seed's --lca_iters: one line naming the right spelling
+    r = subprocess.run([sys.executable, "-m", "sparsecoding", "lca", "learn", "--lca-iters", "5"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert r.stderr.startswith("sparsecoding lca learn: error: unrecognized arguments: --lca-iters 5")
+    assert "did you mean --lca-iters -> --lca_iters?" in r.stderr
