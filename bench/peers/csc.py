@@ -59,7 +59,7 @@ def _one_d_rows(repeats, quick):
     threads = numba.get_num_threads()
 
     def cd():
-        return conv_coordinate_descent(op, X, lam, nonneg=True, tol=TOL).codes
+        return conv_coordinate_descent(op, X, lam, nonneg=True, tol=TOL, max_iter=100000).codes
 
     def cd1():
         numba.set_num_threads(1)
@@ -144,7 +144,7 @@ def _sporco_rows(repeats, quick):
     w /= np.sqrt((w**2).sum(axis=(1, 2, 3), keepdims=True))
     op = ConvOperator(w, (64, 64), 1, "valid")
     lam = 0.1 * float(np.abs(op.forward(imgs)).max())
-    fns = {"cd": lambda: conv_coordinate_descent(op, imgs, lam, tol=TOL).codes,
+    fns = {"cd": lambda: conv_coordinate_descent(op, imgs, lam, tol=TOL, max_iter=100000).codes,
            "fista": lambda: fista(op, imgs, lam, tol=TOL, max_iter=20000).codes}
     gaps = {k: _rel_gap(op, imgs, f(), lam, False) for k, f in fns.items()}
     cbpdn = optional("sporco.admm.cbpdn")
@@ -152,7 +152,7 @@ def _sporco_rows(repeats, quick):
     if cbpdn is not None:
         D = np.ascontiguousarray(np.moveaxis(w[:, 0], 0, -1))  # (8, 8, 32)
         S = np.ascontiguousarray(np.moveaxis(imgs[:, 0], 0, -1))  # (64, 64, n)
-        for it in (25, 50, 100, 200, 400, 800):
+        for it in (25, 50, 100, 200, 400, 600, 800, 1200):
             opt = cbpdn.ConvBPDN.Options({"Verbose": False, "MaxMainIter": it, "RelStopTol": 0.0,
                                           "AutoRho": {"Enabled": True}})
 
