@@ -982,9 +982,9 @@ def coordinate_descent(op, s, lambda_, nonneg=False, max_iter=1000, tol=1e-8, a0
 
     Measured against SPAMS's LARS and scikit-learn (bench/peers/lasso.py: 1,024 8x8 natural-image
     patches, 256 random unit atoms, float64, to equal energy, medians of 3 interleaved, 2-core Xeon
-    with AVX-512, loaded: float32 GEMM 62 GFLOP/s): lambda 0.5 319 ms vs SPAMS 528 ms (1.65x),
-    scikit-learn lasso_cd 1.91 s (6.0x), lasso_lars 8.9 s (28x); lambda 0.1 780 vs 847 ms (1.09x),
-    lasso_cd 8.5 s (11x); lambda 0.5, a >= 0: 268 vs 535 ms (2.0x). The previous cyclic coordinate
+    with AVX-512, loaded: float32 GEMM 17-62 GFLOP/s; two runs): lambda 0.5 1.65x / 2.25x SPAMS
+    (319 / 172 ms), 6.0x / 7.2x scikit-learn lasso_cd, 28x lasso_lars; lambda 0.1 1.09x / 1.33x
+    SPAMS, 11x / 16x lasso_cd; lambda 0.5, a >= 0: 2.0x / 1.21x SPAMS. The previous cyclic coordinate
     descent (coordinate-change stop) took 0.40-0.74 s at lambda 0.5 and hit 1,000 sweeps without
     reaching the optimum (energy excess 6e-7-6e-4 relative).
     """
