@@ -33,13 +33,12 @@ Measured (2-core Intel Xeon with AVX-512, shared with other jobs: float32 GEMM 1
 instead of 205-310; two runs of ``python -m bench.peers --only lasso``, medians of 3), ours /
 peer, ratio peer / ours; every side but lasso_cd and FISTA ends at the same energy to 1e-15:
 
-=====================  ============  ====================  ==================  ===================
-case                   ours          SPAMS LARS            sklearn lasso_cd    sklearn lasso_lars
-=====================  ============  ====================  ==================  ===================
-lambda 0.5             319 / 172 ms  528 / 386 ms (1.65x / 2.25x)  1.91 / 1.23 s (6.0x / 7.2x)  8.9 / 4.8 s (28x / 28x)
-lambda 0.1             780 / 524 ms  847 / 695 ms (1.09x / 1.33x)  8.5 / 8.3 s (11x / 16x)      (not run)
-lambda 0.5, a >= 0     268 / 212 ms  535 / 256 ms (2.00x / 1.21x)  (signed only)                (signed only)
-=====================  ============  ====================  ==================  ===================
+* lambda 0.5: ours 319 / 172 ms; SPAMS LARS 528 / 386 ms (1.65x / 2.25x); scikit-learn
+  lasso_cd 1.91 / 1.23 s (6.0x / 7.2x), lasso_lars 8.9 / 4.8 s (28x / 28x);
+* lambda 0.1: ours 780 / 524 ms; SPAMS 847 / 695 ms (1.09x / 1.33x); lasso_cd 8.5 / 8.3 s
+  (11x / 16x); lasso_lars not run (about 14 s a run);
+* lambda 0.5, a >= 0: ours 268 / 212 ms; SPAMS 535 / 256 ms (2.00x / 1.21x); scikit-learn's
+  sparse_encode has no non-negative lasso.
 
 FISTA to the same energy (tol 1e-7-1e-8): 6.4-33 s, 0.02-0.08x SPAMS (it converges linearly at
 best on this 4x overcomplete, coherent dictionary; the exact path is the dense route).
