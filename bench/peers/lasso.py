@@ -30,8 +30,9 @@ that reaches the peer's energy. Medians of ``repeats`` interleaved runs; the not
 each side's energy excess over the best energy found by any side.
 
 Measured (2-core Intel Xeon with AVX-512, shared with other jobs: float32 GEMM 17-62 GFLOP/s
-instead of 205-310; two runs of ``python -m bench.peers --only lasso``, medians of 3), ours /
-peer, ratio peer / ours; every side but lasso_cd and FISTA ends at the same energy to 1e-15:
+instead of 205-310; two runs of ``python -m bench.peers --only lasso``, medians of 3; figures
+as first run / second run, ratio = peer time / ours); every side but lasso_cd and FISTA ends at
+the same energy to 1e-15:
 
 * lambda 0.5: ours 319 / 172 ms; SPAMS LARS 528 / 386 ms (1.65x / 2.25x); scikit-learn
   lasso_cd 1.91 / 1.23 s (6.0x / 7.2x), lasso_lars 8.9 / 4.8 s (28x / 28x);
