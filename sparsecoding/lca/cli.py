@@ -66,12 +66,13 @@ def _summary(metrics, n):
 
 def _write_outputs(args, layer, steps, shape):
     from ..training import History
-    from ..viz import save_curves, save_dictionary
+    from ..viz import plot_features, save_curves
 
     np.save(os.path.join(args.out, "weights.npy"), layer.get_weights())
     History(steps=steps).to_csv(os.path.join(args.out, "history.csv"), steps=True)
-    pic = save_dictionary(layer.weights, os.path.join(args.out, "dictionary.png"), shape=shape,
-                          title=f"{args.data}: {args.features} atoms after {len(steps)} steps")
+    pic = os.path.join(args.out, "dictionary.png")
+    plot_features(layer.weights, atom_shape=shape, path=pic,
+                  title=f"{args.data}: {args.features} atoms after {len(steps)} steps")
     if steps:
         save_curves({"energy": [h["energy"] for h in steps]}, os.path.join(args.out, "energy.png"),
                     xlabel="dictionary step", ylabel="energy per sample", title="dictionary learning")

@@ -76,7 +76,7 @@ def load_task(args):
 
 def _write_outputs(args, layer, history, X, complete):
     from ..backend import to_numpy
-    from ..viz import save_dictionary
+    from ..viz import plot_features
 
     out = args.save_dir
     weights = np.ascontiguousarray(to_numpy(layer.weights), dtype=np.float32)
@@ -101,8 +101,8 @@ def _write_outputs(args, layer, history, X, complete):
         w.writerow(["epoch", "lambda", "energy", "L1", "L2", "frac_active", "lca_iters_run"])
         w.writerows([r["epoch"], lam[r["epoch"]]] + [r[k] for k in ("energy", "L1", "L2", "frac_active",
                                                                     "lca_iters_run")] for r in history)
-    save_dictionary(weights, os.path.join(out, "features.png"),
-                    title=f"{args.task}: {weights.shape[0]} atoms after {len(history)} epoch(s)")
+    plot_features(weights, path=os.path.join(out, "features.png"),
+                  title=f"{args.task}: {weights.shape[0]} atoms after {len(history)} epoch(s)")
     return path, weights, last_lambda
 
 

@@ -246,7 +246,7 @@ def run_foldiak(args):
     from ..backend import to_numpy  # noqa: PLC0415
     from ..data import bars, natural_patches  # noqa: PLC0415
     from ..training import TrainingInterrupted  # noqa: PLC0415
-    from ..viz import save_dictionary  # noqa: PLC0415
+    from ..viz import plot_features  # noqa: PLC0415
     from .foldiak import FoldiakNetwork  # noqa: PLC0415
 
     writable_dir(args.out)
@@ -269,9 +269,11 @@ def run_foldiak(args):
             json.dump(summary | {"epochs_complete": len(history), "seconds": seconds, "interrupted": interrupted},
                       f, indent=2)
         history.to_csv(os.path.join(args.out, "history.csv"))
-        pic = save_dictionary(to_numpy(net.Q), os.path.join(args.out, "weights.png"), shape=(8, 8),
-                              title=f"Foldiak {args.task}{' one-shot' if args.one_shot else ''}"
-                                    f"{' (interrupted)' if interrupted else ''}")
+        pic = os.path.join(args.out, "weights.png")
+        plot_features(to_numpy(net.Q), atom_shape=(8, 8), path=pic,
+                      title=f"Foldiak {args.task}{' one-shot' if args.one_shot else ''}"
+                            f"{' (interrupted)' if interrupted else ''}: feed-forward weights Q of the "
+                            f"{net.Q.shape[0]} units (one 8x8 tile per unit)")
         return summary, pic
 
     if args.evaluate:
