@@ -147,7 +147,9 @@ def register(sub):
     a("--lambda", dest="lambda_", type=nonnegative_float, default=0.25, help="sparsity penalty lambda")
     a("--eta", type=positive_float, default=0.1, help="dictionary step size (lca-pytorch's eta)")
     a("--tau", type=positive_float, default=100, help="LCA time constant (step 1/tau; solver lca)")
-    a("--solver", choices=["lca", "fista"], default="fista", help="sparse coding solver")
+    a("--solver", choices=["lca", "fista", "cd"], default="fista",
+      help="sparse coding solver: lca (the dynamics), fista, cd (coordinate descent: the exact LASSO path for "
+           "digits, locally greedy for photos; --lca-iters caps its sweeps)")
     a("--lca-iters", type=positive_int, default=60, help="most solver iterations per batch")
     a("--tol", type=nonnegative_float, default=1e-3, help="stop a batch's solve at this relative duality gap")
     a("--signed", action="store_true", help="signed codes (off: non-negative codes)")

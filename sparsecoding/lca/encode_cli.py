@@ -361,8 +361,9 @@ def register(sub):
     a("--save-recons", action="store_true", help="also write the reconstructions, in the input's units")
     a("--lambda", "--lambda_", dest="lambda_", type=nonnegative_float, default=None, metavar="LAMBDA",
       help="sparsity penalty lambda (default: the model's)")
-    a("--solver", choices=["lca", "fista"], default=None,
-      help="lca: the LCA dynamics (the model's tau); fista: the same codes in fewer iterations (default: the model's)")
+    a("--solver", choices=["lca", "fista", "cd"], default=None,
+      help="lca: the LCA dynamics (the model's tau); fista: the same codes in fewer iterations; cd: coordinate "
+           "descent (dense: the exact LASSO path; conv: locally greedy) (default: the model's)")
     a("--lca-iters", "--lca_iters", "--max-iter", dest="lca_iters", type=positive_int, default=None, metavar="N",
       help="most solver iterations per batch (default: the model's)")
     a("--tol", type=nonnegative_float, default=None,

@@ -169,8 +169,9 @@ def register(sub):
     a("--lca_iters", type=positive_int, default=600, help="solver iterations per batch")
     a("--lca_stride", type=positive_int, default=2, help="convolution stride of the dictionary")
     a("--lca_ksize", type=odd_positive_int, default=9, help="atom size (odd: same padding)")
-    a("--lca_solver", choices=["lca", "fista"], default="lca",
-      help="lca: the seed's LCA dynamics; fista: reaches the same code in fewer iterations")
+    a("--lca_solver", choices=["lca", "fista", "cd"], default="lca",
+      help="lca: the seed's LCA dynamics; fista: reaches the same code in fewer iterations; cd: locally greedy "
+           "coordinate descent (--lca_iters caps its sweeps)")
     a("--lca_tol", type=nonnegative_float, default=None,
       help="stop a batch's solve at this relative duality gap (default: none: run all --lca_iters steps)")
     a("--epochs", type=positive_int, default=5, help="passes over the data (a larger value continues a run)")
