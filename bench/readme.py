@@ -114,15 +114,18 @@ def rows():
             out.append(("LPL on DIGITS, linear readout per layer",
                         "LPL " + " / ".join(f"{a:.3f}" for a in acc_rows["LPL"]) + "; random init "
                         + " / ".join(f"{a:.3f}" for a in acc_rows.get("random init", [])), _where(lpl), "bench.lpl"))
-    peers = _load("peers")
-    if peers:
-        for r in peers["rows"]:
-            if r.get("peer_s") is None:
-                continue
+    full, quick = _load("peers"), _load("peers_quick")
+    done = {r.get("module") for r in full["rows"]} if full else set()
+    for result, script in ((full, "bench.peers"), (quick, "bench.peers --quick")):
+        if not result:
+            continue
+        for r in result["rows"]:
+            if r.get("peer_s") is None or (result is quick and r.get("module") in done):
+                continue  # a module measured at full size is not repeated from a quick run
             target = "" if r.get("target") is None else f" (target {r['target']}x)"
-            out.append((f"{r['workload']}: {r['ours']} vs {r['peer']}",
+            out.append((f"{r['workload']}: {r['ours']} vs {r['peer']}" + (" (quick sizes)" if result is quick else ""),
                         f"{_ms(r['ours_s'])} vs {_ms(r['peer_s'])}: **{r['ratio']:.2f}x**{target}"
-                        + (f"; {r['note']}" if r.get("note") else ""), _where(peers), "bench.peers"))
+                        + (f"; {r['note']}" if r.get("note") else ""), _where(result), script))
     return out
 
 
