@@ -251,7 +251,7 @@ def test_learn_cifar10_from_the_python_batches(tmp_path, capsys):
     (["--lca_ksize", "4"], "--lca_ksize"), (["--lca_feats", "0"], "--lca_feats"),
     (["--task", "CIFAR10"], "--data-dir"), (["--task", "CIFAR10", "--data-dir", "/nowhere"], "data_batch_1"),
     (["--task", "MNIST"], "--task"), (["--lca_lambda", "-1"], "--lca_lambda"), (["--lca_eta", "nan"], "--lca_eta"),
-    (["--lca_solver", "cd"], "--lca_solver"), (["--mbs", "0"], "--mbs"), (["--epochs", "0"], "--epochs"),
+    (["--lca_solver", "ista"], "--lca_solver"), (["--mbs", "0"], "--mbs"), (["--epochs", "0"], "--epochs"),
     (["--lambda_every", "0"], "--lambda_every"), (["--lca_tol", "-1"], "--lca_tol"),
     (["--save-dir", "/proc/not-writable"], "--save-dir"), (["--device", "tpu"], "--device")])
 def test_learn_bad_values_are_one_line(tmp_path, capsys, bad, needle):
