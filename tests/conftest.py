@@ -191,3 +191,20 @@ def extra_host_reads_of_20_steps(host_reads, what, mask=False, track_metrics=Fal
             run(n)
             counts.append(reads() - before)
     return counts[1] - counts[0]
+
+
+def kkt_violation_at(a, c, lam, nonneg):
+    """Largest violation of the LASSO optimality conditions at the codes ``a`` given ``c = Phi (s - Phi^T a)``
+    (0 at the minimiser): ``c = lambda sign(a)`` on the support, ``|c| <= lambda`` off it (non-negative:
+    ``c = lambda`` on the support, ``c <= lambda`` off it, ``a >= 0``)."""
+    a, c = np.asarray(a, dtype=np.float64), np.asarray(c, dtype=np.float64)
+    on = a != 0
+    if nonneg:
+        v_on = np.abs(c[on] - lam)
+        v_off = np.maximum(c[~on] - lam, 0)
+        v_neg = np.maximum(-a, 0).ravel()
+    else:
+        v_on = np.abs(c[on] - lam * np.sign(a[on]))
+        v_off = np.maximum(np.abs(c[~on]) - lam, 0)
+        v_neg = np.zeros(1)
+    return max(v_on.max(initial=0.0), v_off.max(initial=0.0), v_neg.max(initial=0.0))

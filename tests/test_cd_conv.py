@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from conftest import kkt_violation_at
 from sparsecoding.ops import ConvOperator, DenseOperator
 from sparsecoding.solvers import conv_coordinate_descent, fista
 from sparsecoding.solvers.cd_conv import overlap_table
@@ -35,7 +36,6 @@ def ref_conv(x, w, stride, pad):
 
 def ref_conv_t(a, w, stride, pad, in_shape):
     """conv_transpose(a, w) onto ``in_shape`` by explicit loops (the adjoint of :func:`ref_conv`)."""
-    d = w.ndim - 2
     big = [L + 2 * p + s + k for L, p, s, k in zip(in_shape, pad, stride, w.shape[2:])]
     buf = np.zeros((a.shape[0], w.shape[1], *big))
     for o, sl in _windows(a.shape[2:], stride, w.shape[2:]):
@@ -78,21 +78,6 @@ def _gap_and_c(w, s, a, stride, pad, lam, nonneg):
     return c, primal, primal - dual
 
 
-def _kkt_violation(a, c, lam, nonneg):
-    """max over coordinates of the violated optimality condition (0 at the minimiser)."""
-    a, c = a.astype(np.float64), c
-    on = a != 0
-    if nonneg:
-        v_on = np.abs(c[on] - lam)
-        v_off = np.maximum(c[~on] - lam, 0)
-        v_neg = np.maximum(-a, 0).ravel()
-    else:
-        v_on = np.abs(c[on] - lam * np.sign(a[on]))
-        v_off = np.maximum(np.abs(c[~on]) - lam, 0)
-        v_neg = np.zeros(1)
-    return max(v_on.max(initial=0.0), v_off.max(initial=0.0), v_neg.max(initial=0.0))
-
-
 @given(problems())
 def test_kkt_conditions_at_the_codes_exact_borders(prob):
     """Signed and non-negative, "same" and "valid", strides 1 and 2, 1-D and 2-D: the returned codes
@@ -109,7 +94,7 @@ def test_kkt_conditions_at_the_codes_exact_borders(prob):
     c, primal, gap = _gap_and_c(w, s, a, stride, pad, lam, nonneg)
     assert np.all(gap <= 1e-12 * primal + 1e-10 * (1 + primal))
     bound = np.sqrt(2.0 * 1.0 * max(float(gap.max()), 0.0)) + 1e-7 * lam  # unit atoms: n_max <= 1
-    assert _kkt_violation(a, c, lam, nonneg) <= bound
+    assert kkt_violation_at(a, c, lam, nonneg) <= bound
     np.testing.assert_allclose(res.energy, primal, rtol=1e-10, atol=1e-12)
 
 
@@ -181,7 +166,7 @@ def test_3d_problem_and_warm_start():
     lam = 0.3 * float(np.abs(ref_conv(s, w, (1, 2, 1), (1, 1, 1))).max())
     res = conv_coordinate_descent(op, s, lam, tol=1e-12, max_iter=5000)
     c, primal, gap = _gap_and_c(w, s, res.codes, (1, 2, 1), (1, 1, 1), lam, False)
-    assert res.converged and _kkt_violation(res.codes, c, lam, False) <= 1e-6 * lam
+    assert res.converged and kkt_violation_at(res.codes, c, lam, False) <= 1e-6 * lam
     again = conv_coordinate_descent(op, s, lam, tol=1e-6, a0=res.codes)
     assert again.n_iter == 0 and again.converged
     np.testing.assert_array_equal(again.codes, res.codes)

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from conftest import duality_gap
+from conftest import duality_gap, kkt_violation_at
 from sparsecoding.backend import to_numpy
 from sparsecoding.ops import ConvOperator, DenseOperator
 from sparsecoding.solvers import coordinate_descent, fista, ista, lasso_energy
@@ -12,18 +12,7 @@ from sparsecoding.solvers import coordinate_descent, fista, ista, lasso_energy
 
 def kkt_violation(op, s, a, lam, nonneg):
     """Largest violation of the LASSO optimality conditions at a (0 at the optimum)."""
-    c = to_numpy(op.forward(s - op.adjoint(a)))
-    a = to_numpy(a)
-    on = a != 0
-    if nonneg:
-        v_on = np.abs(c[on] - lam)
-        v_off = np.maximum(c[~on] - lam, 0)
-        v_neg = np.maximum(-a, 0).ravel()
-    else:
-        v_on = np.abs(c[on] - lam * np.sign(a[on]))
-        v_off = np.maximum(np.abs(c[~on]) - lam, 0)
-        v_neg = np.zeros(1)
-    return max(v_on.max(initial=0), v_off.max(initial=0), v_neg.max())
+    return kkt_violation_at(to_numpy(a), to_numpy(op.forward(s - op.adjoint(a))), lam, nonneg)
 
 
 @st.composite
