@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Mapping
 
 import numpy as np
@@ -19,10 +19,16 @@ __all__ = ["atomic_savez", "save_checkpoint", "load_checkpoint", "pack_optimizer
            "named_pairs"]
 
 
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _create_temporary(folder):
+    """A new, empty temporary file in ``folder``: ``(fd, path)``. Created with mode 0666, so the kernel
+    applies the umask as for any file a user writes (mkstemp's files are private, 0600, and a shared
+    model would be unreadable to colleagues); O_EXCL makes the name ours alone."""
+    while True:
+        tmp = os.path.join(folder, f".sparsecoding-{secrets.token_hex(8)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:
+            continue
 
 
 def atomic_savez(path, arrays, compress=False):
@@ -31,11 +37,8 @@ def atomic_savez(path, arrays, compress=False):
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".sparsecoding-", suffix=".tmp")
+    fd, tmp = _create_temporary(folder)
     try:
-        # mkstemp makes the file private (0600); the result gets the permissions of a file opened
-        # normally (0666 less the umask), so colleagues can read a shared model as they read its pictures
-        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             (np.savez_compressed if compress else np.savez)(f, **arrays)
             f.flush()
