@@ -71,7 +71,7 @@ from ..backend import get_xp, to_numpy
 from ..ops._jit import njit_cached
 from ..ops.conv import ConvOperator
 from .lasso import (GAP_ROUNDING, SolveResult, _check_inputs, _empty_result, check_integer, check_lambda,
-                    check_number, duality_gap, lasso_energy)
+                    check_number, coordinate_minimiser, duality_gap, lasso_energy)
 
 __all__ = ["conv_coordinate_descent", "overlap_table"]
 
@@ -199,14 +199,7 @@ def _scan(c, a, nrm, lam, nonneg, lo0, hi0, lo1, hi1, lo2, hi2):  # pragma: no c
                         continue
                     av = aq[k]
                     v = cq[k] + nv * av
-                    if nonneg:
-                        z = (v - lam) / nv if v > lam else 0.0
-                    elif v > lam:
-                        z = (v - lam) / nv
-                    elif v < -lam:
-                        z = (v + lam) / nv
-                    else:
-                        z = 0.0
+                    z = coordinate_minimiser(v, lam, nonneg, nv)
                     d = z - av
                     if abs(d) > best:
                         best = abs(d)

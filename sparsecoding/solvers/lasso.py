@@ -595,6 +595,19 @@ def _proximal_gradient(op, s, lambda_, nonneg, max_iter, tol, a0, step, check_ev
 
 
 @numba.njit(inline="always")
+def coordinate_minimiser(v, lam, nonneg, norm):  # pragma: no cover - compiled
+    """The minimiser over one coordinate: ``T_lambda(v) / norm`` with ``v = c_p + norm a_p`` (``c`` the
+    correlation with the residual, ``norm`` the coordinate's squared atom norm, > 0)."""
+    if nonneg:
+        return max(v - lam, 0.0) / norm
+    if v > lam:
+        return (v - lam) / norm
+    if v < -lam:
+        return (v + lam) / norm
+    return 0.0
+
+
+@numba.njit(inline="always")
 def _cd_sweep(G, r, a, lam, nonneg, coords, n_coords):  # pragma: no cover - compiled
     """One cyclic pass over ``coords[:n_coords]``; returns (largest change, largest |a|)."""
     k = a.shape[0]
@@ -605,15 +618,7 @@ def _cd_sweep(G, r, a, lam, nonneg, coords, n_coords):  # pragma: no cover - com
         gpp = G[p, p]
         if gpp <= 0.0:
             continue
-        z = r[p] + gpp * a[p]  # b_p - sum_{q != p} G_pq a_q
-        if nonneg:
-            new = max(z - lam, 0.0) / gpp
-        elif z > lam:
-            new = (z - lam) / gpp
-        elif z < -lam:
-            new = (z + lam) / gpp
-        else:
-            new = 0.0
+        new = coordinate_minimiser(r[p] + gpp * a[p], lam, nonneg, gpp)  # z = b_p - sum_{q != p} G_pq a_q
         d = new - a[p]
         if d != 0.0:
             row = G[p]  # G is symmetric: the contiguous row is the column
