@@ -26,6 +26,7 @@ from .cliutil import HelpFormatter, nonnegative_int, one_line_errors, positive_i
 
 def run(args):
     from .data import natural_images, random_crops, whiten_images
+    from .io import save
     from .lca import LCAConv2D
     from .viz import plot_features, plot_history, plot_reconstruction
 
@@ -39,8 +40,6 @@ def run(args):
     history = layer.fit(X, epochs=epochs, batch_size=batch, seed=args.seed, max_steps=args.steps,
                         progress=not args.quiet, record_steps=True)
     steps = history.steps
-    from .io import save  # noqa: PLC0415
-
     model = save(layer, os.path.join(args.out, "model.npz"))
     features = os.path.join(args.out, "features.png")
     plot_features(layer.weights, title=f"{args.features} atoms {layer.weights.shape[2]}x{layer.weights.shape[3]} "
