@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import capabilities, namespace, to_numpy
+from ..backend import namespace, to_numpy
 from ..ops.conv import ConvOperator
 from ..ops.elementwise import ACTIVATIONS, get_activation
 from ..ops.pool import max_pool
 from ..optim import Adam, SGD, _check_finite, _check_int
-from ._lpl_cpu import ACT_CODES as _ACT_CODES
 from ._lpl_cpu import FusedConvLPL as _FusedConvLPL
 from ._lpl_cpu import pair_gradients as _pair_gradients
-from .lpl import LPL_ACTIVATIONS, MODES, _check_coefficients, _delta_conv, _losses
+from .lpl import LPL_ACTIVATIONS, MODES, _check_coefficients, _delta_conv, _fused_activation, _losses
 
 __all__ = ["LPLConvNet", "adaptive_avg_pool"]
 
@@ -237,11 +236,12 @@ class LPLConvNet:
         return grads
 
     def _act_code(self):
-        return next((_ACT_CODES[k] for k in _ACT_CODES if ACTIVATIONS[k][0] is self.f), None)
+        """The :mod:`._lpl_cpu` code of the activation on the numba engines, else None."""
+        return _fused_activation(self.xp, self.f, self.fprime)
 
     def _fused_ok(self):
         """The per-core channels-last path (:mod:`._lpl_cpu`): numpy arrays, a registry activation."""
-        return capabilities(self.xp).numba and self._act_code() is not None
+        return self._act_code() is not None
 
     def _gradients_fused(self, h1, h2, layers, report):
         """:meth:`_gradients` on the CPU: two fused passes per view and layer, layers chained channels-last."""
