@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from sparsecoding.ops import autotune
@@ -50,6 +50,10 @@ def _op(w, shape, p, m, layout):
     return op
 
 
+# fixed examples large enough for interior tiles (the unrolled path) beside border tiles, every tile size
+@example(prob=(2, 5, 4, 17, 19, 1, 3, 2, 7), layout="channels_last")
+@example(prob=(2, 5, 4, 19, 17, 0, 3, 4, 8), layout="channels_last")
+@example(prob=(1, 3, 6, 18, 18, 2, 5, 2, 9), layout="channels_first")
 @given(prob=problems(), layout=st.sampled_from(["channels_first", "channels_last"]))
 def test_winograd_equals_direct_convolution(prob, layout):
     n, c, k, h, w_, p, ks, m, seed = prob
@@ -70,6 +74,9 @@ def test_winograd_equals_direct_convolution(prob, layout):
     assert np.all(np.abs(got_t - ref_t) <= bound_t)
 
 
+@example(prob=(2, 5, 4, 17, 19, 1, 3, 2, 7))
+@example(prob=(2, 5, 4, 19, 17, 1, 3, 4, 8))
+@example(prob=(1, 3, 6, 18, 18, 2, 5, 2, 9))
 @given(prob=problems())
 def test_fused_max_pool_equals_pooled_direct_convolution(prob):
     n, c, k, h, w_, p, ks, m, seed = prob
@@ -137,6 +144,10 @@ def test_autotune_writes_cache_outside_package_and_reads_it_back(cache):
     assert not os.path.abspath(path).startswith(pkg)
     data = json.loads(path.read_text())
     assert data[autotune.machine_signature()]["k1"]["choice"] == "fast"
+    # an ordinary file (0666 less the umask), not a private temporary file's 0600
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
     # a new process (memory cleared) reads the file and measures nothing
     autotune.clear_memory()
     calls.clear()

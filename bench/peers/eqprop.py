@@ -33,9 +33,11 @@ MNIST = dict(in_size=28, channels=[1, 32, 64], kernels=[5, 5], strides=[1, 1], p
 STEPS = 5
 
 
-def reference_net(torch, net, cfg):
-    """The reference ``P_CNN`` step with our network's weights: ``step(x, neurons) -> neurons``."""
+def reference_net(torch, net, cfg, dtype=None):
+    """The reference ``P_CNN`` step with our network's weights: ``step(x, neurons) -> neurons`` (modules in
+    ``dtype``, default float32)."""
     nn, F = torch.nn, torch.nn.functional
+    dtype = torch.float32 if dtype is None else dtype
     convs = []
     for k in range(net.n_conv):
         W, b = net.params[k]
@@ -44,7 +46,7 @@ def reference_net(torch, net, cfg):
         with torch.no_grad():
             m.weight.copy_(torch.from_numpy(np.asarray(W)))
             m.bias.copy_(torch.from_numpy(np.asarray(b)))
-        convs.append(m)
+        convs.append(m.to(dtype))
     fcs = []
     for k in range(net.n_conv, len(net.params)):
         W, b = net.params[k]
@@ -52,7 +54,7 @@ def reference_net(torch, net, cfg):
         with torch.no_grad():
             m.weight.copy_(torch.from_numpy(np.asarray(W)))
             m.bias.copy_(torch.from_numpy(np.asarray(b)))
-        fcs.append(m)
+        fcs.append(m.to(dtype))
     synapses = convs + fcs
     pools = [nn.MaxPool2d(2, stride=2) if p == "m" else nn.Identity() for p in cfg["pools"]]
     conv_len, tot_len = len(convs), len(synapses)
@@ -75,7 +77,7 @@ def reference_net(torch, net, cfg):
     def step(x, neurons):
         mbs = x.size(0)
         p = phi(x, neurons)
-        init_grads = torch.ones(mbs, dtype=torch.float, requires_grad=True)
+        init_grads = torch.ones(mbs, dtype=dtype, requires_grad=True)
         grads = torch.autograd.grad(p, neurons, grad_outputs=init_grads, create_graph=False)
         out = []
         for g in grads:  # free phase: every state (the last too, mse or softmax) is sigma(dPhi/ds)
@@ -104,12 +106,12 @@ def _one(torch, name, cfg, repeats, quick):
         def start():
             return [torch.from_numpy(np.array(v)).requires_grad_(True) for v in s]
 
-        # the same work: one step from the same states gives the same new states
-        mine = net.step(x, s)
-        theirs = step(xt, start())
-        for k, (a, b) in enumerate(zip(mine, theirs)):
-            err = float(np.max(np.abs(np.asarray(a) - b.detach().numpy())))
-            assert err < 1e-4, f"{name}: state {k} differs from the reference step by {err:.2e}"
+        # the same work: one step from the same states gives the same new states. Checked in float64 with
+        # our float32 network's engines (Winograd or im2col per layer): in float32 a max pool whose window
+        # holds two values within rounding of each other may pick either, and the feedback through that
+        # pool then moves a few entries of the state below by up to ~1e-3 (measured: 0.06% of state 1's
+        # entries with Winograd F(4x4)), on either side's rounding. The float32 errors are in the note.
+        check_note = _check_same_step(torch, net, cfg, x, s, name)
 
         def peer():
             neurons = start()
@@ -121,8 +123,48 @@ def _one(torch, name, cfg, repeats, quick):
     peer_s = t["peer"] / STEPS if "peer" in t else None
     wl = f"EqProp relaxation step, {name}, batch {batch}"
     engines = ", ".join(net._op(k).engine.replace("-native", "") for k in range(net.n_conv))
-    return row(wl, "ConvEBM.relax", t["ours"] / STEPS, label, peer_s, 1.5,
-               f"{net.layout}; engines {engines}; per step of {STEPS}")
+    note = f"{net.layout}; engines {engines}; per step of {STEPS}"
+    if torch is not None:
+        note += "; " + check_note
+    return row(wl, "ConvEBM.relax", t["ours"] / STEPS, label, peer_s, 1.5, note)
+
+
+def _check_same_step(torch, net, cfg, x, s, name):
+    """Assert that one float64 step of our network (each layer on the engine our float32 network uses)
+    equals the float64 reference step; return a note with the float32 differences from it."""
+    import os
+
+    from sparsecoding.eqprop import ConvEBM
+    from sparsecoding.ops import ConvOperator
+
+    net64 = ConvEBM(**cfg, activation="my_hard_sig", seed=0, dtype="float64")
+    net64.params = [(np.asarray(W, dtype=np.float64), np.asarray(b, dtype=np.float64)) for W, b in net.params]
+    for k in range(net.n_conv):
+        engine = net._op(k).engine.split("-")[0]
+        old = os.environ.get("SPARSECODING_CONV_ENGINE")
+        os.environ["SPARSECODING_CONV_ENGINE"] = engine
+        try:
+            net64._ops[k] = ConvOperator(net64.params[k][0], net64.conv_in_shapes[k], net64.strides[k],
+                                         net64.paddings[k], method="winograd" if engine.startswith("winograd")
+                                         else "im2col", layout=net64.layout)
+        finally:
+            if old is None:
+                del os.environ["SPARSECODING_CONV_ENGINE"]
+            else:
+                os.environ["SPARSECODING_CONV_ENGINE"] = old
+        assert net64._op(k).engine.split("-")[0] == engine
+    x64, s64 = x.astype(np.float64), [np.asarray(v, dtype=np.float64) for v in s]
+    ref64 = [v.detach().numpy() for v in reference_net(torch, net, cfg, torch.float64)(
+        torch.from_numpy(x64), [torch.from_numpy(v.copy()).requires_grad_(True) for v in s64])]
+    for k, (a, b) in enumerate(zip(net64.step(x64, s64), ref64)):
+        err = float(np.max(np.abs(np.asarray(a) - b)))
+        assert err < 1e-9, f"{name}: float64 state {k} differs from the float64 reference step by {err:.2e}"
+    ours32 = net.step(x, s)
+    ref32 = reference_net(torch, net, cfg)(torch.from_numpy(x), [torch.from_numpy(np.array(v)).requires_grad_(True)
+                                                                 for v in s])
+    e_ours = max(float(np.max(np.abs(np.asarray(a) - b))) for a, b in zip(ours32, ref64))
+    e_ref = max(float(np.max(np.abs(b32.detach().numpy() - b))) for b32, b in zip(ref32, ref64))
+    return f"step equal to the reference in float64; float32 max deviation from it: ours {e_ours:.1e}, reference {e_ref:.1e}"
 
 
 def run(*, repeats=3, quick=False):

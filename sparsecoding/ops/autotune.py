@@ -25,10 +25,11 @@ import functools
 import json
 import os
 import platform
-import tempfile
 import time
 
 import numpy as np
+
+from ..checkpoint import _create_temporary
 
 __all__ = ["cache_root", "tune_file", "machine_signature", "tune_mode", "tuned", "forced", "clear_memory"]
 
@@ -63,11 +64,16 @@ def _cpu_model():
     return platform.processor() or platform.machine()
 
 
+#: bumped when the measured code changes enough that stored choices are stale (2: unrolled Winograd
+#: kernels, candidates timed with frozen weights)
+TUNE_VERSION = 2
+
+
 def machine_signature():
-    """What a measured choice depends on: CPU model, worker threads, numpy version."""
+    """What a measured choice depends on: CPU model, worker threads, numpy version (and :data:`TUNE_VERSION`)."""
     from .parallel import n_workers
 
-    return f"{_cpu_model()} | {n_workers()} workers | numpy {np.__version__}"
+    return f"{_cpu_model()} | {n_workers()} workers | numpy {np.__version__} | v{TUNE_VERSION}"
 
 
 def tune_mode():
@@ -107,7 +113,7 @@ def _store(sig, key, entry):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         data = _load()  # merge with what other processes wrote meanwhile
         data.setdefault(sig, {})[key] = entry
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tune-", suffix=".json")
+        fd, tmp = _create_temporary(os.path.dirname(path))  # 0666 less the umask, like any file the user writes
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=1, sort_keys=True)
         os.replace(tmp, path)  # atomic: a concurrent reader sees the old or the new file
