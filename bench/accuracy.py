@@ -17,6 +17,7 @@ Run: python -m bench.accuracy [--demo] [--lca] [--no-eqprop] [--epochs N]
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import re
@@ -81,21 +82,29 @@ def demo_main_job():
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    epochs = int(argv[argv.index("--epochs") + 1]) if "--epochs" in argv else 10
-    payload = {"machine": machine_info()}
+    p = argparse.ArgumentParser(prog="python -m bench.accuracy", description=__doc__.split("\n\n")[0],
+                                epilog="Each part records the machine and code it ran on; parts not re-run are kept.")
+    p.add_argument("--demo", action="store_true", help="time the main job, sparsecoding demo (default: off)")
+    p.add_argument("--lca", action="store_true", help="run sparsecoding lca with its defaults (default: off)")
+    p.add_argument("--no-eqprop", action="store_true", help="skip the EqProp DIGITS run (default: run it)")
+    p.add_argument("--epochs", type=int, default=10, help="EqProp epochs (default: %(default)s)")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.epochs < 1:
+        p.error(f"--epochs must be >= 1, got {args.epochs}")
+    machine = machine_info()
+    payload = {}
     previous = Path(__file__).resolve().parent / "results" / "accuracy.json"
-    if previous.exists():  # keep the parts not re-run this time
-        payload = json.loads(previous.read_text()) | payload
-    if "--no-eqprop" not in argv:
-        payload["eqprop_digits"] = eqprop(epochs)
-        print(json.dumps(payload["eqprop_digits"], indent=1))
-    if "--demo" in argv:
-        payload["demo_main_job"] = demo_main_job()
-        print(json.dumps(payload["demo_main_job"], indent=1))
-    if "--lca" in argv:
-        payload["lca_main_job"] = lca_main_job()
-        print(json.dumps(payload["lca_main_job"], indent=1))
+    if previous.exists():  # keep the parts not re-run this time, with the machine each ran on
+        payload = json.loads(previous.read_text())
+        old_machine = payload.pop("machine", None)
+        for part in payload.values():
+            if isinstance(part, dict) and old_machine is not None:
+                part.setdefault("machine", old_machine)
+    for flag, name, job in ((not args.no_eqprop, "eqprop_digits", lambda: eqprop(args.epochs)),
+                            (args.demo, "demo_main_job", demo_main_job), (args.lca, "lca_main_job", lca_main_job)):
+        if flag:
+            payload[name] = job() | {"machine": machine}
+            print(json.dumps(payload[name], indent=1))
     print(f"wrote {write_json('accuracy', payload)}")
 
 

@@ -81,19 +81,19 @@ def rows():
         out.append((f"`{r['command']}`",
                     f"{100 * r['test_accuracy']:.1f}% test accuracy after {r['epochs']} epochs, "
                     f"{r['seconds_per_epoch']:.1f} s per epoch; `--todo evaluate` of the saved run: {same}",
-                    _where(acc), "bench.accuracy"))
+                    _where(r if "machine" in r else acc), "bench.accuracy"))
     if acc and "demo_main_job" in acc:
         r = acc["demo_main_job"]
         out.append((f"`{r['command']}` (the main job)",
                     f"{r['steps']} dictionary steps, {r['wall_seconds']:.0f} s in all; energy per sample "
                     f"{r['energy_first']:.4g} -> {r['energy_last']:.4g} (means of the first and last 10 steps), "
                     f"fraction active {r['frac_active']:.3f}; "
-                    f"wrote {', '.join(r['pictures'])}", _where(acc), "bench.accuracy --demo"))
+                    f"wrote {', '.join(r['pictures'])}", _where(r if "machine" in r else acc), "bench.accuracy --demo"))
     if acc and "lca_main_job" in acc:
         r = acc["lca_main_job"]
         out.append((f"`{r['command']}`",
                     f"{r['steps']} dictionary steps in {r['wall_seconds']:.0f} s, final energy {r['energy']:.4g}, "
-                    f"fraction active {r['frac_active']:.3f}", _where(acc), "bench.accuracy --lca"))
+                    f"fraction active {r['frac_active']:.3f}", _where(r if "machine" in r else acc), "bench.accuracy --lca"))
     lc = _load("lcacnn")
     if lc:
         runs = "; ".join(f"{r['model']} {100 * r['test_accuracy']:.1f}%"
@@ -141,6 +141,10 @@ def render():
 
 
 def main(argv=None):
+    import argparse
+
+    argparse.ArgumentParser(prog="python -m bench.readme", description=__doc__.split("\n\n")[0]).parse_args(
+        sys.argv[1:] if argv is None else argv)
     readme = ROOT / "README.md"
     text = readme.read_text()
     if BEGIN not in text or END not in text:
