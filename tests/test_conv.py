@@ -228,10 +228,13 @@ def test_channels_last_shape_errors():
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@given(prob=conv_problems(), l2=st.sampled_from([None, 64]), threads=st.sampled_from(["1", "2", "3"]))
-def test_forward_residual_matches_two_direct_sums(xp, engines, dtype, prob, l2, threads):
+@given(prob=conv_problems(), l2=st.sampled_from([None, 64]), threads=st.sampled_from(["1", "2", "3"]),
+       density=st.sampled_from([1.0, 0.3, 0.05, 0.0]), sparse=st.sampled_from([0.0, 1.0]))
+def test_forward_residual_matches_two_direct_sums(xp, engines, dtype, prob, l2, threads, density, sparse):
     # c = conv(s - conv_transpose(a)) and the residual itself, against the explicit sums; the fused
-    # CPU path splits the batch over worker threads and (l2=64 bytes) one sample per chunk
+    # CPU path splits the batch over worker threads and (l2=64 bytes) one sample per chunk, and
+    # forms Phi^T a by the GEMM (sparse limit 0) or the sparse product (limit 1) on codes of
+    # several densities
     import os
 
     par = importlib.import_module("sparsecoding.ops.parallel")
@@ -243,10 +246,13 @@ def test_forward_residual_matches_two_direct_sums(xp, engines, dtype, prob, l2, 
         x, w, xd, wd = _arrays(xp, prob, dtype)
         op = ConvOperator(wd, shape, stride, pad, method="im2col", code_layout="channels_last")
         out_shape = conv_output_shape(shape, kernel, stride, pad)
-        a = np.random.default_rng(seed + 11).standard_normal((n, *out_shape, kk))
+        ra = np.random.default_rng(seed + 11)
+        a = ra.standard_normal((n, *out_shape, kk)) * (ra.random((n, *out_shape, kk)) < density)
         opad = [L - ((o - 1) * s - 2 * p + k) for L, o, s, p, k in zip(shape, out_shape, stride, pad, kernel)]
         r_ref = x - ref_conv_transpose(np.moveaxis(a, -1, 1), w, stride, pad, opad)
         c_ref = np.moveaxis(ref_conv(r_ref, w, stride, pad), 1, -1)
+        if hasattr(op._engine, "sparse_limit"):
+            op._engine.sparse_limit = sparse
         plan = op.residual_plan(xd)
         c_out, resid = op.forward_residual(plan, xp.asarray(a, dtype=dtype))
         tol = TOL[dtype]
@@ -261,6 +267,51 @@ def test_forward_residual_matches_two_direct_sums(xp, engines, dtype, prob, l2, 
             os.environ.pop("SPARSECODING_THREADS", None)
         else:
             os.environ["SPARSECODING_THREADS"] = env
+
+
+@given(r=st.integers(1, 9), k=st.integers(1, 9), width=st.integers(1, 40), density=st.sampled_from([0.0, 0.2, 0.6, 1.0]),
+       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**31))
+def test_sparse_rows_product_matches_matmul(r, k, width, density, dtype, seed):
+    # the sparse Phi^T a kernel against numpy's product; more nonzeros than allowed: refused, out untouched
+    from sparsecoding.ops._kernels import sparse_rows_product_1t
+
+    g = np.random.default_rng(seed)
+    a = (g.standard_normal((r, k)) * (g.random((r, k)) < density)).astype(dtype)
+    w = g.standard_normal((k, width)).astype(dtype)
+    out = np.full((r, width), np.nan, dtype=dtype)
+    nnz = int(np.count_nonzero(a))
+    assert sparse_rows_product_1t(a, w, out, nnz)
+    np.testing.assert_allclose(out, a.astype(np.float64) @ w, rtol=0, atol=TOL[dtype] * (1 + np.abs(a) @ np.abs(w)).max())
+    if nnz:
+        out[...] = 7.0
+        assert not sparse_rows_product_1t(a, w, out, nnz - 1)
+        assert (out == 7.0).all()
+
+
+def test_sparse_limit_measured_and_cached(monkeypatch, tmp_path):
+    # the density limit of the sparse Phi^T a is the largest timed density up to which the sparse
+    # product beat the GEMM in the stored timings; SPARSECODING_TUNE=off: always the GEMM
+    import json
+
+    from sparsecoding.ops.engines import im2col_numba as eng_mod
+
+    monkeypatch.setenv("SPARSECODING_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("SPARSECODING_TUNE", "off")
+    assert eng_mod._measure_sparse_limit(64, 16, 27, np.float32) == 0.0
+    monkeypatch.setenv("SPARSECODING_TUNE", "on")
+    limit = eng_mod._measure_sparse_limit(64, 16, 27, np.float32)
+    stored = {}
+    for entries in json.loads((tmp_path / "tune.json").read_text()).values():
+        stored.update({k: v for k, v in entries.items() if k.startswith("sparse Phi^T a: 64x16 codes, width 27")})
+    expect = 0.0
+    for d in eng_mod.SPARSE_DENSITIES:
+        e = stored.get(f"sparse Phi^T a: 64x16 codes, width 27, float32, density {d:.4f}")
+        if e is None or e["choice"] != "sparse":
+            assert e is None or e["seconds"]["sparse"] >= e["seconds"]["gemm"]
+            break
+        assert e["seconds"]["sparse"] <= e["seconds"]["gemm"]
+        expect = d
+    assert limit == expect
 
 
 @given(prob=conv_problems())

@@ -13,6 +13,7 @@ call; without it (or with one core) the work runs in the calling thread.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,7 @@ try:
 except ImportError:  # pragma: no cover - threadpoolctl is a dependency
     ThreadpoolController = None
 
-__all__ = ["n_workers", "run_split", "L2_CHUNK_BYTES"]
+__all__ = ["n_workers", "run_split", "blas_single_thread", "L2_CHUNK_BYTES"]
 
 # Columns per worker chunk: about half of a core's 1 MiB L2 (bench/lca: 2 samples of
 # 249 kB columns per chunk ran fastest; 1 and 4-8 samples were 4-10% slower).
@@ -52,14 +53,30 @@ def n_workers():
 
 
 def _get_pool(n):
-    global _pool, _pool_pid, _controller
+    global _pool, _pool_pid
     # a forked child inherits the executor but not its threads: make a new one there
     if _pool is None or _pool._max_workers != n or _pool_pid != os.getpid():
         _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="sparsecoding")
         _pool_pid = os.getpid()
+    return _pool, _get_controller()
+
+
+def _get_controller():
+    global _controller
     if _controller is None:
         _controller = ThreadpoolController()
-    return _pool, _controller
+    return _controller
+
+
+@contextlib.contextmanager
+def blas_single_thread():
+    """BLAS limited to the calling thread inside the block (as in :func:`run_split`'s workers): for
+    timing the per-core kernels as they run there."""
+    if ThreadpoolController is None:
+        yield
+        return
+    with _get_controller().limit(limits=1, user_api="blas"):
+        yield
 
 
 def run_split(fn, n):

@@ -7,7 +7,11 @@ Layouts (inputs / codes):
   the adjoint is the swap, one GEMM and a race-free scatter-add (col2im);
 * channels-first / channels-last codes: the same without the transposes (the GEMM
   produces ``(N, *O, K)``): the layout the solvers iterate in, and the one with the
-  fused per-core residual (:meth:`Im2colNumba.forward_residual`);
+  fused per-core residual (:meth:`Im2colNumba.forward_residual`: per core and per cache-sized chunk,
+  ``Phi^T a`` as columns, col2im into the residual ``r = s - Phi^T a``, im2col of ``r``, ``Phi r``;
+  where a chunk's codes are sparse enough the first product skips the zero codes instead of a GEMM:
+  on the LCA workload of DESIGN.md §9, 2-core EPYC (Zen 4), one LCA iteration went from 21.1 to
+  16.1 ms, codes 0.3-18% nonzero over steps 10-40, the limit measured there at 25%);
 * channels-last / channels-last: contiguous-run gathers ``(N, M, J, C)`` of the
   channels-last padded input, worked through the batch in chunks of about
   :data:`CHUNK_BYTES` of columns so the gather writes and the GEMM reads stay in cache
@@ -35,6 +39,37 @@ __all__ = ["Im2colNumba", "CHUNK_BYTES"]
 CHUNK_BYTES = 4 << 20
 
 
+# Code densities (fraction of nonzero codes in a chunk) at which the sparse product Phi^T a is timed
+# against the GEMM on first use; on the 2-core EPYC (Zen 4) it won up to about 30% nonzeros.
+SPARSE_DENSITIES = (1 / 32, 1 / 16, 1 / 8, 3 / 16, 1 / 4, 3 / 8, 1 / 2)
+
+
+def _measure_sparse_limit(rows, k, width, dtype):
+    """The largest of :data:`SPARSE_DENSITIES` up to which the sparse product of ``rows x k`` codes with a
+    ``k x width`` matrix beats the single-threaded GEMM (0 where it never does); each density a cached
+    :func:`~sparsecoding.ops.autotune.tuned` choice."""
+    import numpy as np
+
+    from .. import autotune
+
+    if autotune.tune_mode() == "off":
+        return 0.0
+    r = np.random.default_rng(0)
+    w = r.standard_normal((k, width)).astype(dtype)
+    out = np.empty((rows, width), dtype=dtype)
+    limit = 0.0
+    with parallel.blas_single_thread():
+        for d in SPARSE_DENSITIES:
+            a = (r.standard_normal((rows, k)) * (r.random((rows, k)) < d)).astype(dtype)
+            cands = {"gemm": lambda: [np.matmul(a, w, out=out) for _ in range(4)],
+                     "sparse": lambda: [K.sparse_rows_product_1t(a, w, out, a.size) for _ in range(4)]}
+            key = f"sparse Phi^T a: {rows}x{k} codes, width {width}, {np.dtype(dtype).name}, density {d:.4f}"
+            if autotune.tuned(key, cands, "gemm") != "sparse":
+                break
+            limit = d
+    return limit
+
+
 class Im2colNumba(ConvEngine):
     method, family = "im2col", "native"
     native_code_layout = "channels_last"
@@ -48,6 +83,7 @@ class Im2colNumba(ConvEngine):
         # channels-first inputs: whole-batch gather + one multi-threaded GEMM, or the per-core split
         # (the columns of each core's chunk stay in its cache between the copies and the GEMM)
         self.split_cf, self.chunk_bytes = bool(split_cf), chunk_bytes
+        self.sparse_limit = None  # code density limit of the sparse Phi^T a; None: measured (_sparse_limit)
 
     def _derive(self, w):
         if not self.x_cl:
@@ -271,6 +307,25 @@ class Im2colNumba(ConvEngine):
     def _fused(self):
         return not self.x_cl and self.y_cl
 
+    def _residual_chunk(self):
+        """Samples per core chunk of the fused residual: columns of about :data:`parallel.L2_CHUNK_BYTES`."""
+        m, nj = self.idx.shape
+        return max(1, parallel.L2_CHUNK_BYTES // (m * self.g.n_in * nj * self.dtype.itemsize))
+
+    def _sparse_limit(self, nb):
+        """The code density up to which ``Phi^T a`` of a chunk of ``nb`` samples is the sparse product
+        (:func:`~sparsecoding.ops._kernels.sparse_rows_product_1t`) rather than the GEMM: the largest of
+        :data:`SPARSE_DENSITIES` at which the sparse product was faster, and at every lower one, timed
+        single-threaded on this machine on first use (:func:`sparsecoding.ops.autotune.tuned`, cached per
+        machine); 0 (always the GEMM) with ``SPARSECODING_TUNE=off``. ``self.sparse_limit`` overrides it."""
+        if self.sparse_limit is not None:
+            return self.sparse_limit
+        cache = self.__dict__.setdefault("_sparse_limits", {})
+        if nb not in cache:
+            cache[nb] = _measure_sparse_limit(nb * self.idx.shape[0], self.g.n_out, self.g.n_in * self.idx.shape[1],
+                                              self.dtype)
+        return cache[nb]
+
     def residual_plan(self, s):
         """``s`` embedded once in the zero-padded buffer, with the mask of the unpadded region (the
         fused path: channels-first inputs, channels-last codes)."""
@@ -296,7 +351,9 @@ class Im2colNumba(ConvEngine):
         out = xp.empty((n * m, g.n_out), dtype=self.dtype) if want_c else None
         resid = xp.empty_like(plan["s"]) if want_r else None
         s_buf, mask, w2 = plan["s_buf"], plan["mask"], self._w2
-        nb = max(1, parallel.L2_CHUNK_BYTES // (m * c * nj * self.dtype.itemsize))
+        nb = self._residual_chunk()
+        # Phi^T a by the sparse product where the chunk's codes are sparse enough (limit measured per machine)
+        limit = self._sparse_limit(nb)
         bsl, xsl = embed_slices(g, self.buffer)
         if want_r and tuple(sl.stop - sl.start for sl in xsl[2:]) != tuple(g.in_shape):
             resid[...] = plan["s"]  # inputs no window reaches: nothing reconstructs them
@@ -307,7 +364,9 @@ class Im2colNumba(ConvEngine):
             for i in range(lo, hi, nb):
                 j = min(hi, i + nb)
                 cv, rv = cols[:j - i], rb[:j - i]
-                xp.matmul(af[i * m:j * m], w2, out=cv.reshape((j - i) * m, -1))  # Phi^T a, as columns
+                ai, ci = af[i * m:j * m], cv.reshape((j - i) * m, -1)
+                if not (limit and K.sparse_rows_product_1t(ai, w2, ci, int(limit * ai.size))):
+                    xp.matmul(ai, w2, out=ci)  # Phi^T a, as columns
                 K.scatter_residual_1t(cv, self.idx, s_buf[i:j], mask, rv)  # r = s - col2im(columns)
                 if want_r:
                     resid[i:j][xsl] = rv.reshape(j - i, c, *self.buffer)[bsl]
