@@ -253,6 +253,7 @@ def test_forward_residual_matches_two_direct_sums(xp, engines, dtype, prob, l2, 
         c_ref = np.moveaxis(ref_conv(r_ref, w, stride, pad), 1, -1)
         if hasattr(op._engine, "sparse_limit"):
             op._engine.sparse_limit = sparse
+            op._engine.residual_chunk_bytes = l2  # None: the chunk measured on this machine
         plan = op.residual_plan(xd)
         c_out, resid = op.forward_residual(plan, xp.asarray(a, dtype=dtype))
         tol = TOL[dtype]

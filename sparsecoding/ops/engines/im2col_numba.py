@@ -70,6 +70,11 @@ def _measure_sparse_limit(rows, k, width, dtype):
     return limit
 
 
+# Column bytes per core chunk of the fused residual timed on first use (one sample of the LCA workload's
+# columns is 249 kB; the 2-core development machines have 1-2 MiB of L2 per core).
+RESIDUAL_CHUNKS = (1 << 18, 1 << 19, 1 << 20, 1 << 21)
+
+
 class Im2colNumba(ConvEngine):
     method, family = "im2col", "native"
     native_code_layout = "channels_last"
@@ -84,6 +89,7 @@ class Im2colNumba(ConvEngine):
         # (the columns of each core's chunk stay in its cache between the copies and the GEMM)
         self.split_cf, self.chunk_bytes = bool(split_cf), chunk_bytes
         self.sparse_limit = None  # code density limit of the sparse Phi^T a; None: measured (_sparse_limit)
+        self.residual_chunk_bytes = None  # column bytes per core chunk of the fused residual; None: measured
 
     def _derive(self, w):
         if not self.x_cl:
@@ -308,9 +314,50 @@ class Im2colNumba(ConvEngine):
         return not self.x_cl and self.y_cl
 
     def _residual_chunk(self):
-        """Samples per core chunk of the fused residual: columns of about :data:`parallel.L2_CHUNK_BYTES`."""
+        """Samples per core chunk of the fused residual: columns of about ``residual_chunk_bytes``, by
+        default the fastest of :data:`RESIDUAL_CHUNKS` timed on this machine on first use (two workers'
+        chunks per candidate, the GEMM path; :func:`sparsecoding.ops.autotune.tuned`, cached per machine
+        and geometry), :data:`parallel.L2_CHUNK_BYTES` with ``SPARSECODING_TUNE=off``."""
         m, nj = self.idx.shape
-        return max(1, parallel.L2_CHUNK_BYTES // (m * self.g.n_in * nj * self.dtype.itemsize))
+        per_sample = m * self.g.n_in * nj * self.dtype.itemsize
+        chunk = self.residual_chunk_bytes
+        if chunk is None:
+            chunk = self.__dict__.get("_tuned_chunk")
+        if chunk is None:
+            chunk = self._tuned_chunk = self._measure_residual_chunk(per_sample)
+        return max(1, chunk // per_sample)
+
+    def _measure_residual_chunk(self, per_sample):
+        import numpy as np
+
+        from .. import autotune
+
+        g = self.g
+        sizes = sorted({max(1, c // per_sample) for c in RESIDUAL_CHUNKS})  # distinct samples per chunk
+        if autotune.tune_mode() == "off" or len(sizes) == 1 or not self._fused():
+            return parallel.L2_CHUNK_BYTES
+        n = min(64, 2 * parallel.n_workers() * sizes[-1])
+        r = np.random.default_rng(0)
+        s = r.standard_normal((n, g.n_in, *g.in_shape)).astype(self.dtype)
+        a = r.standard_normal((n, *g.out_shape, g.n_out)).astype(self.dtype)
+        plan = self.residual_plan(s)
+        saved = self.residual_chunk_bytes, self.sparse_limit
+
+        def run(nb):
+            def f():
+                self.residual_chunk_bytes, self.sparse_limit = nb * per_sample, 0.0
+                try:
+                    self.forward_residual(plan, a, True, False)
+                finally:
+                    self.residual_chunk_bytes, self.sparse_limit = saved
+            return f
+
+        key = (f"fused residual chunk: C{g.n_in} K{g.n_out} {'x'.join(map(str, g.out_shape))} codes, "
+               f"{self.idx.shape[1]} taps, {self.dtype.name}")
+        default = max(1, parallel.L2_CHUNK_BYTES // per_sample)
+        cands = {f"{nb} samples": run(nb) for nb in sizes}
+        choice = autotune.tuned(key, cands, f"{default} samples" if default in sizes else next(iter(cands)))
+        return int(choice.split()[0]) * per_sample
 
     def _sparse_limit(self, nb):
         """The code density up to which ``Phi^T a`` of a chunk of ``nb`` samples is the sparse product
