@@ -315,6 +315,27 @@ def test_sparse_limit_measured_and_cached(monkeypatch, tmp_path):
     assert limit == expect
 
 
+def test_residual_chunk_measured_and_cached(monkeypatch, tmp_path):
+    # the fused residual's samples per chunk: the fastest candidate in the stored timings (the LCA
+    # workload's geometry, where it is measured); SPARSECODING_TUNE=off: the L2_CHUNK_BYTES default
+    import json
+
+    from sparsecoding.ops import parallel
+
+    monkeypatch.setenv("SPARSECODING_CACHE_DIR", str(tmp_path))
+    w = np.random.default_rng(0).standard_normal((64, 3, 9, 9)).astype(np.float32)
+    per_sample = 16 * 16 * 3 * 81 * 4
+    monkeypatch.setenv("SPARSECODING_TUNE", "off")
+    op = ConvOperator(w, (32, 32), 2, "same", method="im2col", code_layout="channels_last")
+    assert op._engine._residual_chunk() == max(1, parallel.L2_CHUNK_BYTES // per_sample)
+    monkeypatch.setenv("SPARSECODING_TUNE", "on")
+    op = ConvOperator(w, (32, 32), 2, "same", method="im2col", code_layout="channels_last")
+    nb = op._engine._residual_chunk()
+    (entry,) = [e for entries in json.loads((tmp_path / "tune.json").read_text()).values()
+                for k, e in entries.items() if k.startswith("fused residual chunk: C3 K64 16x16 codes, 81 taps")]
+    assert entry["choice"] == min(entry["seconds"], key=entry["seconds"].get) == f"{nb} samples"
+
+
 @given(prob=conv_problems())
 def test_residual_alone_matches_direct_sum(xp, engines, prob):
     d, kernel, stride, pad, shape, n, c, kk, seed = prob

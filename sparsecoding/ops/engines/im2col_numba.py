@@ -75,6 +75,11 @@ def _measure_sparse_limit(rows, k, width, dtype):
 RESIDUAL_CHUNKS = (1 << 18, 1 << 19, 1 << 20, 1 << 21)
 
 
+# Per-sample multiply-adds of the fused residual from which its chunk size and sparse limit are measured
+# (the LCA workload: 8.0 M); smaller problems (the test suite's) keep the defaults without measuring.
+TUNE_MIN_MACS_RESIDUAL = 1 << 21
+
+
 class Im2colNumba(ConvEngine):
     method, family = "im2col", "native"
     native_code_layout = "channels_last"
@@ -313,6 +318,13 @@ class Im2colNumba(ConvEngine):
     def _fused(self):
         return not self.x_cl and self.y_cl
 
+    def _tunable(self):
+        """Whether the fused residual's choices are worth a measurement: at least
+        :data:`TUNE_MIN_MACS_RESIDUAL` multiply-adds per sample (below, fixed costs dominate and the
+        defaults apply: :data:`parallel.L2_CHUNK_BYTES`, the GEMM)."""
+        m, nj = self.idx.shape
+        return 2 * m * self.g.n_out * self.g.n_in * nj >= TUNE_MIN_MACS_RESIDUAL
+
     def _residual_chunk(self):
         """Samples per core chunk of the fused residual: columns of about ``residual_chunk_bytes``, by
         default the fastest of :data:`RESIDUAL_CHUNKS` timed on this machine on first use (two workers'
@@ -334,7 +346,7 @@ class Im2colNumba(ConvEngine):
 
         g = self.g
         sizes = sorted({max(1, c // per_sample) for c in RESIDUAL_CHUNKS})  # distinct samples per chunk
-        if autotune.tune_mode() == "off" or len(sizes) == 1 or not self._fused():
+        if autotune.tune_mode() == "off" or len(sizes) == 1 or not self._fused() or not self._tunable():
             return parallel.L2_CHUNK_BYTES
         n = min(64, 2 * parallel.n_workers() * sizes[-1])
         r = np.random.default_rng(0)
@@ -369,7 +381,7 @@ class Im2colNumba(ConvEngine):
             return self.sparse_limit
         cache = self.__dict__.setdefault("_sparse_limits", {})
         if nb not in cache:
-            cache[nb] = _measure_sparse_limit(nb * self.idx.shape[0], self.g.n_out, self.g.n_in * self.idx.shape[1],
+            cache[nb] = 0.0 if not self._tunable() else _measure_sparse_limit(nb * self.idx.shape[0], self.g.n_out, self.g.n_in * self.idx.shape[1],
                                               self.dtype)
         return cache[nb]
 
