@@ -14,6 +14,10 @@ Workload (DESIGN.md §9, the LCA workload): N=128, C=3, 32x32, K=64 atoms 9x9, s
     the membrane update). Both as the marginal time per iteration between a 10- and a
     40-iteration run (the one-off input drive and ``G`` excluded). Target: ratio >= 5.
 
+Measured 2026-12-02 on the 2-core AMD EPYC (Zen 4, AVX-512; GEMM 201 GFLOP/s at the start of the run,
+two other agents' jobs on the machine): (b) ours 16.0 ms, lca-pytorch 83.7 ms, 5.22x (21-23 ms, 3.3x,
+before Phi^T a skipped the zero codes; the codes are 0.3-18% nonzero over steps 10-40).
+
 lca-pytorch is not on PyPI: install its source, e.g. ``pip install
 git+https://github.com/lanl/lca-pytorch`` (import name ``lcapt``).
 """
