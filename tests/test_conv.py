@@ -270,8 +270,8 @@ def test_forward_residual_matches_two_direct_sums(xp, engines, dtype, prob, l2, 
             os.environ["SPARSECODING_THREADS"] = env
 
 
-@given(r=st.integers(1, 9), k=st.integers(1, 9), width=st.integers(1, 40), density=st.sampled_from([0.0, 0.2, 0.6, 1.0]),
-       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**31))
+@given(r=st.integers(1, 9), k=st.integers(1, 9), width=st.integers(1, 40),
+       density=st.sampled_from([0.0, 0.2, 0.6, 1.0]), dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**31))
 def test_sparse_rows_product_matches_matmul(r, k, width, density, dtype, seed):
     # the sparse Phi^T a kernel against numpy's product; more nonzeros than allowed: refused, out untouched
     from sparsecoding.ops._kernels import sparse_rows_product_1t
@@ -282,7 +282,8 @@ def test_sparse_rows_product_matches_matmul(r, k, width, density, dtype, seed):
     out = np.full((r, width), np.nan, dtype=dtype)
     nnz = int(np.count_nonzero(a))
     assert sparse_rows_product_1t(a, w, out, nnz)
-    np.testing.assert_allclose(out, a.astype(np.float64) @ w, rtol=0, atol=TOL[dtype] * (1 + np.abs(a) @ np.abs(w)).max())
+    bound = TOL[dtype] * (1 + np.abs(a) @ np.abs(w)).max()
+    np.testing.assert_allclose(out, a.astype(np.float64) @ w, rtol=0, atol=bound)
     if nnz:
         out[...] = 7.0
         assert not sparse_rows_product_1t(a, w, out, nnz - 1)

@@ -381,8 +381,9 @@ class Im2colNumba(ConvEngine):
             return self.sparse_limit
         cache = self.__dict__.setdefault("_sparse_limits", {})
         if nb not in cache:
-            cache[nb] = 0.0 if not self._tunable() else _measure_sparse_limit(nb * self.idx.shape[0], self.g.n_out, self.g.n_in * self.idx.shape[1],
-                                              self.dtype)
+            m, nj = self.idx.shape
+            cache[nb] = _measure_sparse_limit(nb * m, self.g.n_out, self.g.n_in * nj, self.dtype) \
+                if self._tunable() else 0.0
         return cache[nb]
 
     def residual_plan(self, s):
