@@ -199,11 +199,29 @@ def test_channels_last_operator_matches_direct_sums(xp, engines, method, dtype, 
         conv_module.CHUNK_BYTES = saved
 
 
-def _check_channels_last(xp, method, dtype, prob):
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@given(prob=conv_problems(), chunk=st.sampled_from([64, 1 << 20]), threads=st.sampled_from(["1", "2", "3"]))
+def test_channels_last_per_core_split_matches_direct_sums(dtype, prob, chunk, threads, monkeypatch):
+    # the per-core split of the channels-last im2col (engines._conv3x3 may pick it): each worker its own
+    # samples, in chunks of one sample (64 bytes) or several, with 1-3 workers
+    from sparsecoding.ops.engines.im2col_numba import Im2colNumba
+
+    def split(op):
+        assert isinstance(op._engine, Im2colNumba)
+        op._engine.split_cl, op._engine.chunk_bytes = True, chunk
+
+    with monkeypatch.context() as mp:
+        mp.setenv("SPARSECODING_THREADS", threads)
+        _check_channels_last(np, "im2col", dtype, prob, tweak=split)
+
+
+def _check_channels_last(xp, method, dtype, prob, tweak=None):
     d, kernel, stride, pad, shape, n, c, kk, seed = prob
     x, w, xd, wd = _arrays(xp, prob, dtype)
     tol = TOL[dtype]
     op = ConvOperator(wd, shape, stride, pad, method=method, layout="channels_last")
+    if tweak is not None:
+        tweak(op)
     xl = xp.ascontiguousarray(xp.moveaxis(xd, 1, -1))
     ref = ref_conv(x, w, stride, pad)
     y = to_numpy(op.forward(xl))

@@ -169,6 +169,23 @@ def _columns_cl(plane, idx, cols, scatter):  # pragma: no cover - compiled
                         cols[n, m, j, c] = plane[n, p, c]
 
 
+@njit_cached(nogil=True)
+def _columns_cl_1t(plane, idx, cols, scatter):  # pragma: no cover - compiled
+    """:func:`_columns_cl` in the calling thread (the per-core workers of the channels-last split)."""
+    nn, nc = plane.shape[0], plane.shape[2]
+    nm, nj = idx.shape
+    for n in range(nn):
+        for m in range(nm):
+            for j in range(nj):
+                p = idx[m, j]
+                if scatter:
+                    for c in range(nc):
+                        plane[n, p, c] += cols[n, m, j, c]
+                else:
+                    for c in range(nc):
+                        cols[n, m, j, c] = plane[n, p, c]
+
+
 def gather_columns_cl(src, idx, out):
     """out[n, m, j, :] = src[n, idx[m, j], :]; src (N, P, C), out (N, M, J, C)."""
     _columns_cl(src, idx, out, False)
@@ -177,6 +194,16 @@ def gather_columns_cl(src, idx, out):
 def scatter_add_columns_cl(src, idx, out):
     """out[n, idx[m, j], :] += src[n, m, j, :]; src (N, M, J, C), out (N, P, C)."""
     _columns_cl(out, idx, src, True)
+
+
+def gather_columns_cl_1t(src, idx, out):
+    """:func:`gather_columns_cl` in the calling thread."""
+    _columns_cl_1t(src, idx, out, False)
+
+
+def scatter_add_columns_cl_1t(src, idx, out):
+    """:func:`scatter_add_columns_cl` in the calling thread."""
+    _columns_cl_1t(out, idx, src, True)
 
 
 @njit_cached(parallel=True)

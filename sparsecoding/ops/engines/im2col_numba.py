@@ -84,7 +84,8 @@ class Im2colNumba(ConvEngine):
     method, family = "im2col", "native"
     native_code_layout = "channels_last"
 
-    def __init__(self, geometry, xp, dtype, x_layout, y_layout, caps, split_cf=False, chunk_bytes=None):
+    def __init__(self, geometry, xp, dtype, x_layout, y_layout, caps, split_cf=False, chunk_bytes=None,
+                 split_cl=False):
         super().__init__(geometry, xp, dtype, x_layout, y_layout, caps)
         g = geometry
         self.buffer = tuple((o - 1) * s + k for o, s, k in zip(g.out_shape, g.stride, g.kernel))
@@ -93,6 +94,10 @@ class Im2colNumba(ConvEngine):
         # channels-first inputs: whole-batch gather + one multi-threaded GEMM, or the per-core split
         # (the columns of each core's chunk stay in its cache between the copies and the GEMM)
         self.split_cf, self.chunk_bytes = bool(split_cf), chunk_bytes
+        # channels-last: chunks of the batch with whole-batch threading (numba gather, BLAS threads), or the
+        # per-core split (each worker gathers and multiplies its own samples' chunks, single-threaded BLAS);
+        # which is faster, and at which chunk size, is measured per machine (engines._conv3x3)
+        self.split_cl = bool(split_cl)
         self.sparse_limit = None  # code density limit of the sparse Phi^T a; None: measured (_sparse_limit)
         self.residual_chunk_bytes = None  # column bytes per core chunk of the fused residual; None: measured
 
@@ -219,6 +224,30 @@ class Im2colNumba(ConvEngine):
         self._pad_buf[bsl] = x[xsl]
         return self._pad_buf.reshape(n, -1, c)
 
+    def _cl_split_chunk(self):
+        """Samples per core chunk of the channels-last split: columns of about ``chunk_bytes``
+        (default :data:`CHUNK_BYTES`; at least one sample)."""
+        m, nj = self.idx.shape
+        return max(1, (self.chunk_bytes or CHUNK_BYTES) // (m * nj * self.g.n_in * self.dtype.itemsize))
+
+    def _forward_cl_split(self, buf, w2cl):
+        g, np_ = self.g, self.xp
+        n, c = buf.shape[0], g.n_in
+        m, nj = self.idx.shape
+        out = np_.empty((n * m, g.n_out), dtype=self.dtype)
+        nb, w2t = self._cl_split_chunk(), w2cl.T
+
+        def work(lo, hi):
+            cols = np_.empty((min(nb, hi - lo), m, nj, c), dtype=self.dtype)
+            for i in range(lo, hi, nb):
+                j = min(hi, i + nb)
+                cv = cols[:j - i]
+                K.gather_columns_cl_1t(buf[i:j], self.idx, cv)
+                np_.matmul(cv.reshape((j - i) * m, -1), w2t, out=out[i * m:j * m])
+
+        parallel.run_split(work, n)
+        return out.reshape(n, *g.out_shape, g.n_out)
+
     def _forward_cl(self, x):
         # channels-last: embed in the zero-padded buffer (N, *B, C), then per chunk of samples a
         # contiguous-run gather into columns (b, M, J, C) and one (b*M, J*C) x (J*C, K) GEMM
@@ -227,6 +256,8 @@ class Im2colNumba(ConvEngine):
         m, nj = self.idx.shape
         buf = self._padded_input(x)
         w2cl = self.derived()["w2cl"]
+        if self.split_cl:
+            return self._forward_cl_split(buf, w2cl)
         out = np_.empty((n * m, g.n_out), dtype=self.dtype)
         chunks, scratch = self._chunks(n, m * nj * c)
         for a, b in chunks:
@@ -267,11 +298,24 @@ class Im2colNumba(ConvEngine):
         yf = np_.ascontiguousarray(y).reshape(n * m, g.n_out)
         w2cl = self.derived()["w2cl"]
         buf = np_.zeros((n, math.prod(self.buffer), c), dtype=self.dtype)
-        chunks, scratch = self._chunks(n, m * nj * c)
-        for a, b in chunks:
-            cols = scratch[:(b - a) * m * nj * c]
-            np_.matmul(yf[a * m:b * m], w2cl, out=cols.reshape((b - a) * m, nj * c))
-            K.scatter_add_columns_cl(cols.reshape(b - a, m, nj, c), self.idx, buf[a:b])
+        if self.split_cl:
+            nb = self._cl_split_chunk()
+
+            def work(lo, hi):
+                cols = np_.empty((min(nb, hi - lo) * m, nj * c), dtype=self.dtype)
+                for i in range(lo, hi, nb):
+                    j = min(hi, i + nb)
+                    cv = cols[:(j - i) * m]
+                    np_.matmul(yf[i * m:j * m], w2cl, out=cv)
+                    K.scatter_add_columns_cl_1t(cv.reshape(j - i, m, nj, c), self.idx, buf[i:j])
+
+            parallel.run_split(work, n)
+        else:
+            chunks, scratch = self._chunks(n, m * nj * c)
+            for a, b in chunks:
+                cols = scratch[:(b - a) * m * nj * c]
+                np_.matmul(yf[a * m:b * m], w2cl, out=cols.reshape((b - a) * m, nj * c))
+                K.scatter_add_columns_cl(cols.reshape(b - a, m, nj, c), self.idx, buf[a:b])
         bsl, xsl = embed_slices(g, self.buffer, channels_last=True)
         inner = buf.reshape(n, *self.buffer, c)[bsl]
         if tuple(inner.shape[1:-1]) == tuple(g.in_shape):
