@@ -43,14 +43,18 @@ NO_CHECKOUT = ("the benchmarks live in the source repository, not in the install
 def _info(args):
     from . import __version__
 
+    import os  # noqa: PLC0415
+
     import numba  # noqa: PLC0415
     import scipy  # noqa: PLC0415
 
     from .backend import BackendUnavailable, _load_cupy  # noqa: PLC0415
     from .ops._jit import cache_dir  # noqa: PLC0415
     from .ops.autotune import tune_file  # noqa: PLC0415
-    from .ops.parallel import n_workers  # noqa: PLC0415
+    from .ops.parallel import cpu_count, n_workers  # noqa: PLC0415
 
+    workers = ("set by SPARSECODING_THREADS" if os.environ.get("SPARSECODING_THREADS")
+               else "measured on this machine; SPARSECODING_THREADS=N sets it")
     try:
         _load_cupy()
         gpu = "usable"
@@ -58,7 +62,8 @@ def _info(args):
         gpu = f"not usable ({str(e).splitlines()[0]})"
     print(f"sparsecoding {__version__}, numpy {np.__version__}, scipy {scipy.__version__}, numba {numba.__version__}\n"
           f"cupy: {gpu}\n"
-          f"CPU worker threads: {n_workers()} (SPARSECODING_THREADS)\n"
+          f"CPU worker threads: {n_workers()} of {cpu_count()} logical CPUs "
+          f"({workers})\n"
           f"compiled kernels cache: {cache_dir() or 'none (compiling at each start)'}\n"
           f"engine choices measured on this machine: {tune_file()} (SPARSECODING_TUNE=off|refresh)")
     return 0

@@ -78,3 +78,53 @@ def test_run_split_nested_in_a_worker_runs_inline(monkeypatch):
 
     run_split(outer, 4)
     assert sorted(seen) == [(i, j) for i in range(4) for j in range(3)]
+
+
+@pytest.fixture
+def tune_cache(tmp_path, monkeypatch):
+    from sparsecoding.ops import autotune
+
+    monkeypatch.setenv("SPARSECODING_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("SPARSECODING_TUNE", raising=False)
+    monkeypatch.delenv("SPARSECODING_THREADS", raising=False)
+    autotune.clear_memory()
+    yield tmp_path / "cache"
+    autotune.clear_memory()
+
+
+def test_worker_count_is_measured_cached_and_overridable(tune_cache, monkeypatch):
+    import json
+
+    from sparsecoding.ops import autotune, parallel
+
+    monkeypatch.setattr(parallel, "cpu_count", lambda: 4)
+    calls = []
+    real = parallel._unit_work
+    monkeypatch.setattr(parallel, "_unit_work", lambda *a: (calls.append(1), real(*a)))
+    n = n_workers()
+    data = json.loads((tune_cache / "tune.json").read_text())
+    entry = data[autotune.base_signature()]["worker threads, 4 logical CPUs"]
+    # all logical CPUs or one per core where SMT pairs them; the faster of the two measured ones
+    assert set(entry["seconds"]) == {"2", "4"} and n == int(entry["choice"])
+    assert entry["seconds"][entry["choice"]] == min(entry["seconds"].values())
+    assert calls  # it ran the work
+    # a new process reads the stored choice and measures nothing, even where it is not the faster now
+    entry["choice"] = "2" if n == 4 else "4"
+    (tune_cache / "tune.json").write_text(json.dumps(data))
+    autotune.clear_memory()
+    calls.clear()
+    assert n_workers() == int(entry["choice"]) and not calls
+    # the environment overrides; with the tuning off, every logical CPU
+    monkeypatch.setenv("SPARSECODING_THREADS", "3")
+    assert n_workers() == 3
+    monkeypatch.delenv("SPARSECODING_THREADS")
+    monkeypatch.setenv("SPARSECODING_TUNE", "off")
+    assert n_workers() == 4
+
+
+def test_one_cpu_means_one_worker_without_measuring(tune_cache, monkeypatch):
+    from sparsecoding.ops import parallel
+
+    monkeypatch.setattr(parallel, "cpu_count", lambda: 1)
+    assert n_workers() == 1
+    assert not (tune_cache / "tune.json").exists()

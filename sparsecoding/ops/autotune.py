@@ -17,6 +17,11 @@ by a short measurement the first time a geometry is used on a machine, and remem
 * ``SPARSECODING_CONV_ENGINE``: force the conv engine where a choice is tuned (``im2col``,
   ``winograd2``, ``winograd4``; :func:`forced`).
 
+What is measured: the conv engine and its chunk size per layer geometry
+(:mod:`sparsecoding.ops.engines`), the fused LCA residual's chunk and sparse-product limit
+(:mod:`~sparsecoding.ops.engines.im2col_numba`), and the worker thread count
+(:func:`sparsecoding.ops.parallel.measured_workers`; ``SPARSECODING_THREADS`` overrides).
+
 Where the cache folder cannot be written the measurement is kept in memory for the process.
 """
 from __future__ import annotations
@@ -31,7 +36,8 @@ import numpy as np
 
 from ..checkpoint import _create_temporary
 
-__all__ = ["cache_root", "tune_file", "machine_signature", "tune_mode", "tuned", "forced", "clear_memory"]
+__all__ = ["cache_root", "tune_file", "base_signature", "machine_signature", "tune_mode", "tuned", "forced",
+           "clear_memory"]
 
 MODES = ("on", "off", "refresh")
 
@@ -69,6 +75,14 @@ def _cpu_model():
 TUNE_VERSION = 2
 
 
+def base_signature():
+    """The machine without its worker count: CPU model, logical CPUs, numpy version, :data:`TUNE_VERSION`
+    (the key of the worker count's own measurement)."""
+    from .parallel import cpu_count
+
+    return f"{_cpu_model()} | {cpu_count()} CPUs | numpy {np.__version__} | v{TUNE_VERSION}"
+
+
 def machine_signature():
     """What a measured choice depends on: CPU model, worker threads, numpy version (and :data:`TUNE_VERSION`)."""
     from .parallel import n_workers
@@ -95,7 +109,10 @@ def forced(env, allowed):
 
 def clear_memory():
     """Forget this process's choices (the file is read again at the next :func:`tuned`)."""
+    from . import parallel
+
     _memory.clear()
+    parallel._workers_memo.clear()
 
 
 def _load():
@@ -133,17 +150,18 @@ def _measure(candidates, rounds):
     return best
 
 
-def tuned(key, candidates, default, rounds=3):
+def tuned(key, candidates, default, rounds=3, signature=None):
     """The name of the fastest of ``candidates`` (name -> zero-argument callable) for ``key``.
 
-    Read from this process's memory or the cache file when known for this machine; otherwise
-    measured (minimum over ``rounds`` interleaved rounds) and stored. ``SPARSECODING_TUNE=off``
-    returns ``default`` without measuring; ``refresh`` measures again.
+    Read from this process's memory or the cache file when known for this machine (``signature``,
+    default :func:`machine_signature`); otherwise measured (minimum over ``rounds`` interleaved
+    rounds) and stored. ``SPARSECODING_TUNE=off`` returns ``default`` without measuring;
+    ``refresh`` measures again.
     """
     mode = tune_mode()
     if mode == "off" or len(candidates) == 1:
         return default
-    sig = machine_signature()
+    sig = machine_signature() if signature is None else signature
     if mode == "on":
         entry = _memory.get(sig, {}).get(key)
         if entry is None:

@@ -10,6 +10,10 @@ threads over the whole batch) to 26 ms.
 
 BLAS threads are limited through ``threadpoolctl`` for the duration of a
 call; without it (or with one core) the work runs in the calling thread.
+
+How many workers: ``SPARSECODING_THREADS``, else measured once per machine between all logical
+CPUs and half of them (:func:`measured_workers`; on SMT machines two hyperthreads share one
+core's vector units, and GEMM-bound work may run no faster on both).
 """
 from __future__ import annotations
 
@@ -17,6 +21,8 @@ import contextlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
 
 try:
     from threadpoolctl import ThreadpoolController
@@ -35,8 +41,20 @@ _controller = None
 _local = threading.local()  # .inside: this thread is one of run_split's workers
 
 
+_workers_memo = {}  # (logical CPUs, tune mode) -> the measured worker count, for this process
+
+
+def cpu_count():
+    """Logical CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def n_workers():
-    """Worker threads used by :func:`run_split` (``SPARSECODING_THREADS`` or the CPU count)."""
+    """Worker threads used by :func:`run_split`: ``SPARSECODING_THREADS`` if set, else measured once per
+    machine (:func:`measured_workers`)."""
     env = os.environ.get("SPARSECODING_THREADS")
     if env:
         try:
@@ -46,10 +64,49 @@ def n_workers():
         if n < 1:
             raise ValueError(f"SPARSECODING_THREADS must be a positive integer, got {env!r}")
         return n
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+    return measured_workers()
+
+
+def _unit_work(a, b, out, src, dst):
+    """One unit of the per-core work the engines do: a cache-sized copy and a single-threaded GEMM."""
+    np.copyto(dst, src)
+    np.matmul(a, b, out=out)
+
+
+def measured_workers():
+    """The worker count that runs a fixed amount of per-core work fastest on this machine, among all
+    logical CPUs and half of them (one per physical core where SMT pairs them: two hyperthreads
+    share one core's vector units and caches, and GEMM-bound work often runs no faster, or slower,
+    on both); measured on first use (a few ms) and cached with the other per-machine choices
+    (:mod:`sparsecoding.ops.autotune`; ``SPARSECODING_TUNE=off``: all logical CPUs). Measured on the
+    2-core AMD EPYC: 2 workers, 1.9x faster than 1."""
+    from . import autotune
+
+    ncpu = cpu_count()
+    mode = autotune.tune_mode()
+    key = (ncpu, mode)
+    if key in _workers_memo:
+        return _workers_memo[key]
+    counts = sorted({ncpu, max(1, ncpu // 2)})
+    if mode == "off" or len(counts) == 1 or ThreadpoolController is None:
+        _workers_memo[key] = ncpu
+        return ncpu
+    r = np.random.default_rng(0)
+    a = r.standard_normal((192, 384)).astype(np.float32)
+    b = r.standard_normal((384, 192)).astype(np.float32)
+    units = 8 * ncpu
+    bufs = [(np.empty((192, 192), np.float32), np.ones(1 << 18, np.float32), np.empty(1 << 18, np.float32))
+            for _ in range(units)]
+
+    def with_workers(c):
+        def run():
+            run_split(lambda lo, hi: [_unit_work(a, b, *bufs[u]) for u in range(lo, hi)], units, workers=c)
+        return run
+
+    choice = autotune.tuned(f"worker threads, {ncpu} logical CPUs", {str(c): with_workers(c) for c in counts},
+                            str(ncpu), signature=autotune.base_signature())
+    _workers_memo[key] = int(choice)
+    return _workers_memo[key]
 
 
 def _get_pool(n):
@@ -79,13 +136,14 @@ def blas_single_thread():
         yield
 
 
-def run_split(fn, n):
-    """Call ``fn(lo, hi)`` on contiguous sample ranges covering ``range(n)``, one per worker.
+def run_split(fn, n, workers=None):
+    """Call ``fn(lo, hi)`` on contiguous sample ranges covering ``range(n)``, one per worker
+    (``workers``, default :func:`n_workers`).
 
     ``fn`` must only touch rows ``lo:hi`` of shared outputs and call GIL-free code
     (numpy, single-threaded numba kernels). Exceptions propagate.
     """
-    workers = min(n_workers(), n)
+    workers = min(n_workers() if workers is None else workers, n)
     if workers <= 1 or ThreadpoolController is None or getattr(_local, "inside", False):
         # one worker, or called from inside a worker (an engine used within another split): in this
         # thread, since waiting on the pool from one of its own threads could deadlock
