@@ -206,8 +206,14 @@ def _gap(c, a, r2, lam, nonneg, eps, scale):  # pragma: no cover - compiled
 
 
 @njit_cached()
-def _scan(c, a, nrm, lam, nonneg, lo0, hi0, lo1, hi1, lo2, hi2):  # pragma: no cover - compiled
-    """The coordinate of the largest change in a box of positions: (|change|, change, p0, p1, p2, k)."""
+def _scan(c, a, nrm, inv, lam, nonneg, lo0, hi0, lo1, hi1, lo2, hi2):  # pragma: no cover - compiled
+    """The coordinate of the largest change in a box of positions: (|change|, change, p0, p1, p2, k).
+
+    ``inv`` = 1 / ``nrm`` (0 where the cropped atom is zero: such a coordinate moves to 0, which changes
+    nothing else). Per position a branch-free count of the atoms whose change beats the best so far, which
+    vectorises (a running max or a compare-and-branch per atom does not); the atoms are visited again only
+    where that count is nonzero. Measured (2-core Zen 4, loaded), 2,000 sweeps of the 2-D LCA workload,
+    N=32, lambda 1: 1.52 -> 1.07 s (min of 3); N=16, lambda 0.25, 3,000 sweeps: 1.45 -> 1.18 s."""
     K = c.shape[3]
     best = 0.0
     bd = 0.0
@@ -218,18 +224,29 @@ def _scan(c, a, nrm, lam, nonneg, lo0, hi0, lo1, hi1, lo2, hi2):  # pragma: no c
                 cq = c[q0, q1, q2]
                 aq = a[q0, q1, q2]
                 nq = nrm[q0, q1, q2]
+                iq = inv[q0, q1, q2]
+                more = 0
                 for k in range(K):
-                    nv = nq[k]
-                    if nv <= 0:
-                        continue
-                    av = aq[k]
-                    v = cq[k] + nv * av
-                    z = coordinate_minimiser(v, lam, nonneg, nv)
-                    d = z - av
-                    if abs(d) > best:
-                        best = abs(d)
-                        bd = d
-                        b0, b1, b2, bk = q0, q1, q2, k
+                    av = float(aq[k])
+                    v = float(cq[k]) + float(nq[k]) * av
+                    if nonneg:
+                        z = max(v - lam, 0.0)
+                    else:
+                        z = max(v - lam, 0.0) + min(v + lam, 0.0)
+                    more += 1 if abs(z * float(iq[k]) - av) > best else 0
+                if more > 0:
+                    for k in range(K):
+                        av = float(aq[k])
+                        v = float(cq[k]) + float(nq[k]) * av
+                        if nonneg:
+                            z = max(v - lam, 0.0)
+                        else:
+                            z = max(v - lam, 0.0) + min(v + lam, 0.0)
+                        d = z * float(iq[k]) - av
+                        if abs(d) > best:
+                            best = abs(d)
+                            bd = d
+                            b0, b1, b2, bk = q0, q1, q2, k
     return best, bd, b0, b1, b2, bk
 
 
@@ -243,7 +260,7 @@ def _column(t, max_iter, H):  # pragma: no cover - compiled
 
 
 @njit_cached()
-def _lgcd_sample(c, a, r2, T, I0, I1, I2, nrm, S0, S1, S2, lam, nonneg, it0, max_iter, tol, eps, scale, focus,
+def _lgcd_sample(c, a, r2, T, I0, I1, I2, nrm, inv, S0, S1, S2, lam, nonneg, it0, max_iter, tol, eps, scale, focus,
                  gap_hist, e_hist, it_hist):  # pragma: no cover - compiled
     """LGCD on one sample (``c``, ``a`` channels-last, updated in place) from sweep ``it0`` to ``max_iter`` at
     most; returns (sweeps done, ||r||^2, converged).
@@ -286,7 +303,7 @@ def _lgcd_sample(c, a, r2, T, I0, I1, I2, nrm, S0, S1, S2, lam, nonneg, it0, max
                 lo0, lo1, lo2 = s0 * S0, s1 * S1, s2 * S2
                 hi0, hi1, hi2 = min(P0, lo0 + S0), min(P1, lo1 + S1), min(P2, lo2 + S2)
                 work += (hi0 - lo0) * (hi1 - lo1) * (hi2 - lo2) * K
-                bv, d, b0, b1, b2, bk = _scan(c, a, nrm, lam, nonneg, lo0, hi0, lo1, hi1, lo2, hi2)
+                bv, d, b0, b1, b2, bk = _scan(c, a, nrm, inv, lam, nonneg, lo0, hi0, lo1, hi1, lo2, hi2)
                 best[si] = bv
                 change[si] = d
                 where[si, 0], where[si, 1], where[si, 2], where[si, 3] = b0, b1, b2, bk
@@ -345,14 +362,14 @@ def _lgcd_sample(c, a, r2, T, I0, I1, I2, nrm, S0, S1, S2, lam, nonneg, it0, max
 
 
 @njit_cached(parallel=True)
-def _lgcd_batch(C, A, R2, T, I0, I1, I2, nrm, S0, S1, S2, lam, nonneg, max_iter, tol, eps, scale, focus,
+def _lgcd_batch(C, A, R2, T, I0, I1, I2, nrm, inv, S0, S1, S2, lam, nonneg, max_iter, tol, eps, scale, focus,
                 n_iter, conv, gap_hist, e_hist, it_hist):  # pragma: no cover - compiled
     """Every sample in its own thread; ``n_iter[n]`` sweeps done so far (updated)."""
     for n in numba.prange(C.shape[0]):
         done = n_iter[n]
         if done >= max_iter:
             continue
-        it, r2, ok = _lgcd_sample(C[n], A[n], R2[n], T, I0, I1, I2, nrm, S0, S1, S2, lam, nonneg, done,
+        it, r2, ok = _lgcd_sample(C[n], A[n], R2[n], T, I0, I1, I2, nrm, inv, S0, S1, S2, lam, nonneg, done,
                                   max_iter, tol, eps, scale[n], focus, gap_hist[n], e_hist[n], it_hist[n])
         n_iter[n] = done + it
         R2[n] = r2
@@ -432,6 +449,7 @@ def conv_coordinate_descent(op, s, lambda_, nonneg=False, max_iter=10000, tol=1e
     if op.dtype != dtype:  # compute in the inputs' precision, as the other solvers do
         op = ConvOperator(op.w.astype(dtype), g.in_shape, g.stride, g.pad, op.method)
     T, (I0, I1, I2), nrm = overlap_table(op)
+    inv = np.divide(1, nrm, out=np.zeros_like(nrm), where=nrm > 0)
     O3 = g.out_shape + (1,) * (3 - d)
     n = s.shape[0]
     with op.frozen_weights():
@@ -458,7 +476,7 @@ def conv_coordinate_descent(op, s, lambda_, nonneg=False, max_iter=10000, tol=1e
             # samples to threads one at a time as threads free up: their sweep counts differ by 100x or more
             # (measured: 2 to 1,564 updates over 16 crops at lambda 2), so equal static shares wait on the slowest
             with numba.parallel_chunksize(1):
-                _lgcd_batch(C, A, R2, T, I0, I1, I2, nrm, seg[0], seg[1], seg[2], lam, bool(nonneg),
+                _lgcd_batch(C, A, R2, T, I0, I1, I2, nrm, inv, seg[0], seg[1], seg[2], lam, bool(nonneg),
                             max_iter, tol_k, eps, scale, float(focus), n_iter, conv, gh, eh, th)
             a_pub = xp.asarray(np.ascontiguousarray(np.moveaxis(A, -1, 1)).reshape(n, g.n_out, *g.out_shape))
             if tol is None:
