@@ -160,6 +160,15 @@ def test_autotune_writes_cache_outside_package_and_reads_it_back(cache):
     assert autotune.tuned("k1", _counting(calls), "fast") == "slow"
 
 
+def test_autotune_margin_keeps_the_default_unless_clearly_beaten(cache):
+    calls = {}
+    # "fast" takes a tiny fraction of "slow"'s time: kept only within a margin larger than that gap
+    assert autotune.tuned("m1", _counting(calls), "slow", margin=1e6) == "slow"
+    assert autotune.tuned("m2", _counting(calls), "slow", margin=0.15) == "fast"
+    entry = json.loads((cache / "tune.json").read_text())[autotune.machine_signature()]["m1"]
+    assert entry["choice"] == "slow" and entry["seconds"]["fast"] < entry["seconds"]["slow"]
+
+
 def test_autotune_off_and_refresh(cache, monkeypatch):
     calls = {}
     monkeypatch.setenv("SPARSECODING_TUNE", "off")

@@ -150,12 +150,13 @@ def _measure(candidates, rounds):
     return best
 
 
-def tuned(key, candidates, default, rounds=3, signature=None):
+def tuned(key, candidates, default, rounds=3, signature=None, margin=0.0):
     """The name of the fastest of ``candidates`` (name -> zero-argument callable) for ``key``.
 
     Read from this process's memory or the cache file when known for this machine (``signature``,
     default :func:`machine_signature`); otherwise measured (minimum over ``rounds`` interleaved
-    rounds) and stored. ``SPARSECODING_TUNE=off`` returns ``default`` without measuring;
+    rounds) and stored; ``default`` is kept unless the fastest beats it by more than ``margin``
+    (a fraction of its time). ``SPARSECODING_TUNE=off`` returns ``default`` without measuring;
     ``refresh`` measures again.
     """
     mode = tune_mode()
@@ -171,6 +172,8 @@ def tuned(key, candidates, default, rounds=3, signature=None):
             return entry["choice"]
     times = _measure(candidates, rounds)
     choice = min(times, key=times.get)
+    if default in times and times[default] <= (1.0 + margin) * times[choice]:
+        choice = default
     entry = {"choice": choice, "seconds": {k: round(v, 6) for k, v in times.items()}}
     _memory.setdefault(sig, {})[key] = entry
     _store(sig, key, entry)
