@@ -32,15 +32,25 @@ per solve by small GEMMs over the weights. The update of ``c`` is therefore exac
 and costs ``K prod(2 R_d + 1)`` multiply-adds, the same as in the interior.
 
 Locally greedy choice (Moreau, Oudre & Vayatis 2018; alphacsc's LGCD): the code positions are
-split into segments of ``segment`` positions per dimension (default ``R_d + 1``, about one atom;
-measured: 1-D 64-sample atoms, segments of 32 / 64 / 128 positions: 0.30 / 0.35 / 0.31 s per signal;
-2-D 9x9 stride 2, segments of 3 / 5 / 8: 10.2 / 7.1 / 6.8 s (not converged at 1000 sweeps, 5 the
-lowest energy)); a sweep visits the segments in turn and in each updates the coordinate with the
-largest change ``|z* - a_kp|``. Each segment keeps that largest change and its coordinate from its
-last scan and is scanned again only after an update within reach (``R_d`` positions) changed its
-``c``. With ``focus > 0`` a sweep updates only the segments whose largest change exceeds ``focus``
-times the largest of the previous sweep (a Gauss-Southwell flavour that spends the updates where
-the changes are large; the largest one is always taken, so every sweep makes progress).
+split into segments of ``segment`` positions per dimension (default ``max(1, (R_d + 1) // 8)``);
+a sweep visits the segments in turn and in each updates the coordinate with the largest change
+``|z* - a_kp|``. Each segment keeps that largest change and its coordinate from its last scan and is
+scanned again only after an update within reach (``R_d`` positions) changed its ``c``. With
+``focus > 0`` a sweep updates only the segments whose largest change exceeds ``focus`` times the
+largest of the previous sweep (a Gauss-Southwell flavour that spends the updates where the changes
+are large; the largest one is always taken, so every sweep makes progress).
+
+Segment size, measured to a 1e-3 gap (2-core AMD EPYC Zen 4, loaded; min of 3 interleaved runs):
+2-D LCA workload (N=32 RGB 32x32, 64 atoms 9x9, stride 2, "same", R = 4), lambda 1 (5.5% nonzero),
+segments of 1 / 2 / 3 / 5 (= R + 1, alphacsc's choice) / 8 positions: 0.26 / 0.33 / 0.46 / 0.50 /
+0.85 s; lambda 1.5 (2.2%): 0.085 / 0.087 / 0.12 / 0.14 / 0.18 s; lambda 0.25 (15%, N=16): 3.2 / 3.6 /
+-- / 6.6 s. Grey 64x64 "valid", 32 atoms 8x8, stride 1 (R = 7): 1 / 2 / 4 / 8: 0.84 / 0.91 / 1.08 /
+1.68 s. 1-D (4 x 5,000 samples, 16 atoms of 64, R = 63): 1 / 4 / 8 / 16 / 32 / 64: 0.11 / 0.07 / 0.08
+/ 0.07-0.08 / 0.07 / 0.08-0.09 s. In 2-D a segment of one position wins: every position whose best
+change is large gets its update in the same sweep, where a larger segment serialises the updates of
+the coupled positions inside it over many sweeps (34,277 sweeps at segments of 5 vs 2,421 at 1 for
+lambda 0.25); in 1-D with long atoms the per-sweep walk over thousands of one-position segments
+costs more than that saves.
 
 Stopping: the relative duality gap of :func:`sparsecoding.solvers.lasso.duality_gap`, from the
 maintained ``c`` and ``||r||^2``: the dual point ``theta = beta r`` with
@@ -393,17 +403,18 @@ def conv_coordinate_descent(op, s, lambda_, nonneg=False, max_iter=10000, tol=1e
     lambda_ : float >= 0
     nonneg : bool, constrain ``a >= 0``
     max_iter : int >= 1, the most sweeps (one sweep visits every segment once, one update each at most;
-        a sweep costs a fraction of one convolution: 4,263 sweeps reached a 1e-3 gap on 64x64 images with 32
-        8x8 filters, lambda 0.1 max, where FISTA took 450 iterations in about the same time)
+        a sweep costs a fraction of one convolution: 292 sweeps reached a 1e-3 gap on 64x64 images with 32
+        8x8 filters, lambda 0.1 max, 4,263 with the earlier segments of 8 positions)
     tol : float >= 0 or None; each sample stops once its relative duality gap is <= ``tol``
         (None: run ``max_iter`` sweeps)
     a0 : optional warm start (N, K, *O)
-    segment : int or tuple, the segment size in code positions per spatial dim (default ``R_d + 1``,
-        ``R_d = (k_d - 1) // stride_d``)
+    segment : int or tuple, the segment size in code positions per spatial dim (default
+        ``max(1, (R_d + 1) // 8)``, ``R_d = (k_d - 1) // stride_d``; measurements in the module notes)
     focus : float in [0, 1), a sweep updates only the segments whose largest change exceeds ``focus`` times the
-        largest change of the previous sweep (0: every segment, plain LGCD). Measured (2-core Xeon, loaded),
-        1-D workload (5,000 samples, 16 atoms of 64) per signal to a 1e-3 gap: 0.35 s at 0, 0.20 s at 0.3
-        (268 vs 281 sweeps); 2-D (3x32x32, 64 atoms 9x9, stride 2): 5.9 s at 0.3 vs 7.1 s at 0 for 16 images
+        largest change of the previous sweep (0: every segment, plain LGCD). Measured (2-core Zen 4, loaded),
+        2-D LCA workload (N=32, 64 atoms 9x9, stride 2, lambda 1, one-position segments) to a 1e-3 gap:
+        0.57 / 0.27 / 0.26 s at focus 0 / 0.3 / 0.5 (177 / 200 / 224 sweeps); earlier (2-core Xeon, loaded),
+        1-D (5,000 samples, 16 atoms of 64, segments of 64) per signal: 0.35 s at 0, 0.20 s at 0.3
     mask : not supported (``ValueError``); use :func:`~sparsecoding.solvers.lasso.fista`
 
     Returns
@@ -436,7 +447,7 @@ def conv_coordinate_descent(op, s, lambda_, nonneg=False, max_iter=10000, tol=1e
     d = g.d
     R = [(k - 1) // st for k, st in zip(g.kernel, g.stride)]
     if segment is None:
-        seg = tuple(r + 1 for r in R)
+        seg = tuple(max(1, (r + 1) // 8) for r in R)
     else:
         seg = tuple(int(v) for v in ((segment,) * d if np.isscalar(segment) else segment))
         if len(seg) != d or any(v < 1 for v in seg):
