@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from conftest import kkt_violation_at
 from sparsecoding.ops import ConvOperator, DenseOperator
 from sparsecoding.solvers import conv_coordinate_descent, fista
+from sparsecoding.solvers import cd_conv
 from sparsecoding.solvers.cd_conv import overlap_table
 
 
@@ -186,6 +187,33 @@ def test_history_and_sweep_budget():
     assert len(res.energy_history) == len(res.history)
     fixed = conv_coordinate_descent(op, s, lam, tol=None, max_iter=7)
     assert fixed.n_iter == 7 and not fixed.converged
+    # a budget far beyond HISTORY_CHECKS: the history stays bounded and ends at the stopping sweep
+    big = conv_coordinate_descent(op, s, lam, tol=1e-4, max_iter=10**6)
+    its, gaps = zip(*big.history)
+    assert big.converged and len(its) <= cd_conv.HISTORY_CHECKS and list(its) == sorted(its)
+    assert its[0] == 0 and its[-1] == big.n_iter and gaps[-1] <= 1e-4
+    # other segment sizes reach the same optimum (energies within the certified gaps)
+    for seg in (3, 16):
+        other = conv_coordinate_descent(op, s, lam, tol=1e-8, max_iter=20000, segment=seg)
+        np.testing.assert_allclose(other.energy, big.energy, rtol=2e-4)
+
+
+def test_overlap_table_cache_follows_the_weights():
+    """The cached table is read-only and keyed on the weights' values: weights changed in place give the
+    table of the new weights (checked against explicit products of one-hot syntheses)."""
+    r = np.random.default_rng(4)
+    w = r.standard_normal((2, 1, 3, 3))
+    T1, idx1, nrm1 = overlap_table(ConvOperator(w, (5, 5), 1, "same"))
+    assert overlap_table(ConvOperator(w.copy(), (5, 5), 1, "same"))[0] is T1 and not T1.flags.writeable
+    w[0] *= 2.0
+    T2, idx2, nrm2 = overlap_table(ConvOperator(w, (5, 5), 1, "same"))
+    e = np.zeros((2, 2, 5, 5))
+    e[0, 0, 2, 2] = e[1, 1, 2, 2] = 1.0  # both atoms at the centre (uncropped): norms and cross product
+    atoms = ref_conv_t(e, w, (1, 1), (1, 1), (5, 5)).reshape(2, -1)
+    np.testing.assert_allclose(nrm2[2, 2, 0], (atoms ** 2).sum(1), atol=1e-12)
+    np.testing.assert_allclose(nrm2[2, 2, 0], 4.0 ** np.array([1, 0]) * nrm1[2, 2, 0], atol=1e-12)
+    u = [int(i[2, 2]) for i in idx2[:2]]  # offset 0 (column R = 2) in both dims at the centre
+    np.testing.assert_allclose(T2[u[0], u[1], 0], atoms @ atoms.T, atol=1e-12)
 
 
 def test_bad_input():
