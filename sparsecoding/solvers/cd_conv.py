@@ -66,6 +66,19 @@ through the operator (one ``conv_transpose`` + ``conv``); one that fails resumes
 values. A gap within its own rounding (``16 eps (1 + ||a||_1 max|Phi s| / E)``, as in
 :class:`~sparsecoding.solvers.lasso._GapMonitor`) counts as zero.
 
+Convergence against the certificate, measured (2-core AMD EPYC Zen 4, loaded) on the 2-D LCA workload
+(N=16, 64 atoms 9x9, stride 2, "same", nonneg, float32; E* from float64 FISTA to a 1e-9 gap; then
+segments of 5 positions): at lambda 0.25 (15% nonzero) the energy itself converges slowly, true
+suboptimality (E - E*)/E* of the worst sample 2.6e-2 / 4.2e-3 / 2.3e-4 after 1,000 / 3,000 / 10,000
+sweeps, certified gap 0.27 / 0.10 / 2.0e-2 (FISTA: 1.9e-4 after 100 iterations); at lambda 2 (0.9%)
+the worst sample is 5.0e-3 / 2.3e-4 off after 100 / 300 sweeps, certified 0.11 / 1.6e-2, while the
+other samples certify 1e-7: its remaining error is one cluster of coupled atoms at a border whose
+correlations exceed lambda by up to 4% (a gap linear in that excess, the energy quadratic). Dual
+extrapolation from the last 6 residuals (Celer's, Massias et al. 2018; residuals every 10 or 200
+sweeps) lowered the gap by at most 10% here (the greedy order is no fixed linear iteration), so the
+plain rescaled residual is kept; the gains came from more updates per sweep (one-position segments,
+above) and from the per-call costs (history, table), which dominated at sparse codes.
+
 Samples are independent: one numba thread per sample (``prange``). float32 and float64; the scalar
 accumulators (``||r||^2``, the gap terms) are float64. Masks / data weights are not supported
 (``ValueError``: use :func:`~sparsecoding.solvers.lasso.fista`).
