@@ -151,39 +151,35 @@ def sparse_rows_product_1t(a, w, out, max_nnz):  # pragma: no cover - compiled
     return True
 
 
+@numba.njit(nogil=True, inline="always")
+def _columns_cl_sample(plane, idx, cols, scatter, n):  # pragma: no cover - compiled
+    """Sample ``n`` of :func:`_columns_cl`."""
+    nc = plane.shape[2]
+    nm, nj = idx.shape
+    for m in range(nm):
+        for j in range(nj):
+            p = idx[m, j]
+            if scatter:
+                for c in range(nc):
+                    plane[n, p, c] += cols[n, m, j, c]
+            else:
+                for c in range(nc):
+                    cols[n, m, j, c] = plane[n, p, c]
+
+
 @njit_cached(parallel=True)
 def _columns_cl(plane, idx, cols, scatter):  # pragma: no cover - compiled
     """Channels-last :func:`_columns`: ``cols[n, m, j, :] = plane[n, idx[m, j], :]``, or with
     ``scatter`` ``plane[n, idx[m, j], :] += cols[n, m, j, :]``; plane (N, P, C), cols (N, M, J, C)."""
-    nn, nc = plane.shape[0], plane.shape[2]
-    nm, nj = idx.shape
-    for n in numba.prange(nn):
-        for m in range(nm):
-            for j in range(nj):
-                p = idx[m, j]
-                if scatter:
-                    for c in range(nc):
-                        plane[n, p, c] += cols[n, m, j, c]
-                else:
-                    for c in range(nc):
-                        cols[n, m, j, c] = plane[n, p, c]
+    for n in numba.prange(plane.shape[0]):
+        _columns_cl_sample(plane, idx, cols, scatter, n)
 
 
 @njit_cached(nogil=True)
 def _columns_cl_1t(plane, idx, cols, scatter):  # pragma: no cover - compiled
     """:func:`_columns_cl` in the calling thread (the per-core workers of the channels-last split)."""
-    nn, nc = plane.shape[0], plane.shape[2]
-    nm, nj = idx.shape
-    for n in range(nn):
-        for m in range(nm):
-            for j in range(nj):
-                p = idx[m, j]
-                if scatter:
-                    for c in range(nc):
-                        plane[n, p, c] += cols[n, m, j, c]
-                else:
-                    for c in range(nc):
-                        cols[n, m, j, c] = plane[n, p, c]
+    for n in range(plane.shape[0]):
+        _columns_cl_sample(plane, idx, cols, scatter, n)
 
 
 def gather_columns_cl(src, idx, out):

@@ -98,7 +98,7 @@ from ..ops._jit import njit_cached
 from ..ops.conv import ConvOperator
 from ..ops.parallel import blas_single_thread
 from .lasso import (GAP_ROUNDING, SolveResult, _check_inputs, _empty_result, check_integer, check_lambda,
-                    check_number, coordinate_minimiser, duality_gap, lasso_energy)
+                    check_number, duality_gap, lasso_energy)
 
 __all__ = ["conv_coordinate_descent", "overlap_table"]
 
@@ -230,6 +230,16 @@ def _gap(c, a, r2, lam, nonneg, eps, scale):  # pragma: no cover - compiled
     return rel, e, gap
 
 
+@numba.njit(inline="always")
+def _change(cq, aq, nq, iq, k, lam, nonneg):  # pragma: no cover - compiled
+    """The change ``z* - a_k`` of coordinate ``k`` at one position, ``z* = T_lambda(c_k + n_k a_k) / n_k``
+    (``iq`` = 1 / ``nq``, 0 for an empty cropped atom), branch-free so that the atom loop vectorises."""
+    av = float(aq[k])
+    v = float(cq[k]) + float(nq[k]) * av
+    z = max(v - lam, 0.0) if nonneg else max(v - lam, 0.0) + min(v + lam, 0.0)
+    return z * float(iq[k]) - av
+
+
 @njit_cached()
 def _scan(c, a, nrm, inv, lam, nonneg, lo0, hi0, lo1, hi1, lo2, hi2):  # pragma: no cover - compiled
     """The coordinate of the largest change in a box of positions: (|change|, change, p0, p1, p2, k).
@@ -252,22 +262,10 @@ def _scan(c, a, nrm, inv, lam, nonneg, lo0, hi0, lo1, hi1, lo2, hi2):  # pragma:
                 iq = inv[q0, q1, q2]
                 more = 0
                 for k in range(K):
-                    av = float(aq[k])
-                    v = float(cq[k]) + float(nq[k]) * av
-                    if nonneg:
-                        z = max(v - lam, 0.0)
-                    else:
-                        z = max(v - lam, 0.0) + min(v + lam, 0.0)
-                    more += 1 if abs(z * float(iq[k]) - av) > best else 0
+                    more += 1 if abs(_change(cq, aq, nq, iq, k, lam, nonneg)) > best else 0
                 if more > 0:
                     for k in range(K):
-                        av = float(aq[k])
-                        v = float(cq[k]) + float(nq[k]) * av
-                        if nonneg:
-                            z = max(v - lam, 0.0)
-                        else:
-                            z = max(v - lam, 0.0) + min(v + lam, 0.0)
-                        d = z * float(iq[k]) - av
+                        d = _change(cq, aq, nq, iq, k, lam, nonneg)
                         if abs(d) > best:
                             best = abs(d)
                             bd = d
