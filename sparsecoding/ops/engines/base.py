@@ -22,6 +22,7 @@ which the solvers iterate in (:meth:`~sparsecoding.ops.conv.ConvOperator.iterati
 """
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 
 from .._geometry import embed_slices
@@ -40,6 +41,7 @@ class ConvEngine:
         self.x_cl, self.y_cl = x_layout == "channels_last", y_layout == "channels_last"
         self.w = None
         self._frozen, self._derived = 0, None
+        self._wbufs = {}  # the per-core workers' buffers, kept between calls (_worker_buf)
 
     @property
     def name(self):
@@ -73,6 +75,18 @@ class ConvEngine:
 
     def _derive(self, w):
         return {}
+
+    # ----------------------------------------------------------- work buffers
+    def _worker_buf(self, tag, lo, shape):
+        """A work buffer of ``shape`` for the per-core worker whose samples start at ``lo``, kept between
+        calls: a new multi-MB array in every call pays its page faults every time (measured, 2-core EPYC
+        Zen 4: the channels-last split's pair 1.5-2x slower than the whole-batch form that reuses its
+        scratch, when timed interleaved with other engines' allocations)."""
+        size = math.prod(shape)
+        buf = self._wbufs.get((tag, lo))
+        if buf is None or buf.size < size:
+            buf = self._wbufs[(tag, lo)] = self.xp.empty(size, dtype=self.dtype)
+        return buf[:size].reshape(shape)
 
     # --------------------------------------------------------------- layouts
     def x_to_cf(self, x):

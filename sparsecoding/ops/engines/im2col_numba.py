@@ -167,8 +167,8 @@ class Im2colNumba(ConvEngine):
 
         def work(lo, hi):
             b = min(nb, hi - lo)
-            cols = np_.empty((b, m, g.n_in, nj), dtype=self.dtype)
-            tmp = None if self.y_cl else np_.empty((b * m, g.n_out), dtype=self.dtype)
+            cols = self._worker_buf("cols", lo, (b, m, g.n_in, nj))
+            tmp = None if self.y_cl else self._worker_buf("tmp", lo, (b * m, g.n_out))
             for i in range(lo, hi, nb):
                 j = min(hi, i + nb)
                 cv = cols[:j - i]
@@ -196,8 +196,8 @@ class Im2colNumba(ConvEngine):
 
         def work(lo, hi):
             b = min(nb, hi - lo)
-            cols = np_.empty((b * m, g.n_in * nj), dtype=self.dtype)
-            yt = None if self.y_cl else np_.empty((b, m, g.n_out), dtype=self.dtype)
+            cols = self._worker_buf("cols", lo, (b * m, g.n_in * nj))
+            yt = None if self.y_cl else self._worker_buf("tmp", lo, (b, m, g.n_out))
             for i in range(lo, hi, nb):
                 j = min(hi, i + nb)
                 cv = cols[:(j - i) * m]
@@ -238,7 +238,7 @@ class Im2colNumba(ConvEngine):
         nb, w2t = self._cl_split_chunk(), w2cl.T
 
         def work(lo, hi):
-            cols = np_.empty((min(nb, hi - lo), m, nj, c), dtype=self.dtype)
+            cols = self._worker_buf("cols", lo, (min(nb, hi - lo), m, nj, c))
             for i in range(lo, hi, nb):
                 j = min(hi, i + nb)
                 cv = cols[:j - i]
@@ -302,7 +302,7 @@ class Im2colNumba(ConvEngine):
             nb = self._cl_split_chunk()
 
             def work(lo, hi):
-                cols = np_.empty((min(nb, hi - lo) * m, nj * c), dtype=self.dtype)
+                cols = self._worker_buf("cols", lo, (min(nb, hi - lo) * m, nj * c))
                 for i in range(lo, hi, nb):
                     j = min(hi, i + nb)
                     cv = cols[:(j - i) * m]
@@ -463,8 +463,8 @@ class Im2colNumba(ConvEngine):
             resid[...] = plan["s"]  # inputs no window reaches: nothing reconstructs them
 
         def work(lo, hi):
-            cols = xp.empty((min(nb, hi - lo), m, c, nj), dtype=self.dtype)
-            rb = xp.empty((cols.shape[0], c, s_buf.shape[2]), dtype=self.dtype)
+            cols = self._worker_buf("cols", lo, (min(nb, hi - lo), m, c, nj))
+            rb = self._worker_buf("resid", lo, (cols.shape[0], c, s_buf.shape[2]))
             for i in range(lo, hi, nb):
                 j = min(hi, i + nb)
                 cv, rv = cols[:j - i], rb[:j - i]

@@ -321,8 +321,8 @@ class WinogradNumba(ConvEngine):
 
         def work(lo, hi):
             b = min(nb, hi - lo)
-            vbuf = np.empty(a * a * b * tiles * nc, dtype=self.dtype)
-            mbuf = np.empty(a * a * b * tiles * nk, dtype=self.dtype)
+            vbuf = self._worker_buf("V", lo, (a * a * b * tiles * nc,))
+            mbuf = self._worker_buf("M", lo, (a * a * b * tiles * nk,))
             for i in range(lo, hi, nb):
                 j = min(hi, i + nb)
                 t = (j - i) * tiles
