@@ -199,20 +199,22 @@ def test_channels_last_operator_matches_direct_sums(xp, engines, method, dtype, 
         conv_module.CHUNK_BYTES = saved
 
 
+@pytest.mark.parametrize("split", [True, False])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @given(prob=conv_problems(), chunk=st.sampled_from([64, 1 << 20]), threads=st.sampled_from(["1", "2", "3"]))
-def test_channels_last_per_core_split_matches_direct_sums(dtype, prob, chunk, threads, monkeypatch):
-    # the per-core split of the channels-last im2col (engines._conv3x3 may pick it): each worker its own
-    # samples, in chunks of one sample (64 bytes) or several, with 1-3 workers
+def test_channels_last_per_core_split_and_whole_batch_match_direct_sums(split, dtype, prob, chunk, threads,
+                                                                       monkeypatch):
+    # the channels-last im2col per core (the default: each worker its own samples, in chunks of one sample
+    # (64 bytes) or several, with 1-3 workers) and over the whole batch (BLAS threads, chunks of the batch)
     from sparsecoding.ops.engines.im2col_numba import Im2colNumba
 
-    def split(op):
+    def tweak(op):
         assert isinstance(op._engine, Im2colNumba)
-        op._engine.split_cl, op._engine.chunk_bytes = True, chunk
+        op._engine.split_cl, op._engine.chunk_bytes = split, chunk
 
     with monkeypatch.context() as mp:
         mp.setenv("SPARSECODING_THREADS", threads)
-        _check_channels_last(np, "im2col", dtype, prob, tweak=split)
+        _check_channels_last(np, "im2col", dtype, prob, tweak=tweak)
 
 
 def _check_channels_last(xp, method, dtype, prob, tweak=None):

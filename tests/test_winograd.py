@@ -197,7 +197,7 @@ def test_conv_engine_choice_is_tuned_cached_and_overridable(cache, monkeypatch):
     data = json.loads((cache / "tune.json").read_text())
     (entry,) = data[autotune.machine_signature()].values()
     assert op.engine.split("-")[0] == entry["choice"].split("@")[0]
-    assert set(entry["seconds"]) >= {"im2col", "winograd2@1024K", "winograd4@1024K"}
+    assert set(entry["seconds"]) >= {"im2col@1024K", "winograd2@1024K", "winograd4@1024K"}
     monkeypatch.setenv("SPARSECODING_CONV_ENGINE", "im2col")
     assert ConvOperator(w, (16, 16), 1, 1, layout="channels_last").engine == "im2col-native"
     monkeypatch.setenv("SPARSECODING_CONV_ENGINE", "winograd4")

@@ -59,6 +59,7 @@ from ..backend import capabilities, namespace
 from ..ops.conv import ConvOperator, conv_output_shape
 from ..ops.elementwise import get_activation, one_hot, softmax
 from ..ops.engines import select_pool_engine
+from ..ops.parallel import blas_single_thread
 from ..ops.pool import pool_output_shape
 from ..optim import _check_finite, _check_int, _check_labels, _check_number
 from ..solvers.relax import RelaxResult, relative_change, relax
@@ -574,7 +575,11 @@ class ConvEBM:
     def _relax(self, x, states, T, y, beta, schedule, tol, check_every=5):
         """:meth:`relax` on checked input and internal-layout states; returns the RelaxResult."""
         self._input_term = None
-        with self._frozen_weights():
+        # BLAS single-threaded: the conv engines of the channels-last layout work per core (ops.parallel)
+        # and the fc products are small, while a threaded BLAS call between them leaves OpenBLAS threads
+        # spinning on a core the per-core workers need (measured, 2-core EPYC Zen 4: a per-core conv pair
+        # right after a threaded GEMM 55 ms, on its own 30 ms)
+        with self._frozen_weights(), blas_single_thread():
             if self.n_conv:
                 term, memo = self._forward_terms(x, states, which={0})
                 self._input_term = (x, term[0], memo[0])

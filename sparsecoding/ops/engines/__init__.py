@@ -50,8 +50,8 @@ METHODS = ("auto", "im2col", "fft", "winograd")
 # up; which one wins depends on the cache sizes and the BLAS's small-GEMM efficiency).
 CONV3X3_ENGINES = ("im2col", "winograd2", "winograd4")
 WINOGRAD_CHUNKS = (1 << 18, 1 << 20, 1 << 22, 1 << 24)
-# Channels-last im2col split per core (each worker its own samples, single-threaded BLAS), column bytes per
-# chunk tried beside the whole-batch form (measured on the 2-core EPYC, MNIST 32->64 5x5 layer: see _conv3x3)
+# Channels-last im2col split per core (each worker its own samples, single-threaded BLAS): column bytes per
+# chunk tried (the whole-batch threaded form is not a candidate: see Im2colNumba.__init__)
 SPLIT_CL_CHUNKS = (1 << 18, 1 << 20, 1 << 22)
 # Below this many multiply-adds per sample and map the engines' fixed costs dominate and the
 # measurement would cost more than it can save: im2col without measuring.
@@ -118,11 +118,9 @@ def select_pool_engine(xp):
     return (PoolNumba if caps.numba else PoolGeneric)(xp, caps)
 
 
-def _build3x3(name, g, xp, dtype, x_layout, y_layout, caps, chunk=WINOGRAD_CHUNKS[1]):
+def _build3x3(name, g, xp, dtype, x_layout, y_layout, caps, chunk=None):
     if name == "im2col":
-        return Im2colNumba(g, xp, dtype, x_layout, y_layout, caps)
-    if name == "im2col-split":
-        return Im2colNumba(g, xp, dtype, x_layout, y_layout, caps, chunk_bytes=chunk, split_cl=True)
+        return Im2colNumba(g, xp, dtype, x_layout, y_layout, caps, chunk_bytes=chunk)
     return WinogradNumba(g, xp, dtype, x_layout, y_layout, caps, m=int(name[-1]), chunk_bytes=chunk)
 
 
@@ -141,9 +139,8 @@ def _conv3x3(g, xp, dtype, x_layout, y_layout, caps, engines):
     names = {}
     for e in engines:
         if e == "im2col":
-            names["im2col"] = (e, None)
             for chunk in SPLIT_CL_CHUNKS:
-                names[f"im2col-split@{chunk >> 10}K"] = ("im2col-split", chunk)
+                names[f"im2col@{chunk >> 10}K"] = (e, chunk)
         else:
             for chunk in WINOGRAD_CHUNKS:
                 names[f"{e}@{chunk >> 10}K"] = (e, chunk)
@@ -178,7 +175,7 @@ def _conv3x3(g, xp, dtype, x_layout, y_layout, caps, engines):
 
     choice = autotune.tuned(key, _Lazy(candidates, names), default)
     e, chunk = names.get(choice, (default, None))
-    return _build3x3(e, g, xp, dtype, x_layout, y_layout, caps, chunk or WINOGRAD_CHUNKS[1])
+    return _build3x3(e, g, xp, dtype, x_layout, y_layout, caps, chunk)
 
 
 class _Lazy(dict):

@@ -85,7 +85,7 @@ class Im2colNumba(ConvEngine):
     native_code_layout = "channels_last"
 
     def __init__(self, geometry, xp, dtype, x_layout, y_layout, caps, split_cf=False, chunk_bytes=None,
-                 split_cl=False):
+                 split_cl=True):
         super().__init__(geometry, xp, dtype, x_layout, y_layout, caps)
         g = geometry
         self.buffer = tuple((o - 1) * s + k for o, s, k in zip(g.out_shape, g.stride, g.kernel))
@@ -94,9 +94,13 @@ class Im2colNumba(ConvEngine):
         # channels-first inputs: whole-batch gather + one multi-threaded GEMM, or the per-core split
         # (the columns of each core's chunk stay in its cache between the copies and the GEMM)
         self.split_cf, self.chunk_bytes = bool(split_cf), chunk_bytes
-        # channels-last: chunks of the batch with whole-batch threading (numba gather, BLAS threads), or the
-        # per-core split (each worker gathers and multiplies its own samples' chunks, single-threaded BLAS);
-        # which is faster, and at which chunk size, is measured per machine (engines._conv3x3)
+        # channels-last: the per-core split (each worker gathers and multiplies its own samples' chunks,
+        # single-threaded BLAS; the chunk size measured per machine in engines._conv3x3), or chunks of the
+        # batch with whole-batch threading (numba gather, BLAS threads). The split is the default: on its own
+        # it is as fast (2-core EPYC Zen 4, 128->256 8x8, batch 64: pair 29.5 vs 31.7 ms), and a relaxation
+        # that mixes the two loses twice: OpenBLAS's idle threads spin for a while after a threaded call and
+        # take a core from the per-core workers that follow (the split pair right after a threaded GEMM:
+        # 55 ms; 0.2 s later: 30 ms), so the EqProp relaxation runs with single-threaded BLAS throughout
         self.split_cl = bool(split_cl)
         self.sparse_limit = None  # code density limit of the sparse Phi^T a; None: measured (_sparse_limit)
         self.residual_chunk_bytes = None  # column bytes per core chunk of the fused residual; None: measured

@@ -250,7 +250,7 @@ class WinogradNumba(ConvEngine):
     method, family = "winograd", "native"
     native_code_layout = "channels_last"
 
-    def __init__(self, geometry, xp, dtype, x_layout, y_layout, caps, m=2, chunk_bytes=1 << 20):
+    def __init__(self, geometry, xp, dtype, x_layout, y_layout, caps, m=2, chunk_bytes=None):
         super().__init__(geometry, xp, dtype, x_layout, y_layout, caps)
         if not winograd_applies(geometry):
             raise ValueError(f"the Winograd engine needs a 2-D 3x3 or 5x5 stride-1 convolution with padding below "
@@ -260,7 +260,7 @@ class WinogradNumba(ConvEngine):
         BT, _, AT = winograd_matrices(self.m, self.r)
         self.a = BT.shape[0]
         self.BT, self.AT = BT.astype(dtype), AT.astype(dtype)
-        self.chunk_bytes = int(chunk_bytes)
+        self.chunk_bytes = int(chunk_bytes or 1 << 20)
         self._grad = Im2colNumba(geometry, xp, dtype, x_layout, y_layout, caps)
 
     @property
