@@ -79,9 +79,9 @@ class ConvEngine:
     # ----------------------------------------------------------- work buffers
     def _worker_buf(self, tag, lo, shape):
         """A work buffer of ``shape`` for the per-core worker whose samples start at ``lo``, kept between
-        calls: a new multi-MB array in every call pays its page faults every time (measured, 2-core EPYC
-        Zen 4: the channels-last split's pair 1.5-2x slower than the whole-batch form that reuses its
-        scratch, when timed interleaved with other engines' allocations)."""
+        calls (a new multi-MB array in every call would pay its page faults each time; not measured on its
+        own: the 1.5-2x slowdown of the per-core split first blamed on it came from OpenBLAS's spinning
+        threads, see Im2colNumba.__init__)."""
         size = math.prod(shape)
         buf = self._wbufs.get((tag, lo))
         if buf is None or buf.size < size:

@@ -13,9 +13,10 @@ Layouts (inputs / codes):
   on the LCA workload of DESIGN.md §9, 2-core EPYC (Zen 4), one LCA iteration went from 21.1 to
   16.1 ms, codes 0.3-18% nonzero over steps 10-40, the limit measured there at 25%);
 * channels-last / channels-last: contiguous-run gathers ``(N, M, J, C)`` of the
-  channels-last padded input, worked through the batch in chunks of about
-  :data:`CHUNK_BYTES` of columns so the gather writes and the GEMM reads stay in cache
-  (the layout the EqProp networks keep on the CPU).
+  channels-last padded input and one GEMM per chunk of samples whose columns take about
+  ``chunk_bytes`` (measured per machine for the EqProp layers; :data:`CHUNK_BYTES` otherwise), so
+  the gather writes and the GEMM reads stay in cache; each core works through its own share of
+  the samples with single-threaded BLAS (the layout the EqProp networks keep on the CPU).
 
 The kernels live in :mod:`sparsecoding.ops._kernels`; the per-core split in
 :mod:`sparsecoding.ops.parallel`.
