@@ -70,8 +70,8 @@ def _cpu_model():
     return platform.processor() or platform.machine()
 
 
-#: bumped when the measured code changes enough that stored choices are stale (2: unrolled Winograd
-#: kernels, candidates timed with frozen weights)
+#: bumped when the measured code changes enough that stored choices are stale (2: the Winograd weight
+#: transform as one GEMM and the candidates timed with frozen weights; the per-core channels-last im2col)
 TUNE_VERSION = 2
 
 

@@ -29,7 +29,7 @@ try:
 except ImportError:  # pragma: no cover - threadpoolctl is a dependency
     ThreadpoolController = None
 
-__all__ = ["n_workers", "run_split", "blas_single_thread", "L2_CHUNK_BYTES"]
+__all__ = ["n_workers", "measured_workers", "cpu_count", "run_split", "blas_single_thread", "L2_CHUNK_BYTES"]
 
 # Columns per worker chunk: about half of a core's 1 MiB L2 (bench/lca: 2 samples of
 # 249 kB columns per chunk ran fastest; 1 and 4-8 samples were 4-10% slower).
@@ -135,7 +135,8 @@ def _get_controller():
 @contextlib.contextmanager
 def blas_single_thread():
     """BLAS limited to the calling thread inside the block (as in :func:`run_split`'s workers): for
-    timing the per-core kernels as they run there."""
+    timing the per-core kernels as they run there, and around loops made of per-core work (the EqProp
+    relaxation), where a threaded BLAS call would leave OpenBLAS threads spinning on the workers' cores."""
     if ThreadpoolController is None:
         yield
         return

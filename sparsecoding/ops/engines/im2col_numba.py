@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from .. import _kernels as K
 from .. import parallel
 from .._geometry import check_real, embed_slices
@@ -49,8 +51,6 @@ def _measure_sparse_limit(rows, k, width, dtype):
     """The largest of :data:`SPARSE_DENSITIES` up to which the sparse product of ``rows x k`` codes with a
     ``k x width`` matrix beats the single-threaded GEMM (0 where it never does); each density a cached
     :func:`~sparsecoding.ops.autotune.tuned` choice."""
-    import numpy as np
-
     from .. import autotune
 
     if autotune.tune_mode() == "off":
@@ -105,6 +105,7 @@ class Im2colNumba(ConvEngine):
         self.split_cl = bool(split_cl)
         self.sparse_limit = None  # code density limit of the sparse Phi^T a; None: measured (_sparse_limit)
         self.residual_chunk_bytes = None  # column bytes per core chunk of the fused residual; None: measured
+        self._tuned_chunk, self._sparse_limits = None, {}  # the measured chunk, limit per chunk size
 
     def _derive(self, w):
         if not self.x_cl:
@@ -152,12 +153,11 @@ class Im2colNumba(ConvEngine):
         K.swap_last_two(out.reshape(n, m, g.n_out), res)
         return res.reshape(n, g.n_out, *g.out_shape)
 
-    def _per_core_chunk(self):
-        """Samples per core chunk of the split channels-first paths: columns of about ``chunk_bytes``
-        (default :data:`parallel.L2_CHUNK_BYTES`; at least one sample)."""
+    def _per_core_chunk(self, default=parallel.L2_CHUNK_BYTES):
+        """Samples per core chunk of the split paths: columns of about ``chunk_bytes`` (else ``default``:
+        :data:`parallel.L2_CHUNK_BYTES` channels-first, :data:`CHUNK_BYTES` channels-last; at least one)."""
         m, nj = self.idx.shape
-        chunk = self.chunk_bytes or parallel.L2_CHUNK_BYTES
-        return max(1, chunk // (m * self.g.n_in * nj * self.dtype.itemsize))
+        return max(1, (self.chunk_bytes or default) // (m * self.g.n_in * nj * self.dtype.itemsize))
 
     def _forward_cf_split(self, buf):
         # per core, per chunk of samples: gather, GEMM and (channels-first codes) transpose while the
@@ -229,18 +229,12 @@ class Im2colNumba(ConvEngine):
         self._pad_buf[bsl] = x[xsl]
         return self._pad_buf.reshape(n, -1, c)
 
-    def _cl_split_chunk(self):
-        """Samples per core chunk of the channels-last split: columns of about ``chunk_bytes``
-        (default :data:`CHUNK_BYTES`; at least one sample)."""
-        m, nj = self.idx.shape
-        return max(1, (self.chunk_bytes or CHUNK_BYTES) // (m * nj * self.g.n_in * self.dtype.itemsize))
-
     def _forward_cl_split(self, buf, w2cl):
         g, np_ = self.g, self.xp
         n, c = buf.shape[0], g.n_in
         m, nj = self.idx.shape
         out = np_.empty((n * m, g.n_out), dtype=self.dtype)
-        nb, w2t = self._cl_split_chunk(), w2cl.T
+        nb, w2t = self._per_core_chunk(CHUNK_BYTES), w2cl.T
 
         def work(lo, hi):
             cols = self._worker_buf("cols", lo, (min(nb, hi - lo), m, nj, c))
@@ -304,7 +298,7 @@ class Im2colNumba(ConvEngine):
         w2cl = self.derived()["w2cl"]
         buf = np_.zeros((n, math.prod(self.buffer), c), dtype=self.dtype)
         if self.split_cl:
-            nb = self._cl_split_chunk()
+            nb = self._per_core_chunk(CHUNK_BYTES)
 
             def work(lo, hi):
                 cols = self._worker_buf("cols", lo, (min(nb, hi - lo) * m, nj * c))
@@ -383,14 +377,12 @@ class Im2colNumba(ConvEngine):
         per_sample = m * self.g.n_in * nj * self.dtype.itemsize
         chunk = self.residual_chunk_bytes
         if chunk is None:
-            chunk = self.__dict__.get("_tuned_chunk")
+            chunk = self._tuned_chunk
         if chunk is None:
             chunk = self._tuned_chunk = self._measure_residual_chunk(per_sample)
         return max(1, chunk // per_sample)
 
     def _measure_residual_chunk(self, per_sample):
-        import numpy as np
-
         from .. import autotune
 
         g = self.g
@@ -428,7 +420,7 @@ class Im2colNumba(ConvEngine):
         machine); 0 (always the GEMM) with ``SPARSECODING_TUNE=off``. ``self.sparse_limit`` overrides it."""
         if self.sparse_limit is not None:
             return self.sparse_limit
-        cache = self.__dict__.setdefault("_sparse_limits", {})
+        cache = self._sparse_limits
         if nb not in cache:
             m, nj = self.idx.shape
             cache[nb] = _measure_sparse_limit(nb * m, self.g.n_out, self.g.n_in * nj, self.dtype) \
