@@ -217,6 +217,61 @@ def test_channels_last_per_core_split_and_whole_batch_match_direct_sums(split, d
         _check_channels_last(np, "im2col", dtype, prob, tweak=tweak)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@given(prob=conv_problems(), chunk=st.sampled_from([64, 1 << 20]), threads=st.sampled_from(["1", "2", "3"]))
+def test_channels_first_per_core_split_matches_direct_sums(dtype, prob, chunk, threads, monkeypatch):
+    # the channels-first im2col per core (the autotune's "split@" candidates: each worker gathers its own
+    # samples' columns by runs and multiplies them), forward and adjoint, against the explicit sums
+    from sparsecoding.ops.engines.im2col_numba import Im2colNumba
+
+    d, kernel, stride, pad, shape, n, c, kk, seed = prob
+    x, w, xd, wd = _arrays(np, prob, dtype)
+    op = ConvOperator(wd, shape, stride, pad, method="im2col")
+    assert isinstance(op._engine, Im2colNumba)
+    op._engine.split_cf, op._engine.chunk_bytes = True, chunk
+    tol = TOL[dtype]
+    with monkeypatch.context() as mp:
+        mp.setenv("SPARSECODING_THREADS", threads)
+        y = op.forward(xd)
+        ref = ref_conv(x, w, stride, pad)
+        np.testing.assert_allclose(y, ref, atol=tol * 10 * (1 + np.abs(ref).max()), rtol=0)
+        v = np.random.default_rng(seed + 5).standard_normal(ref.shape)
+        opad = [L - ((o - 1) * s_ - 2 * p + k) for L, o, s_, p, k in zip(shape, ref.shape[2:], stride, pad, kernel)]
+        refT = ref_conv_transpose(v, w, stride, pad, opad)
+        np.testing.assert_allclose(op.adjoint(v.astype(dtype)), refT, atol=tol * 10 * (1 + np.abs(refT).max()),
+                                   rtol=0)
+
+
+@given(prob=conv_problems(), dtype=st.sampled_from([np.float32, np.float64]))
+def test_run_kernels_match_fancy_indexing(prob, dtype):
+    # the per-core gather / scatter by runs of the last kernel dimension against numpy's indexing of the
+    # window table: im2col, col2im (np.add.at) and the masked residual s - col2im
+    from sparsecoding.ops import _kernels as K
+
+    d, kernel, stride, pad, shape, n, c, kk, seed = prob
+    out_shape = conv_output_shape(shape, kernel, stride, pad)
+    buffer = tuple((o - 1) * s_ + k for o, s_, k in zip(out_shape, stride, kernel))
+    idx = K.window_index(buffer, kernel, stride, out_shape)
+    runs, width = K.window_runs(idx, kernel[-1])
+    assert len(width) == kernel[-1]
+    r = np.random.default_rng(seed)
+    m, nj = idx.shape
+    src = r.standard_normal((n, c, idx.max() + 1)).astype(dtype)
+    cols = np.empty((n, m, c, nj), dtype)
+    K.gather_runs_1t(src, runs, width, cols)
+    np.testing.assert_array_equal(cols, np.moveaxis(src[:, :, idx], 2, 1))
+    vals = r.standard_normal((n, m, c, nj)).astype(dtype)
+    ref = np.zeros((n, c, src.shape[2]))
+    np.add.at(ref, (slice(None), slice(None), idx), np.moveaxis(vals, 1, 2).astype(np.float64))
+    out = np.zeros_like(src)
+    K.scatter_add_runs_1t(vals, runs, width, out)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=TOL[dtype] * (1 + np.abs(ref).max()))
+    mask = (r.random(src.shape[2]) < 0.7).astype(dtype)
+    resid = np.full_like(src, np.nan)
+    K.scatter_residual_runs_1t(vals, runs, width, src, mask, resid)
+    np.testing.assert_allclose(resid, (src - ref) * mask, rtol=0, atol=TOL[dtype] * (1 + np.abs(ref).max()))
+
+
 def _check_channels_last(xp, method, dtype, prob, tweak=None):
     d, kernel, stride, pad, shape, n, c, kk, seed = prob
     x, w, xd, wd = _arrays(xp, prob, dtype)

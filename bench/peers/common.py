@@ -17,8 +17,13 @@ def optional(name):
 def interleaved(fns, repeats=3, warmup=1):
     """Median wall time (s) of each callable in ``fns`` (dict label -> fn), runs interleaved.
 
-    Each round runs every function once, in turn, so slow drifts of the machine (other
-    load, clock changes) touch all sides alike. ``warmup`` rounds are not timed.
+    Each round runs every function in turn, so slow drifts of the machine (other load, clock
+    changes) touch all sides alike; each timed call follows an untimed call of the same function,
+    so that no side pays for the thread pools another left spinning (OpenBLAS and torch's OpenMP
+    threads keep spinning for a while after their last parallel region: the LCA iteration timed
+    right after lca-pytorch's run took 14.1-14.8 ms, after its own untimed call 13.x ms) and none
+    is timed cold (after a 0.3 s rest the conv pair took 21-27 ms instead of 17, torch's 38-41 ms
+    instead of 30). ``warmup`` rounds are not timed.
     """
     for _ in range(warmup):
         for fn in fns.values():
@@ -26,6 +31,7 @@ def interleaved(fns, repeats=3, warmup=1):
     times = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
+            fn()
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)

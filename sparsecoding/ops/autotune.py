@@ -71,8 +71,9 @@ def _cpu_model():
 
 
 #: bumped when the measured code changes enough that stored choices are stale (2: the Winograd weight
-#: transform as one GEMM and the candidates timed with frozen weights; the per-core channels-last im2col)
-TUNE_VERSION = 2
+#: transform as one GEMM and the candidates timed with frozen weights; the per-core channels-last im2col;
+#: 3: the per-core channels-first gathers and scatters by runs, which change the split/whole and chunk choices)
+TUNE_VERSION = 3
 
 
 def base_signature():

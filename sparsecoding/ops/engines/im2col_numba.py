@@ -11,7 +11,9 @@ Layouts (inputs / codes):
   ``Phi^T a`` as columns, col2im into the residual ``r = s - Phi^T a``, im2col of ``r``, ``Phi r``;
   where a chunk's codes are sparse enough the first product skips the zero codes instead of a GEMM:
   on the LCA workload of DESIGN.md §9, 2-core EPYC (Zen 4), one LCA iteration went from 21.1 to
-  16.1 ms, codes 0.3-18% nonzero over steps 10-40, the limit measured there at 25%);
+  16.1 ms, codes 0.3-18% nonzero over steps 10-40, the limit measured there at 25%; the gather and
+  scatter by runs of the last kernel dimension, :func:`~sparsecoding.ops._kernels.window_runs`:
+  16.4 to 12.6-13.3 ms);
 * channels-last / channels-last: contiguous-run gathers ``(N, M, J, C)`` of the
   channels-last padded input and one GEMM per chunk of samples whose columns take about
   ``chunk_bytes`` (measured per machine for the EqProp layers; :data:`CHUNK_BYTES` otherwise), so
@@ -91,6 +93,7 @@ class Im2colNumba(ConvEngine):
         g = geometry
         self.buffer = tuple((o - 1) * s + k for o, s, k in zip(g.out_shape, g.stride, g.kernel))
         self.idx = K.window_index(self.buffer, g.kernel, g.stride, g.out_shape)
+        self._runs = K.window_runs(self.idx, g.kernel[-1])  # the per-core gathers / scatters walk runs
         self._scratch = self._pad_buf = None  # reused channels-last work buffers
         # channels-first inputs: whole-batch gather + one multi-threaded GEMM, or the per-core split
         # (the columns of each core's chunk stay in its cache between the copies and the GEMM)
@@ -177,7 +180,7 @@ class Im2colNumba(ConvEngine):
             for i in range(lo, hi, nb):
                 j = min(hi, i + nb)
                 cv = cols[:j - i]
-                K.gather_columns_1t(src[i:j], self.idx, cv)
+                K.gather_runs_1t(src[i:j], *self._runs, cv)
                 if self.y_cl:
                     np_.matmul(cv.reshape((j - i) * m, -1), w2t, out=out[i * m:j * m])
                 else:
@@ -212,7 +215,7 @@ class Im2colNumba(ConvEngine):
                     yv = yt[:j - i]
                     K.swap_last_two_1t(yc[i:j], yv)
                     np_.matmul(yv.reshape((j - i) * m, g.n_out), w2, out=cv)
-                K.scatter_add_columns_1t(cv.reshape(j - i, m, g.n_in, nj), self.idx, buf[i:j])
+                K.scatter_add_runs_1t(cv.reshape(j - i, m, g.n_in, nj), *self._runs, buf[i:j])
 
         parallel.run_split(work, n)
         return buf.reshape(n, g.n_in, *self.buffer)
@@ -468,11 +471,11 @@ class Im2colNumba(ConvEngine):
                 ai, ci = af[i * m:j * m], cv.reshape((j - i) * m, -1)
                 if not (limit and K.sparse_rows_product_1t(ai, w2, ci, int(limit * ai.size))):
                     xp.matmul(ai, w2, out=ci)  # Phi^T a, as columns
-                K.scatter_residual_1t(cv, self.idx, s_buf[i:j], mask, rv)  # r = s - col2im(columns)
+                K.scatter_residual_runs_1t(cv, *self._runs, s_buf[i:j], mask, rv)  # r = s - col2im(columns)
                 if want_r:
                     resid[i:j][xsl] = rv.reshape(j - i, c, *self.buffer)[bsl]
                 if want_c:
-                    K.gather_columns_1t(rv, self.idx, cv)  # im2col(r)
+                    K.gather_runs_1t(rv, *self._runs, cv)  # im2col(r)
                     xp.matmul(cv.reshape((j - i) * m, -1), w2.T, out=out[i * m:j * m])  # Phi r
 
         parallel.run_split(work, n)
