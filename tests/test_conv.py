@@ -272,6 +272,60 @@ def test_run_kernels_match_fancy_indexing(prob, dtype):
     np.testing.assert_allclose(resid, (src - ref) * mask, rtol=0, atol=TOL[dtype] * (1 + np.abs(ref).max()))
 
 
+@pytest.mark.parametrize("method", ["im2col", "fft"])
+@pytest.mark.parametrize("layouts", [("channels_first", "channels_first"), ("channels_first", "channels_last"),
+                                     ("channels_last", "channels_last")])
+@given(prob=conv_problems(), data=st.data())
+def test_cropped_output_matches_direct_sums(xp, engines, method, layouts, prob, data):
+    # out_shape keeps a leading block of the output positions: forward = the direct sums cropped, adjoint =
+    # conv_transpose of the codes zero-extended to the full output, weight_grad and (channels-first inputs,
+    # channels-last codes: the fused per-core path) forward_residual against the same references
+    d, kernel, stride, pad, shape, n, c, kk, seed = prob
+    full = conv_output_shape(shape, kernel, stride, pad)
+    crop = tuple(data.draw(st.integers(1, o), label="crop") for o in full)
+    x, w, xd, wd = _arrays(xp, prob, np.float64)
+    layout, code_layout = layouts
+    op = ConvOperator(wd, shape, stride, pad, method=method, layout=layout, code_layout=code_layout, out_shape=crop)
+    block = (slice(None), slice(None), *(slice(0, o) for o in crop))
+    ref = ref_conv(x, w, stride, pad)[block]
+    x_in = (lambda a: xp.ascontiguousarray(xp.moveaxis(a, 1, -1))) if layout == "channels_last" else (lambda a: a)
+    code_in = (lambda a: np.ascontiguousarray(np.moveaxis(a, 1, -1))) if code_layout == "channels_last" else \
+        (lambda a: a)
+    code_out = (lambda a: np.moveaxis(a, -1, 1)) if code_layout == "channels_last" else (lambda a: a)
+    x_out = (lambda a: np.moveaxis(a, -1, 1)) if layout == "channels_last" else (lambda a: a)
+    tol = TOL[np.float64]
+    assert op.geometry.out_shape == crop
+    y = code_out(to_numpy(op.forward(x_in(xd))))
+    np.testing.assert_allclose(y, ref, atol=tol * 10 * (1 + np.abs(ref).max()), rtol=0)
+    v = np.random.default_rng(seed + 3).standard_normal(ref.shape)
+    vfull = np.zeros((n, kk, *full))
+    vfull[block] = v
+    opad = [L - ((o - 1) * s_ - 2 * p + k) for L, o, s_, p, k in zip(shape, full, stride, pad, kernel)]
+    ref_t = ref_conv_transpose(vfull, w, stride, pad, opad)
+    got_t = x_out(to_numpy(op.adjoint(xp.asarray(code_in(v)))))
+    np.testing.assert_allclose(got_t, ref_t, atol=tol * 10 * (1 + np.abs(ref_t).max()), rtol=0)
+    dw = to_numpy(op.weight_grad(x_in(xd), xp.asarray(code_in(v))))
+    assert abs(float(np.sum(ref * v)) - float(np.sum(w * dw))) <= tol * 100 * (1 + np.abs(ref * v).sum())
+    if layout == "channels_first":
+        plan = op.residual_plan(xd)
+        c_out, resid = op.forward_residual(plan, xp.asarray(code_in(v)))
+        r_ref = x - ref_t
+        np.testing.assert_allclose(to_numpy(resid), r_ref, atol=tol * 10 * (1 + np.abs(r_ref).max()), rtol=0)
+        c_ref = ref_conv(r_ref, w, stride, pad)[block]
+        np.testing.assert_allclose(code_out(to_numpy(c_out)), c_ref, atol=tol * 100 * (1 + np.abs(c_ref).max()),
+                                   rtol=0)
+
+
+def test_out_shape_bad_values():
+    w = np.ones((2, 1, 3, 3))
+    with pytest.raises(ValueError, match=r"out_shape must be at most the full output shape \(6, 6\)"):
+        ConvOperator(w, (8, 8), out_shape=(7, 6))
+    with pytest.raises(ValueError, match="out_shape entries must be >= 1"):
+        ConvOperator(w, (8, 8), out_shape=(0, 6))
+    with pytest.raises(ValueError, match="out_shape must have 2 entries"):
+        ConvOperator(w, (8, 8), out_shape=(6,))
+
+
 def _check_channels_last(xp, method, dtype, prob, tweak=None):
     d, kernel, stride, pad, shape, n, c, kk, seed = prob
     x, w, xd, wd = _arrays(xp, prob, dtype)

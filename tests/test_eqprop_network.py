@@ -6,6 +6,8 @@ from hypothesis import strategies as st
 
 from sparsecoding.eqprop.network import ConvEBM, MLPEBM
 
+from test_conv import ref_conv
+
 
 def make_net(pools="ma", softmax=False, loss="mse", act="my_hard_sig", seed=0, fc=(5, 3), layout="auto"):
     return ConvEBM(8, [2, 3, 4], [3, 3], [1, 1], [1, 0], pools, list(fc), activation=act, softmax=softmax, loss=loss,
@@ -255,3 +257,61 @@ def test_no_host_read_between_checks(host_reads, schedule):
             counts.append(reads() - before)
             assert out.n_iter == T and isinstance(out.state[0], type(x))
     assert counts[1] - counts[0] == 2
+
+
+def _ref_phi(net, x, states, y, beta, params=None):
+    """Phi of the module docstring written out with the direct convolution of test_conv (the full conv
+    output, pooled with numpy), fc products and the mse loss: independent of the engines and of the
+    network's cropping of odd conv outputs."""
+    params = net.params if params is None else params
+    n = x.shape[0]
+    inputs = [x] + states
+    total = np.zeros(n)
+    for k in range(net.n_conv):
+        W, b = params[k]
+        pre = ref_conv(inputs[k], W, (net.strides[k],) * 2, (net.paddings[k],) * 2) + b[None, :, None, None]
+        if net.pools[k] != "i":
+            ph, pw = pre.shape[2] // 2, pre.shape[3] // 2
+            win = pre[:, :, :2 * ph, :2 * pw].reshape(n, pre.shape[1], ph, 2, pw, 2)
+            pre = win.max(axis=(3, 5)) if net.pools[k] == "m" else win.mean(axis=(3, 5))
+        total += np.sum((pre * states[k]).reshape(n, -1), axis=1)
+    for k in range(net.n_conv, net.n_states):
+        W, b = params[k]
+        total += np.sum((inputs[k].reshape(n, -1) @ W.T + b) * states[k], axis=1)
+    t = np.eye(net.n_classes)[y]
+    return total - beta * 0.5 * np.sum((states[-1] - t) ** 2, axis=1)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("pools", ["mm", "am", "mi"])
+@given(seed=st.integers(0, 2**31), beta=st.sampled_from([0.0, 0.4]))
+def test_odd_conv_outputs_against_written_out_phi(pools, layout, seed, beta):
+    # conv outputs 7x7 and 3x3 (odd: a 2x2 floor pool drops a row and a column, which the network never
+    # computes): Phi against the written-out formula on the full outputs, its state and weight derivatives
+    # against central differences of that formula
+    r = np.random.default_rng(seed)
+    net = ConvEBM(9, [2, 3, 4], [3, 2], [1, 1], [0, 1], pools, [5, 3], dtype="float64", seed=seed % 100,
+                  layout=layout)
+    x, y = r.uniform(0, 1, (2, 2, 9, 9)), r.integers(0, 3, 2)
+    states = random_states(net, 2, r)
+    np.testing.assert_allclose(net.phi(x, states, y, beta), _ref_phi(net, x, states, y, beta), rtol=1e-12,
+                               atol=1e-12)
+    eps = 1e-6
+    grads = net.state_grads(x, states, y, beta)
+    for k, s in enumerate(states):
+        for j in r.choice(s[0].size, size=min(5, s[0].size), replace=False):
+            sp, sm = [a.copy() for a in states], [a.copy() for a in states]
+            sp[k].reshape(2, -1)[:, j] += eps
+            sm[k].reshape(2, -1)[:, j] -= eps
+            fd = (_ref_phi(net, x, sp, y, beta) - _ref_phi(net, x, sm, y, beta)) / (2 * eps)
+            np.testing.assert_allclose(grads[k].reshape(2, -1)[:, j], fd, atol=1e-6)
+    pg = net.param_grads(x, states, y, beta)
+    for k in range(net.n_conv):
+        W = net.params[k][0]
+        for j in r.choice(W.size, size=4, replace=False):
+            pp = [(a.copy(), b.copy()) for a, b in net.params]
+            pm = [(a.copy(), b.copy()) for a, b in net.params]
+            pp[k][0].reshape(-1)[j] += eps
+            pm[k][0].reshape(-1)[j] -= eps
+            fd = (_ref_phi(net, x, states, y, beta, pp) - _ref_phi(net, x, states, y, beta, pm)).mean() / (2 * eps)
+            np.testing.assert_allclose(pg[k][0].reshape(-1)[j], fd, atol=1e-6)

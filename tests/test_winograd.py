@@ -74,6 +74,38 @@ def test_winograd_equals_direct_convolution(prob, layout):
     assert np.all(np.abs(got_t - ref_t) <= bound_t)
 
 
+@given(prob=problems(), data=st.data())
+def test_winograd_cropped_output_equals_direct_convolution(prob, data):
+    # out_shape (the leading block a floor pool reads): forward, adjoint of the cropped map (the codes
+    # zero-extended) and the fused max pool, against the direct convolution cropped
+    n, c, k, h, w_, p, ks, m, seed = prob
+    r = np.random.default_rng(seed)
+    x, w = r.standard_normal((n, c, h, w_)), r.standard_normal((k, c, ks, ks))
+    full = ref_conv(x, w, (1, 1), (p, p))
+    crop = (data.draw(st.integers(1, full.shape[2])), data.draw(st.integers(1, full.shape[3])))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPARSECODING_CONV_ENGINE", f"winograd{m}")
+        op = ConvOperator(w.astype(np.float32), (h, w_), 1, p, method="winograd", layout="channels_last",
+                          out_shape=crop)
+    ref = full[:, :, :crop[0], :crop[1]]
+    xl = np.ascontiguousarray(np.moveaxis(x, 1, -1)).astype(np.float32)
+    got = np.moveaxis(op.forward(xl), -1, 1)
+    bound = kappa(m, ks) * EPS32 * _normwise(ref_conv(np.abs(x), np.abs(w), (1, 1), (p, p)))[:, :, :crop[0], :crop[1]]
+    assert got.shape == ref.shape and np.all(np.abs(got - ref) <= bound)
+    y = np.zeros(full.shape)
+    y[:, :, :crop[0], :crop[1]] = r.standard_normal(ref.shape)
+    ref_t = ref_conv_transpose(y, w, (1, 1), (p, p), (0, 0))
+    got_t = np.moveaxis(op.adjoint(np.ascontiguousarray(np.moveaxis(y[:, :, :crop[0], :crop[1]], 1, -1))
+                                   .astype(np.float32)), -1, 1)
+    bound_t = kappa(m, ks) * EPS32 * _normwise(ref_conv_transpose(np.abs(y), np.abs(w), (1, 1), (p, p), (0, 0)))
+    assert got_t.shape == ref_t.shape and np.all(np.abs(got_t - ref_t) <= bound_t)
+    if min(crop) >= 2:
+        pooled, _ = op.forward_maxpool(xl)
+        ph, pw = crop[0] // 2, crop[1] // 2
+        best = ref[:, :, :2 * ph, :2 * pw].reshape(n, k, ph, 2, pw, 2).max(axis=(3, 5))
+        assert np.all(np.abs(np.moveaxis(pooled, -1, 1) - best) <= bound.max())
+
+
 @example(prob=(2, 5, 4, 17, 19, 1, 3, 2, 7))
 @example(prob=(2, 5, 4, 19, 17, 1, 3, 4, 8))
 @example(prob=(1, 3, 6, 18, 18, 2, 5, 2, 9))

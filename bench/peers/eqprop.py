@@ -146,7 +146,7 @@ def _check_same_step(torch, net, cfg, x, s, name):
         try:
             net64._ops[k] = ConvOperator(net64.params[k][0], net64.conv_in_shapes[k], net64.strides[k],
                                          net64.paddings[k], method="winograd" if engine.startswith("winograd")
-                                         else "im2col", layout=net64.layout)
+                                         else "im2col", layout=net64.layout, out_shape=net64.conv_out_shapes[k])
         finally:
             if old is None:
                 del os.environ["SPARSECODING_CONV_ENGINE"]

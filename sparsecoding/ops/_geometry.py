@@ -93,7 +93,11 @@ def check_weights(w):
         )
 
 
-def make_geometry(w, in_shape, stride, padding):
+def make_geometry(w, in_shape, stride, padding, out_shape=None):
+    """The geometry of ``conv(x, w)`` on inputs of spatial shape ``in_shape``; ``out_shape`` (optional)
+    keeps only the leading block of that many output positions per dimension (each at least 1 and at
+    most the full output): the engines then compute those positions only, and the adjoint is that of
+    the cropped map (zero rows beyond the block)."""
     check_weights(w)
     d = w.ndim - 2
     kernel = tuple(int(k) for k in w.shape[2:])
@@ -103,6 +107,12 @@ def make_geometry(w, in_shape, stride, padding):
     stride = as_tuple(stride, d, "stride", 1)
     pad = resolve_padding(padding, kernel)
     out = conv_output_shape(in_shape, kernel, stride, pad)
+    if out_shape is not None:
+        crop = as_tuple(out_shape, d, "out_shape", 1)
+        if any(c > o for c, o in zip(crop, out)):
+            raise ValueError(f"out_shape must be at most the full output shape {out} in every dimension, "
+                             f"got {crop}")
+        out = crop
     return Geometry(int(w.shape[1]), int(w.shape[0]), in_shape, kernel, stride, pad, out)
 
 

@@ -82,6 +82,12 @@ class ConvOperator(LinearOperator):
         Layout of the inputs ``x``: ``(N, C, *L)`` (PyTorch) or ``(N, *L, C)``.
     code_layout : {"channels_first", "channels_last"} or None
         Layout of the outputs ``y`` (codes): ``(N, K, *O)`` or ``(N, *O, K)``; default ``layout``.
+    out_shape : tuple of int or None
+        Keep only the leading ``out_shape`` block of the output positions (each entry between 1 and
+        the full output size): those are all that is computed, and ``adjoint`` is the adjoint of the
+        cropped map. For a layer followed by a 2x2 floor pool on an odd output (11x11 -> 5x5), the
+        row and column the pool drops are never computed: ``out_shape=(10, 10)``. Default: the full
+        output ``conv_output_shape(in_shape, k, stride, padding)``.
 
     Notes
     -----
@@ -96,9 +102,10 @@ class ConvOperator(LinearOperator):
     ``geometry`` holds the spatial shapes, kernel, stride and padding.
     """
 
-    def __init__(self, w, in_shape, stride=1, padding=0, method="auto", layout="channels_first", code_layout=None):
+    def __init__(self, w, in_shape, stride=1, padding=0, method="auto", layout="channels_first", code_layout=None,
+                 out_shape=None):
         self.xp = get_xp(w)
-        self.geometry = make_geometry(w, in_shape, stride, padding)
+        self.geometry = make_geometry(w, in_shape, stride, padding, out_shape)
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         code_layout = layout if code_layout is None else code_layout

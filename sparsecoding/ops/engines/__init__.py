@@ -145,7 +145,7 @@ def _conv3x3(g, xp, dtype, x_layout, y_layout, caps, engines):
             for chunk in WINOGRAD_CHUNKS:
                 names[f"{e}@{chunk >> 10}K"] = (e, chunk)
     key = (f"conv{g.kernel[0]}x{g.kernel[1]} C{g.n_in} K{g.n_out} {'x'.join(map(str, g.in_shape))} "
-           f"pad {'x'.join(map(str, g.pad))} {dtype.name} {x_layout}/{y_layout}")
+           f"pad {'x'.join(map(str, g.pad))} out {'x'.join(map(str, g.out_shape))} {dtype.name} {x_layout}/{y_layout}")
 
     def candidates():
         # a batch of about 1 GMAC per map (8 to 64 samples): enough samples per worker that the larger
@@ -208,7 +208,8 @@ def _im2col_cf(g, xp, dtype, caps):
     names = {"whole": (False, None)}
     names.update({f"split@{c >> 10}K": (True, c) for c in SPLIT_CHUNKS})
     key = (f"im2col-cf C{g.n_in} K{g.n_out} {'x'.join(map(str, g.in_shape))} k{'x'.join(map(str, g.kernel))} "
-           f"s{'x'.join(map(str, g.stride))} p{'x'.join(map(str, g.pad))} {dtype.name}")
+           f"s{'x'.join(map(str, g.stride))} p{'x'.join(map(str, g.pad))} o{'x'.join(map(str, g.out_shape))} "
+           f"{dtype.name}")
 
     def candidates():
         n = int(min(64, max(4, (1 << 28) // macs)))
