@@ -57,6 +57,18 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
+def cpu_vendor():
+    """The CPU vendor id from /proc/cpuinfo ("GenuineIntel", "AuthenticAMD"), or None where unknown."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def _has_avx512():
     try:
         with open("/proc/cpuinfo") as f:
@@ -82,7 +94,7 @@ def code_version():
 
 def machine_info(xp=np):
     info = {"code": code_version(), "python": platform.python_version(), "numpy": np.__version__, "cpus": os.cpu_count(),
-            "cpu_model": cpu_model(), "avx512": _has_avx512(), "machine": platform.machine(),
+            "cpu_model": cpu_model(), "cpu_vendor": cpu_vendor(), "avx512": _has_avx512(), "machine": platform.machine(),
             "backend": "numpy" if xp is np else "cupy"}
     if xp is not np:
         info["gpu"] = xp.cuda.runtime.getDeviceProperties(0)["name"].decode()

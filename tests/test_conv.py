@@ -316,6 +316,38 @@ def test_cropped_output_matches_direct_sums(xp, engines, method, layouts, prob, 
                                    rtol=0)
 
 
+@pytest.mark.parametrize("split", [True, False])
+@given(prob=conv_problems(max_dims=2).filter(lambda p: p[0] == 2), chunk=st.sampled_from([64, 1 << 20]),
+       threads=st.sampled_from(["1", "2", "3"]), data=st.data())
+def test_im2col_forward_maxpool_equals_pooled_direct_sums(split, prob, chunk, threads, data, monkeypatch):
+    # the channels-last im2col forward with the 2x2 max pool taken per chunk (the per-core split, chunks of
+    # one sample or several, 1-3 workers; the whole-batch form pools after the forward), on full and cropped
+    # outputs: the pooled values against the direct sums pooled, each index at a maximum of its window
+    from sparsecoding.ops.engines.im2col_numba import Im2colNumba
+
+    d, kernel, stride, pad, shape, n, c, kk, seed = prob
+    full = conv_output_shape(shape, kernel, stride, pad)
+    crop = tuple(data.draw(st.integers(1, o), label="crop") for o in full)
+    if min(crop) < 2:
+        return
+    x, w, xd, wd = _arrays(np, prob, np.float64)
+    op = ConvOperator(wd, shape, stride, pad, method="im2col", layout="channels_last", out_shape=crop)
+    assert isinstance(op._engine, Im2colNumba)
+    op._engine.split_cl, op._engine.chunk_bytes = split, chunk
+    ref = ref_conv(x, w, stride, pad)[:, :, :crop[0], :crop[1]]
+    ph, pw = crop[0] // 2, crop[1] // 2
+    best = np.moveaxis(ref[:, :, :2 * ph, :2 * pw].reshape(n, kk, ph, 2, pw, 2).max(axis=(3, 5)), 1, -1)
+    with monkeypatch.context() as mp:
+        mp.setenv("SPARSECODING_THREADS", threads)
+        pooled, idx = op.forward_maxpool(np.ascontiguousarray(np.moveaxis(xd, 1, -1)))
+    assert pooled.shape == idx.shape == (n, ph, pw, kk)
+    np.testing.assert_allclose(pooled, best, rtol=0, atol=1e-10 * (1 + np.abs(ref).max()))
+    hh, ww = idx // crop[1], idx % crop[1]
+    assert np.all((hh // 2 == np.arange(ph)[None, :, None, None]) & (ww // 2 == np.arange(pw)[None, None, :, None]))
+    picked = np.take_along_axis(np.moveaxis(ref, 1, -1).reshape(n, -1, kk), idx.reshape(n, -1, kk), axis=1)
+    np.testing.assert_allclose(picked.reshape(best.shape), best, rtol=0, atol=1e-10 * (1 + np.abs(ref).max()))
+
+
 def test_out_shape_bad_values():
     w = np.ones((2, 1, 3, 3))
     with pytest.raises(ValueError, match=r"out_shape must be at most the full output shape \(6, 6\)"):

@@ -18,12 +18,14 @@ Networks (batch 128, float32):
 Ours: :class:`sparsecoding.eqprop.ConvEBM`, the time per step of a 5-step relaxation
 (``relax``: public channels-first states in and out, as bench/eqprop.py times it); the
 reference: the time per step of 5 autograd steps. Both sides are checked once, untimed, to
-compute the same new states from the same states. Target: ratio >= 1.5.
+compute the same new states from the same states. Target (issue 15): ratio >= 1.5 on the Intel
+machine type the issue measured (2-core Xeon with AVX-512), and not slower (>= 1.0) on AMD.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from bench.common import cpu_vendor
 from bench.peers.common import interleaved, optional, row
 
 CIFAR = dict(in_size=32, channels=[3, 64, 128, 256, 512], kernels=[3] * 4, strides=[1] * 4, paddings=[1] * 4,
@@ -126,7 +128,9 @@ def _one(torch, name, cfg, repeats, quick):
     note = f"{net.layout}; engines {engines}; per step of {STEPS}"
     if torch is not None:
         note += "; " + check_note
-    return row(wl, "ConvEBM.relax", t["ours"] / STEPS, label, peer_s, 1.5, note)
+    # the issue's targets by machine type: 1.5x on Intel (where it was measured), not slower on AMD
+    target = 1.5 if cpu_vendor() == "GenuineIntel" else 1.0
+    return row(wl, "ConvEBM.relax", t["ours"] / STEPS, label, peer_s, target, note)
 
 
 def _check_same_step(torch, net, cfg, x, s, name):

@@ -15,7 +15,9 @@ to the argmax positions; avg: spread / 4; identity). Fully connected layers:
 layer is computed once per step and serves both its own derivative and the
 pool indices of the transposed term; a max pool is taken with it
 (:meth:`~sparsecoding.ops.ConvOperator.forward_maxpool`: inside the Winograd engine's output
-transform for the 3x3 / 5x5 stride-1 layers on the CPU, so the pre-activation is never written).
+transform for the 3x3 / 5x5 stride-1 layers on the CPU, per cache-sized chunk in the im2col
+engine's per-core forward, so the pre-activation is never written to memory). Only the conv
+outputs a 2x2 floor pool reads are computed (an odd output's last row and column are not).
 
 Parameter derivatives (batch means): conv ``dPhi/dW_k = corr(s_{k-1}, U_k(s_k))``,
 bias: ``U_k(s_k)`` summed over positions; fc ``s_k s_{k-1}^T`` and ``s_k``.

@@ -275,27 +275,40 @@ def max_pool_2d(x, kh, kw, sh, sw, out, idx):  # pragma: no cover - compiled
                 idx[p, i, j] = bi
 
 
+@numba.njit(nogil=True, inline="always")
+def _max_pool_cl_sample(x, kh, kw, sh, sw, out, idx, n):  # pragma: no cover - compiled
+    """Sample ``n`` of :func:`max_pool_2d_cl`."""
+    w, nc = x.shape[2], x.shape[3]
+    oh, ow = out.shape[1], out.shape[2]
+    for i in range(oh):
+        for j in range(ow):
+            for c in range(nc):
+                out[n, i, j, c] = x[n, i * sh, j * sw, c]
+                idx[n, i, j, c] = (i * sh) * w + j * sw
+            for a in range(kh):
+                for b in range(kw):
+                    r = i * sh + a
+                    q = j * sw + b
+                    for c in range(nc):
+                        v = x[n, r, q, c]
+                        if v > out[n, i, j, c]:
+                            out[n, i, j, c] = v
+                            idx[n, i, j, c] = r * w + q
+
+
 @njit_cached(parallel=True)
 def max_pool_2d_cl(x, kh, kw, sh, sw, out, idx):  # pragma: no cover - compiled
     """Channels-last 2-D max pool: x (N, H, W, C) -> out, idx (N, OH, OW, C); idx is the flat
     spatial index ``h * W + w`` of the first maximum, as in the channels-first kernel."""
-    nn, h, w, nc = x.shape
-    oh, ow = out.shape[1], out.shape[2]
-    for n in numba.prange(nn):
-        for i in range(oh):
-            for j in range(ow):
-                for c in range(nc):
-                    out[n, i, j, c] = x[n, i * sh, j * sw, c]
-                    idx[n, i, j, c] = (i * sh) * w + j * sw
-                for a in range(kh):
-                    for b in range(kw):
-                        r = i * sh + a
-                        q = j * sw + b
-                        for c in range(nc):
-                            v = x[n, r, q, c]
-                            if v > out[n, i, j, c]:
-                                out[n, i, j, c] = v
-                                idx[n, i, j, c] = r * w + q
+    for n in numba.prange(x.shape[0]):
+        _max_pool_cl_sample(x, kh, kw, sh, sw, out, idx, n)
+
+
+@njit_cached(nogil=True)
+def max_pool_2d_cl_1t(x, kh, kw, sh, sw, out, idx):  # pragma: no cover - compiled
+    """:func:`max_pool_2d_cl` in the calling thread (the per-core workers' fused forward + pool)."""
+    for n in range(x.shape[0]):
+        _max_pool_cl_sample(x, kh, kw, sh, sw, out, idx, n)
 
 
 @njit_cached(parallel=True)
