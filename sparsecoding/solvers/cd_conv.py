@@ -78,6 +78,12 @@ extrapolation from the last 6 residuals (Celer's, Massias et al. 2018; residuals
 sweeps) lowered the gap by at most 10% here (the greedy order is no fixed linear iteration), so the
 plain rescaled residual is kept; the gains came from more updates per sweep (one-position segments,
 above) and from the per-call costs (history, table), which dominated at sparse codes.
+Also tried at lambda 0.25 (N=32, to a 1e-3 gap; 2,022 sweeps, 5.3-7.5 s plain): up to 2 / 4 / 8 / 32
+updates per segment visit cut the sweeps to 1,152 / 515 / 327 / 305 but not the time (6.9 / 6.8 /
+6.1 / 5.9 s against 7.5 s in the same run: the number of coordinate updates to the gap stays about
+the same); Anderson extrapolation of the primal iterates (Bertrand & Massias 2021; 5 iterates 20 sweeps
+apart, clipped to a >= 0, kept where the energy drops) halved the sweeps (1,000), still slower than
+FISTA's 400 iterations (about 2 s): at 15% nonzeros FISTA's momentum is what cd lacks.
 Now (bench/peers/csc.py, quick, N=32, same machine, loaded; to a 1e-3 gap): lambda 1.5 (2.2% nonzero)
 cd 0.15 s, FISTA 0.35 s, the LCA 9.9 s; lambda 0.25 (14.8%) cd 6.0 s (2,022 sweeps), FISTA 2.7 s.
 
