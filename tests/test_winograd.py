@@ -42,24 +42,27 @@ def problems(draw):
     return n, c, k, h, w, p, r, m, draw(st.integers(0, 2**31))
 
 
-def _op(w, shape, p, m, layout):
+def _op(w, shape, p, m, layout, adjoint_im2col=False):
+    name = f"winograd{m}" + ("+im2col" if adjoint_im2col else "")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SPARSECODING_CONV_ENGINE", f"winograd{m}")
+        mp.setenv("SPARSECODING_CONV_ENGINE", name)
         op = ConvOperator(w, shape, 1, p, method="winograd", layout=layout)
-    assert op.engine == f"winograd{m}-native"
+    assert op.engine == f"{name}-native"
     return op
 
 
 # fixed examples large enough for interior tiles (the unrolled path) beside border tiles, every tile size
-@example(prob=(2, 5, 4, 17, 19, 1, 3, 2, 7), layout="channels_last")
-@example(prob=(2, 5, 4, 19, 17, 0, 3, 4, 8), layout="channels_last")
-@example(prob=(1, 3, 6, 18, 18, 2, 5, 2, 9), layout="channels_first")
-@given(prob=problems(), layout=st.sampled_from(["channels_first", "channels_last"]))
-def test_winograd_equals_direct_convolution(prob, layout):
+@example(prob=(2, 5, 4, 17, 19, 1, 3, 2, 7), layout="channels_last", hybrid=False)
+@example(prob=(2, 5, 4, 19, 17, 0, 3, 4, 8), layout="channels_last", hybrid=False)
+@example(prob=(1, 3, 6, 18, 18, 2, 5, 2, 9), layout="channels_first", hybrid=False)
+@example(prob=(1, 3, 6, 18, 18, 1, 5, 2, 9), layout="channels_last", hybrid=True)
+@given(prob=problems(), layout=st.sampled_from(["channels_first", "channels_last"]), hybrid=st.booleans())
+def test_winograd_equals_direct_convolution(prob, layout, hybrid):
+    # (hybrid: the Winograd forward with the im2col adjoint, "winograd<m>+im2col")
     n, c, k, h, w_, p, ks, m, seed = prob
     r = np.random.default_rng(seed)
     x, w = r.standard_normal((n, c, h, w_)), r.standard_normal((k, c, ks, ks))
-    op = _op(w.astype(np.float32), (h, w_), p, m, layout)
+    op = _op(w.astype(np.float32), (h, w_), p, m, layout, hybrid)
     ref = ref_conv(x, w, (1, 1), (p, p))
     y = r.standard_normal(ref.shape)
     ref_t = ref_conv_transpose(y, w, (1, 1), (p, p), (0, 0))
@@ -229,11 +232,14 @@ def test_conv_engine_choice_is_tuned_cached_and_overridable(cache, monkeypatch):
     data = json.loads((cache / "tune.json").read_text())
     (entry,) = data[autotune.machine_signature()].values()
     assert op.engine.split("-")[0] == entry["choice"].split("@")[0]
-    assert set(entry["seconds"]) >= {"im2col@1024K", "winograd2@1024K", "winograd4@1024K"}
+    assert set(entry["seconds"]) >= {"im2col@1024K", "winograd2@1024K", "winograd4@1024K", "winograd2+im2col@1024K",
+                                     "winograd4+im2col@1024K"}
     monkeypatch.setenv("SPARSECODING_CONV_ENGINE", "im2col")
     assert ConvOperator(w, (16, 16), 1, 1, layout="channels_last").engine == "im2col-native"
     monkeypatch.setenv("SPARSECODING_CONV_ENGINE", "winograd4")
     assert ConvOperator(w, (16, 16), 1, 1, layout="channels_last").engine == "winograd4-native"
+    monkeypatch.setenv("SPARSECODING_CONV_ENGINE", "winograd2+im2col")
+    assert ConvOperator(w, (16, 16), 1, 1, layout="channels_last").engine == "winograd2+im2col-native"
     monkeypatch.setenv("SPARSECODING_CONV_ENGINE", "fastest")
     with pytest.raises(ValueError, match="SPARSECODING_CONV_ENGINE"):
         ConvOperator(w, (16, 16), 1, 1, layout="channels_last")

@@ -15,7 +15,7 @@ by a short measurement the first time a geometry is used on a machine, and remem
 * ``SPARSECODING_TUNE``: ``on`` (default), ``off`` (no measurement, no file: the caller's
   default choice), ``refresh`` (measure again and overwrite the stored choice).
 * ``SPARSECODING_CONV_ENGINE``: force the conv engine where a choice is tuned (``im2col``,
-  ``winograd2``, ``winograd4``; :func:`forced`).
+  ``winograd2``, ``winograd4``, ``winograd2+im2col``, ``winograd4+im2col``; :func:`forced`).
 
 What is measured: the conv engine and its chunk size per layer geometry
 (:mod:`sparsecoding.ops.engines`), the fused LCA residual's chunk and sparse-product limit

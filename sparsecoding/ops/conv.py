@@ -126,7 +126,8 @@ class ConvOperator(LinearOperator):
     @property
     def engine(self):
         """The engine's name: "im2col-native", "im2col-generic", "fft-native", "fft-generic",
-        "winograd2-native" or "winograd4-native"."""
+        "winograd2-native", "winograd4-native", or "winograd2+im2col-native" / "winograd4+im2col-native"
+        (the Winograd forward with the im2col adjoint)."""
         return self._engine.name
 
     # ------------------------------------------------------------------ setup

@@ -7,8 +7,9 @@ Engines (one small class each):
 * :class:`~.im2col_xp.Im2colGeneric` -- window views, one GEMM, strided col2im on any
   array namespace (the path cupy takes);
 * :class:`~.fft.FFTEngine` -- space-to-depth, real FFTs, batched complex matmuls;
-* :class:`~.winograd.WinogradNumba` -- Winograd F(2x2, 3x3) / F(4x4, 3x3) for 3x3 stride-1
-  2-D layers (CPU, channels-last, the 2x2 max pool fusable with the forward);
+* :class:`~.winograd.WinogradNumba` -- Winograd F(2x2, 3x3) / F(4x4, 3x3) / F(2x2, 5x5) for 3x3 and
+  5x5 stride-1 2-D layers (CPU, channels-last, the 2x2 max pool fusable with the forward; the adjoint
+  by Winograd or by im2col, "winograd<m>+im2col");
 * :class:`~.pool_numba.PoolNumba` / :class:`~.pool_xp.PoolGeneric` -- the pools.
 
 Selection (:func:`select_conv_engine`, :func:`select_pool_engine`) reads the array
@@ -18,7 +19,7 @@ numpy under ``SPARSECODING_ENGINES=generic`` / ``backend.use_engines("generic")`
 which is how the tests run the GPU code path on the CPU. The method (im2col or FFT)
 comes from the caller or the cost model :func:`choose_method`; for 3x3 stride-1 2-D
 layers in the channels-last layout on the CPU (the EqProp networks' convolutions) the
-engine (im2col, Winograd F(2x2) or F(4x4)) and the Winograd chunk size are measured on
+engine (im2col, Winograd F(2x2) or F(4x4), either with the im2col adjoint) and the chunk size are measured on
 first use on the machine and cached (:mod:`sparsecoding.ops.autotune`). Operators call
 these once, when they are built; nothing else in the library tests the array module.
 """
@@ -48,7 +49,7 @@ METHODS = ("auto", "im2col", "fft", "winograd")
 # The engines the 3x3 / 5x5 stride-1 choice is made among ("SPARSECODING_CONV_ENGINE" forces one), and the
 # Winograd chunk sizes tried (bytes of transformed tiles and products per core chunk: L2-sized and
 # up; which one wins depends on the cache sizes and the BLAS's small-GEMM efficiency).
-CONV3X3_ENGINES = ("im2col", "winograd2", "winograd4")
+CONV3X3_ENGINES = ("im2col", "winograd2", "winograd4", "winograd2+im2col", "winograd4+im2col")
 WINOGRAD_CHUNKS = (1 << 18, 1 << 20, 1 << 22, 1 << 24)
 # Channels-last im2col split per core (each worker its own samples, single-threaded BLAS): column bytes per
 # chunk tried (the whole-batch threaded form is not a candidate: see Im2colNumba.__init__)
@@ -95,13 +96,15 @@ def select_conv_engine(g, xp, dtype, method="auto", x_layout="channels_first", y
             raise ValueError("method='winograd' needs the numba engines and a 2-D 3x3 or 5x5 stride-1 convolution "
                              f"with padding below the kernel size, got kernel {g.kernel}, stride {g.stride}, "
                              f"padding {g.pad}")
+        tiles = WINOGRAD_TILES[g.kernel[0]]
         return _conv3x3(g, xp, dtype, x_layout, y_layout, caps,
-                        tuple(f"winograd{m}" for m in WINOGRAD_TILES[g.kernel[0]]))
+                        tuple(f"winograd{m}" for m in tiles) + tuple(f"winograd{m}+im2col" for m in tiles))
     if method == "auto":
         if (caps.numba and winograd_applies(g) and x_layout == y_layout == "channels_last"
                 and np.dtype(dtype) in (np.float32, np.float64)):
-            return _conv3x3(g, xp, dtype, x_layout, y_layout, caps,
-                            ("im2col",) + tuple(f"winograd{m}" for m in WINOGRAD_TILES[g.kernel[0]]))
+            tiles = WINOGRAD_TILES[g.kernel[0]]
+            return _conv3x3(g, xp, dtype, x_layout, y_layout, caps, ("im2col",) + tuple(f"winograd{m}" for m in tiles)
+                            + tuple(f"winograd{m}+im2col" for m in tiles))
         method = choose_method(g)
     if caps.numba and x_layout == y_layout == "channels_first" and np.dtype(dtype) in (np.float32, np.float64):
         engine = _im2col_cf(g, xp, dtype, caps)
@@ -119,9 +122,11 @@ def select_pool_engine(xp):
 
 
 def _build3x3(name, g, xp, dtype, x_layout, y_layout, caps, chunk=None):
+    """"im2col", "winograd<m>" or "winograd<m>+im2col" (the Winograd forward with the im2col adjoint)."""
     if name == "im2col":
         return Im2colNumba(g, xp, dtype, x_layout, y_layout, caps, chunk_bytes=chunk)
-    return WinogradNumba(g, xp, dtype, x_layout, y_layout, caps, m=int(name[-1]), chunk_bytes=chunk)
+    return WinogradNumba(g, xp, dtype, x_layout, y_layout, caps, m=int(name[len("winograd")]), chunk_bytes=chunk,
+                         adjoint_im2col=name.endswith("+im2col"))
 
 
 def _conv3x3(g, xp, dtype, x_layout, y_layout, caps, engines):

@@ -38,6 +38,8 @@ BLAS, so the transformed tiles stay in the core's cache between the transform an
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 
 from .. import parallel
@@ -250,7 +252,7 @@ class WinogradNumba(ConvEngine):
     method, family = "winograd", "native"
     native_code_layout = "channels_last"
 
-    def __init__(self, geometry, xp, dtype, x_layout, y_layout, caps, m=2, chunk_bytes=None):
+    def __init__(self, geometry, xp, dtype, x_layout, y_layout, caps, m=2, chunk_bytes=None, adjoint_im2col=False):
         super().__init__(geometry, xp, dtype, x_layout, y_layout, caps)
         if not winograd_applies(geometry):
             raise ValueError(f"the Winograd engine needs a 2-D 3x3 or 5x5 stride-1 convolution with padding below "
@@ -262,10 +264,21 @@ class WinogradNumba(ConvEngine):
         self.BT, self.AT = BT.astype(dtype), AT.astype(dtype)
         self.chunk_bytes = int(chunk_bytes or 1 << 20)
         self._grad = Im2colNumba(geometry, xp, dtype, x_layout, y_layout, caps)
+        # the adjoint by the im2col engine (GEMM + col2im) instead of a Winograd convolution onto the input
+        # shape: where the input is larger than the output ("same"-less padding, C < K) the adjoint's tiles
+        # and channels cost more than its forward (MNIST layer 2, 32->64 5x5, 13x13 -> 10x10, 64 samples on one
+        # core of the 2-core EPYC Zen 4: F(2x2) forward 5.3 ms, adjoint 10.0 ms; im2col forward 7.5, adjoint
+        # 7.4); which pairing wins is measured with the other candidates (engines._conv3x3)
+        self.adjoint_im2col = bool(adjoint_im2col)
 
     @property
     def name(self):
-        return f"winograd{self.m}-{self.family}"
+        return f"winograd{self.m}{'+im2col' if self.adjoint_im2col else ''}-{self.family}"
+
+    @contextmanager
+    def frozen(self):
+        with super().frozen(), self._grad.frozen():
+            yield self
 
     def set_weights(self, w):
         super().set_weights(w)
@@ -353,6 +366,8 @@ class WinogradNumba(ConvEngine):
         return self._run(xc, self._transformed("U"), g.pad, g.out_shape, pool=True)
 
     def adjoint(self, y):
+        if self.adjoint_im2col:
+            return self._grad.adjoint(y)
         g = self.g
         yc = y if self.y_cl else self.xp.moveaxis(y, 1, -1)
         pad = tuple(self.r - 1 - p for p in g.pad)
