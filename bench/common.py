@@ -94,7 +94,8 @@ def code_version():
 
 def machine_info(xp=np):
     info = {"code": code_version(), "python": platform.python_version(), "numpy": np.__version__, "cpus": os.cpu_count(),
-            "cpu_model": cpu_model(), "cpu_vendor": cpu_vendor(), "avx512": _has_avx512(), "machine": platform.machine(),
+            "cpu_model": cpu_model(), "cpu_vendor": cpu_vendor(), "avx512": _has_avx512(),
+            "machine": platform.machine(),
             "backend": "numpy" if xp is np else "cupy"}
     if xp is not np:
         info["gpu"] = xp.cuda.runtime.getDeviceProperties(0)["name"].decode()
