@@ -2,7 +2,9 @@
 
 ``python -m bench.peers [--only NAME,...] [--quick] [--repeats 3]`` runs every
 workload module below in one process, each one timing our code and its peers
-interleaved (run A, run B, run A, ...), and prints one table: the median time of
+interleaved (run A, run B, run A, ...; each timed call right after an untimed call of
+the same side, so that neither pays for the other's still-spinning thread pools nor
+is timed cold), and prints one table: the median time of
 each side, the ratio peer time / our time, and the target. The CPU model and the
 float32 GEMM rate measured at the start of the same run head the table; the JSON
 goes to ``bench/results/peers.json``.

@@ -118,7 +118,7 @@ def _lca_rows(repeats, quick):
         fns["peer_short"], fns["peer_long"] = peer_run(short), peer_run(long_)
         label = "lca-pytorch LCAConv2D"
     # the row is the difference of two timings, whose noise adds up: at least 5 rounds
-    t = interleaved(fns, repeats=max(repeats, 5))
+    t = interleaved(fns, repeats=max(repeats, 5), prime=True)  # both lengths alike (0.15-3 s)
     ours_s = (t["ours_long"] - t["ours_short"]) / (long_ - short)
     peer_s = (t["peer_long"] - t["peer_short"]) / (long_ - short) if "peer_long" in t else None
     wl = f"LCA iteration, {WORKLOAD}" + (" (quick: N=32)" if quick else "")
