@@ -145,6 +145,11 @@ def _measure(candidates, rounds):
     best = {k: float("inf") for k in candidates}
     for _ in range(rounds):
         for k, fn in candidates.items():
+            # an untimed call first: a candidate that ran threaded BLAS leaves OpenBLAS threads spinning for a
+            # while, and the candidate timed right after paid for them (2-core EPYC Zen 4, channels-first conv
+            # pair, 3->64 9x9 stride 2, 64 samples: every per-core split timed at 17 ms after the whole-batch
+            # form's threaded GEMM, 13 ms on its own)
+            fn()
             t0 = time.perf_counter()
             fn()
             best[k] = min(best[k], time.perf_counter() - t0)
