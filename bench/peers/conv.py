@@ -13,12 +13,14 @@ Workload (DESIGN.md §9, the LCA workload): N=128, C=3, 32x32, K=64 atoms 9x9, s
     (transfer, lateral inhibition by a conv with the precomputed ``G = Phi * Phi`` tensor,
     the membrane update). Both as the marginal time per iteration between a 10- and a
     40-iteration run (the one-off input drive and ``G`` excluded; ours includes its default
-    divergence / gap check every 10 steps, about 0.5 ms per iteration), medians of at least 5
+    divergence / gap check every 10 steps, about 0.2 ms per iteration), medians of at least 5
     rounds. Target: ratio >= 5.
 
-Measured 2026-12-02 on the 2-core AMD EPYC (Zen 4, AVX-512; GEMM 201 GFLOP/s at the start of the run,
-two other agents' jobs on the machine): (b) ours 16.0 ms, lca-pytorch 83.7 ms, 5.22x (21-23 ms, 3.3x,
-before Phi^T a skipped the zero codes; the codes are 0.3-18% nonzero over steps 10-40).
+Measured 2026-12-02 on the 2-core AMD EPYC (Zen 4, AVX-512), full table run at GEMM 194 GFLOP/s:
+(a) functional 26.7 ms, ConvOperator 24.3 ms, torch 40.9 ms (1.53x / 1.68x; other runs: ConvOperator
+17.6-21 ms against torch 30-33 ms); (b) ours 13.9 ms, lca-pytorch 77.0 ms, 5.55x (other runs 13.5-15.4
+ms against 74-79 ms: 4.9-5.7x; before the gathers and scatters by runs 14.2-17.5 ms; before Phi^T a
+skipped the zero codes 21-23 ms; the codes are 0.3-18% nonzero over steps 10-40).
 
 lca-pytorch is not on PyPI: install its source, e.g. ``pip install
 git+https://github.com/lanl/lca-pytorch`` (import name ``lcapt``).

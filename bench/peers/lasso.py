@@ -41,6 +41,12 @@ the same energy to 1e-15:
 * lambda 0.5, a >= 0: ours 268 / 212 ms; SPAMS 535 / 256 ms (2.00x / 1.21x); scikit-learn's
   sparse_encode has no non-negative lasso.
 
+2-core AMD EPYC (Zen 4), 2026-12-02, each timed call after an untimed one of the same side (SPAMS's
+first call after ours took 104-116 ms where its repeated calls take 60-68 ms; ours 78-84 vs 78-81 ms),
+and ours with single-threaded BLAS around the path: lambda 0.5 57.8 ms vs SPAMS 61.6 ms (1.07x),
+lambda 0.1 111.1 vs 130.7 ms (1.18x), lambda 0.5 a >= 0 54.3 vs 48.2 ms (0.89x); other runs 0.71-1.02x
+(SPAMS 41-70 ms at lambda 0.5 between runs).
+
 FISTA to the same energy (tol 1e-7-1e-8): 6.4-33 s, 0.02-0.08x SPAMS (it converges linearly at
 best on this 4x overcomplete, coherent dictionary; the exact path is the dense route).
 """
