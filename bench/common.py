@@ -45,28 +45,26 @@ def gemm_rate(xp=np, dtype="float32", n=2048, repeats=7):
     return 2.0 * n**3 / t
 
 
-def cpu_model():
-    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+def _cpuinfo(field):
+    """The value of the first ``field`` line of /proc/cpuinfo, or None where there is none."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_vendor():
-    """The CPU vendor id from /proc/cpuinfo ("GenuineIntel", "AuthenticAMD"), or None where unknown."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
+                if line.startswith(field):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return None
+
+
+def cpu_model():
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def cpu_vendor():
+    """The CPU vendor id from /proc/cpuinfo ("GenuineIntel", "AuthenticAMD"), or None where unknown."""
+    return _cpuinfo("vendor_id")
 
 
 def _has_avx512():
