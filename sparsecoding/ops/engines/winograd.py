@@ -246,7 +246,8 @@ class WinogradNumba(ConvEngine):
 
     Channels-first operands are transposed on entry and exit (the EqProp networks keep their
     states channels-last on the CPU, where no copy is made). The weight gradient is the
-    im2col engine's (the EqProp relaxation needs only the two maps).
+    im2col engine's (the EqProp relaxation needs only the two maps); with ``adjoint_im2col`` the
+    adjoint is too ("winograd<m>+im2col": the Winograd forward, the fused pool, the im2col adjoint).
     """
 
     method, family = "winograd", "native"
