@@ -79,38 +79,41 @@ def window_runs(idx, kw):
     return runs, (0,) * kw
 
 
+@numba.njit(nogil=True, inline="always")
+def _runs_sample(plane, runs, width, cols, scatter, n):  # pragma: no cover - compiled
+    """Sample ``n`` of the run-wise im2col ``cols[n, m, c, q*kw + t] = plane[n, c, runs[m, q] + t]``, or with
+    ``scatter`` its adjoint ``plane[n, c, runs[m, q] + t] += cols[n, m, c, q*kw + t]`` (``kw = len(width)``);
+    plane (N, C, P), cols (N, M, C, J)."""
+    kw = len(width)
+    nc = plane.shape[1]
+    nm, nq = runs.shape
+    for m in range(nm):
+        for c in range(nc):
+            for q in range(nq):
+                b = runs[m, q]
+                o = q * kw
+                if scatter:
+                    for t in range(kw):
+                        plane[n, c, b + t] += cols[n, m, c, o + t]
+                else:
+                    for t in range(kw):
+                        cols[n, m, c, o + t] = plane[n, c, b + t]
+
+
 @njit_cached(nogil=True)
 def gather_runs_1t(src, runs, width, out):  # pragma: no cover - compiled
     """:func:`gather_columns` in the calling thread, by runs: ``out[n, m, c, q*kw + t] = src[n, c,
     runs[m, q] + t]`` (``kw = len(width)``); src (N, C, P), out (N, M, C, J)."""
-    kw = len(width)
-    nn, nc = src.shape[0], src.shape[1]
-    nm, nq = runs.shape
-    for n in range(nn):
-        for m in range(nm):
-            for c in range(nc):
-                for q in range(nq):
-                    b = runs[m, q]
-                    o = q * kw
-                    for t in range(kw):
-                        out[n, m, c, o + t] = src[n, c, b + t]
+    for n in range(src.shape[0]):
+        _runs_sample(src, runs, width, out, False, n)
 
 
 @njit_cached(nogil=True)
 def scatter_add_runs_1t(src, runs, width, out):  # pragma: no cover - compiled
     """:func:`scatter_add_columns` in the calling thread, by runs: ``out[n, c, runs[m, q] + t] +=
     src[n, m, c, q*kw + t]`` (``kw = len(width)``); src (N, M, C, J), out (N, C, P)."""
-    kw = len(width)
-    nn, nc = out.shape[0], out.shape[1]
-    nm, nq = runs.shape
-    for n in range(nn):
-        for m in range(nm):
-            for c in range(nc):
-                for q in range(nq):
-                    b = runs[m, q]
-                    o = q * kw
-                    for t in range(kw):
-                        out[n, c, b + t] += src[n, m, c, o + t]
+    for n in range(out.shape[0]):
+        _runs_sample(out, runs, width, src, True, n)
 
 
 @njit_cached(nogil=True)
@@ -118,20 +121,12 @@ def scatter_residual_runs_1t(cols, runs, width, s_buf, mask, out):  # pragma: no
     """``out = (s_buf - col2im(cols)) * mask`` in the calling thread, by runs (``kw = len(width)``): the
     residual ``s - Phi^T a`` in the padded buffer, zero on the padding (the cropped objective ignores
     it). cols (N, M, C, J); s_buf, out (N, C, P)."""
-    kw = len(width)
     nn, nc, npos = out.shape
-    nm, nq = runs.shape
     for n in range(nn):
         for c in range(nc):
             for p in range(npos):
                 out[n, c, p] = 0.0
-        for m in range(nm):
-            for c in range(nc):
-                for q in range(nq):
-                    b = runs[m, q]
-                    o = q * kw
-                    for t in range(kw):
-                        out[n, c, b + t] += cols[n, m, c, o + t]
+        _runs_sample(out, runs, width, cols, True, n)
         for c in range(nc):
             for p in range(npos):
                 out[n, c, p] = (s_buf[n, c, p] - out[n, c, p]) * mask[p]
