@@ -348,6 +348,40 @@ def test_im2col_forward_maxpool_equals_pooled_direct_sums(split, prob, chunk, th
     np.testing.assert_allclose(picked.reshape(best.shape), best, rtol=0, atol=1e-10 * (1 + np.abs(ref).max()))
 
 
+def _check_forward_maxpool(method, layout, code_layout):
+    r = np.random.default_rng(3)
+    x, w = r.standard_normal((3, 2, 9, 8)), r.standard_normal((5, 2, 3, 3))
+    op = ConvOperator(w, (9, 8), 1, 1, method=method, layout=layout, code_layout=code_layout)
+    ref = ref_conv(x, w, (1, 1), (1, 1))
+    best = ref[:, :, :8, :8].reshape(3, 5, 4, 2, 4, 2).max(axis=(3, 5))
+    xin = np.ascontiguousarray(np.moveaxis(x, 1, -1)) if layout == "channels_last" else x
+    cl = code_layout == "channels_last"
+    pooled, idx = op.forward_maxpool(xin)
+    assert pooled.shape == idx.shape == ((3, 4, 4, 5) if cl else (3, 5, 4, 4))
+    pooled = np.moveaxis(to_numpy(pooled), -1, 1) if cl else to_numpy(pooled)
+    np.testing.assert_allclose(pooled, best, rtol=0, atol=1e-10 * np.abs(ref).max())
+    empty, _ = op.forward_maxpool(xin[:0])
+    assert empty.shape == ((0, 4, 4, 5) if cl else (0, 5, 4, 4))
+
+
+LAYOUT_PAIRS = [("channels_first", "channels_first"), ("channels_first", "channels_last"),
+                ("channels_last", "channels_last"), ("channels_last", "channels_first")]
+
+
+@pytest.mark.parametrize("method", ["im2col", "fft"])
+@pytest.mark.parametrize("layouts", LAYOUT_PAIRS)
+def test_forward_maxpool_every_engine_and_layout(engines, method, layouts):
+    # ConvOperator.forward_maxpool on every engine (its own forward then the pool, or the fused per-core
+    # im2col) and layout pair, an empty batch included: the direct sums pooled, in the code layout
+    _check_forward_maxpool(method, *layouts)
+
+
+@pytest.mark.parametrize("layouts", LAYOUT_PAIRS)
+def test_forward_maxpool_winograd_every_layout(layouts):
+    # the Winograd engine: the pool fused in its output transform (channels-last codes) or after its forward
+    _check_forward_maxpool("winograd", *layouts)
+
+
 def test_out_shape_bad_values():
     w = np.ones((2, 1, 3, 3))
     with pytest.raises(ValueError, match=r"out_shape must be at most the full output shape \(6, 6\)"):

@@ -235,18 +235,18 @@ class ConvOperator(LinearOperator):
     def forward_maxpool(self, x):
         """``max_pool(forward(x), 2, 2)`` (2x2 windows, stride 2, floor) and the argmax indices, as
         :func:`sparsecoding.ops.max_pool` returns them for this code layout. Fused where the engine can
-        (Winograd with channels-last codes: the pool is taken in the output transform and the
-        pre-activation is never written), else the forward followed by the pool."""
+        (with channels-last codes: Winograd takes the pool in its output transform, the numba im2col
+        per cache-sized chunk of its per-core forward; the pre-activation is never written), else the
+        forward followed by the pool."""
         if self.geometry.d != 2:
             raise ValueError(f"forward_maxpool needs a 2-D convolution, got {self.geometry.d} spatial dims")
         x = self._check_x(x)
-        fused = getattr(self._engine, "forward_maxpool", None)
-        if fused is not None and self.code_layout == "channels_last" and x.shape[0] > 0:
-            return fused(x)
-        from .engines import select_pool_engine
+        if x.shape[0] == 0:  # the engines' maps need a sample; forward() answers an empty batch itself
+            from .engines import select_pool_engine
 
-        return select_pool_engine(self.xp).max_pool(self.forward(x), (2, 2), (2, 2),
-                                                    self.code_layout == "channels_last")
+            return select_pool_engine(self.xp).max_pool(self.forward(x), (2, 2), (2, 2),
+                                                        self.code_layout == "channels_last")
+        return self._engine.forward_maxpool(x)
 
     def adjoint(self, y):
         """``conv_transpose(y, w)`` onto the operator's input shape: (N, *out_shape) -> (N, *in_shape)."""

@@ -119,6 +119,13 @@ class ConvEngine:
         return out
 
     # ------------------------------------------------------------------ maps
+    def forward_maxpool(self, x):
+        """``max_pool(forward(x), 2, 2)`` (stride 2, floor) and its indices, in the engine's code layout: the
+        forward, then the pool; engines that take the pool inside their forward override this."""
+        from . import select_pool_engine
+
+        return select_pool_engine(self.xp).max_pool(self.forward(x), (2, 2), (2, 2), self.y_cl)
+
     def forward(self, x):
         return self.y_from_cf(self._forward_cf(self.x_to_cf(x)))
 

@@ -273,9 +273,7 @@ class Im2colNumba(ConvEngine):
         g = self.g
         if self.x_cl and self.y_cl and self.split_cl and g.d == 2 and min(g.out_shape) >= 2:
             return self._forward_cl_split(self._padded_input(x), self.derived()["w2cl"], pool=True)
-        from . import select_pool_engine
-
-        return select_pool_engine(self.xp).max_pool(self.forward(x), (2, 2), (2, 2), self.y_cl)
+        return super().forward_maxpool(x)
 
     def _forward_cl(self, x):
         # channels-last: embed in the zero-padded buffer (N, *B, C), then per chunk of samples a

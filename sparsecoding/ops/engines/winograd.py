@@ -361,7 +361,9 @@ class WinogradNumba(ConvEngine):
 
     def forward_maxpool(self, x):
         """``max_pool(forward(x), 2, 2)`` and its indices (channels-last ``(N, PH, PW, K)``, flat
-        ``h * OW + w``), the pre-activation never written."""
+        ``h * OW + w``), the pre-activation never written (channels-first codes: the forward, then the pool)."""
+        if not self.y_cl:
+            return super().forward_maxpool(x)
         g = self.g
         xc = x if self.x_cl else self.xp.moveaxis(x, 1, -1)
         return self._run(xc, self._transformed("U"), g.pad, g.out_shape, pool=True)
