@@ -122,7 +122,7 @@ def _get_pool(n):
     if _pool is None or _pool._max_workers != n or _pool_pid != os.getpid():
         _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="sparsecoding")
         _pool_pid = os.getpid()
-    return _pool, _get_controller()
+    return _pool
 
 
 def _get_controller():
@@ -157,7 +157,7 @@ def run_split(fn, n, workers=None):
         # thread, since waiting on the pool from one of its own threads could deadlock
         fn(0, n)
         return
-    pool, controller = _get_pool(workers)
+    pool = _get_pool(workers)
     bounds = [n * i // workers for i in range(workers + 1)]
 
     def call(lo, hi):
@@ -167,7 +167,7 @@ def run_split(fn, n, workers=None):
         finally:
             _local.inside = False
 
-    with controller.limit(limits=1, user_api="blas"):
+    with blas_single_thread():
         futures = [pool.submit(call, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
         for f in futures:
             f.result()
