@@ -225,6 +225,40 @@ def test_warm_start_and_path_reach_the_certified_minimum(prob, zero_start):
         gap = duality_gap(op, s, res.codes, lam, nonneg)
         assert np.all(gap <= 1e-9 * np.maximum(e, 1))
         assert 0 <= res.history[-1][1] <= 1e-9
+        # the reported energies (computed inside the kernel) are those of the returned codes
+        np.testing.assert_allclose(e, to_numpy(lasso_energy(op, s, res.codes, lam)), rtol=1e-12, atol=1e-14)
+
+
+@given(st.integers(1, 12), st.integers(0, 2**31), st.data())
+def test_path_inverse_updates_match_the_inverse(n, seed, data):
+    # the path's rank-one updates of G_SS^{-1} (an atom joins, an atom leaves) against np.linalg.inv
+    # of the enlarged and of the reduced Gram block
+    from sparsecoding.solvers.lasso import _inv_append, _inv_delete
+
+    r = np.random.default_rng(seed)
+    k = n + 4
+    phi = r.standard_normal((k, n + 6))
+    G = phi @ phi.T
+    act = r.permutation(k).astype(np.int64)
+    Gi = np.zeros((n + 2, n + 2))
+    u = np.zeros(k)
+    for size in range(n + 1):  # grow the block one atom at a time
+        assert _inv_append(G, Gi, act, size, act[size], u)
+        sub = act[: size + 1]
+        np.testing.assert_allclose(Gi[: size + 1, : size + 1], np.linalg.inv(G[np.ix_(sub, sub)]),
+                                   rtol=1e-8, atol=1e-10)
+    drop = data.draw(st.integers(0, n))
+    _inv_delete(Gi, n + 1, drop, u)
+    sub = np.delete(act[: n + 1], drop)
+    np.testing.assert_allclose(Gi[:n, :n], np.linalg.inv(G[np.ix_(sub, sub)]), rtol=1e-8, atol=1e-10)
+    # an atom in the span of the active ones is refused (the Gram block would be singular)
+    dup = np.concatenate([phi, (phi[sub[0]] + phi[sub[-1]])[None]])
+    Gd = dup @ dup.T
+    Gi2 = np.zeros((n + 2, n + 2))
+    for size in range(n):
+        assert _inv_append(Gd, Gi2, sub, size, sub[size], u)
+    if n >= 2:
+        assert not _inv_append(Gd, Gi2, np.concatenate([sub, [k]]).astype(np.int64), n, k, u)
 
 
 @pytest.mark.parametrize("nonneg", [False, True])
