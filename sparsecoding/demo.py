@@ -57,7 +57,9 @@ def run(args):
     m = max(1, min(10, len(steps) // 2))  # single batches vary (+-30% here): compare means of m steps
     first, last = (float(np.mean([h["energy"] for h in part])) for part in (steps[:m], steps[-m:]))
     print(f"{len(steps)} dictionary steps in {time.perf_counter() - t0:.0f} s; energy per sample "
-          f"{first:.1f} -> {last:.1f} (means of the first and last {m} steps), fraction active {active:.3f}\n"
+          f"{first:.1f} -> {last:.1f} (means of the first and last {m} steps; the progress bar shows the running "
+          f"mean of the epoch), "
+          f"fraction active {active:.3f} (the 4 crops of the reconstruction picture)\n"
           f"features: {features}\nreconstruction: {recon}\nenergy curve: {energy}\nmodel: {model}")
     return 0
 

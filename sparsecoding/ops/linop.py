@@ -176,6 +176,8 @@ class DenseOperator(LinearOperator):
         """``||W||_2^2`` exactly (largest singular value, from the smaller Gram matrix)."""
         W = self.W.astype(np.float64)
         G = W @ W.T if W.shape[0] <= W.shape[1] else W.T @ W
+        if not bool(self.xp.isfinite(G).all()):  # (eigvalsh would fail with "Eigenvalues did not converge")
+            raise ValueError("the weights W contain NaN or Inf (or values too large to square)")
         return float(self.xp.linalg.eigvalsh(G)[-1])
 
 

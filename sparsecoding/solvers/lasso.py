@@ -442,6 +442,14 @@ def _prox(nonneg):
 def _check_inputs(op, s, a0):
     """Shapes, dtypes, finiteness and magnitude of ``s`` and ``a0``; returns them in the working dtype
     (``s``'s own float32/float64, else the dictionary's)."""
+    if not hasattr(s, "shape"):  # a list or another array-like: on the operator's namespace
+        s = op.xp.asarray(s)
+    if a0 is not None and not hasattr(a0, "shape"):
+        a0 = op.xp.asarray(a0)
+    if s.ndim != 1 + len(op.in_shape):
+        raise ValueError(f"s must be a batch of samples, shape (N, {', '.join(map(str, op.in_shape))}) for this "
+                         f"dictionary, got shape {tuple(s.shape)}" + (" (one sample: s[None])" if tuple(s.shape) ==
+                                                                      tuple(op.in_shape) else ""))
     expect = (s.shape[0], *op.in_shape)
     if tuple(s.shape) != tuple(expect):
         raise ValueError(f"s must have shape {expect} for this dictionary, got {tuple(s.shape)}")
@@ -654,14 +662,36 @@ def _chol_append(G, L, act, n, j):  # pragma: no cover - compiled
     return True
 
 
+@numba.njit
+def _chol_delete(L, n, k):  # pragma: no cover - compiled
+    """The Cholesky factor of ``A`` without its row and column ``k`` (``L``: ``n x n``, ``A = L L^T``),
+    in place, ``O((n - k)^2)``: the rows below ``k`` move up, a lower Hessenberg matrix, and Givens
+    rotations of neighbouring columns (``L Q Q^T L^T = A``) make it triangular again."""
+    for i in range(k, n - 1):
+        for j in range(i + 2):
+            L[i, j] = L[i + 1, j]
+    for i in range(k, n - 1):
+        x, y = L[i, i], L[i, i + 1]
+        r = np.hypot(x, y)
+        cs, sn = x / r, y / r
+        for q in range(i, n - 1):
+            x, y = L[q, i], L[q, i + 1]
+            L[q, i] = cs * x + sn * y
+            L[q, i + 1] = cs * y - sn * x
+
+
+
 # The path keeps the explicit inverse of the active Gram block instead of its Cholesky factor: the
 # direction is then a matrix-vector product (independent row sums that vectorise) where the factor
 # needs a forward and a backward substitution (a chain of dependent divisions and short dot products).
-# Measured on the bench workload (1,024 patches, 256 atoms, one thread, 2-core EPYC Zen 4): 7-8% less
-# time per path with the inverse alone (54.4 -> 50.6 ms at lambda 0.5 a >= 0, 185 -> 171 ms at 0.1),
-# the same steps and codes to 1e-11. Its rounding drifts with the updates (no orthogonal rotations);
-# the final support solve takes one step of iterative refinement against G_SS and the certificate
-# decides, with coordinate descent and a Cholesky solve (_polish) behind it.
+# Measured on the bench workload (1,024 patches, 256 random atoms, one thread, 2-core EPYC Zen 4): 7-8%
+# less time per path with the inverse alone (54.4 -> 50.6 ms at lambda 0.5 a >= 0, 185 -> 171 ms at
+# 0.1), the same steps and codes to 1e-11. Its rounding drifts with the updates (no orthogonal
+# rotations), and on coherent dictionaries it does not heal: 128 Gaussian bumps of width 4 on 64
+# samples, after join / leave cycles at cond(G_SS) ~ 1e7, |Gi G_SS - I| reached 3e-2 and an atom was
+# refused as dependent (1-3 samples of 200 left to coordinate descent, unconverged). So the inverse
+# path is the fast first try; a sample whose certificate it does not meet runs the path again with the
+# Cholesky factor (Givens downdates on leaving, stable), before coordinate descent.
 @numba.njit(fastmath={"reassoc", "contract"})
 def _inv_append(G, Gi, act, n, j, u):  # pragma: no cover - compiled
     """``Gi`` (the inverse of ``G[act[:n], act[:n]]``, rows of an ``m x m`` array) extended by atom ``j``:
@@ -841,7 +871,7 @@ def _recompute_c(G, b, a, c):  # pragma: no cover - compiled
 # for the scan, old and new interleaved (one thread; two): 61.9 -> 49.9 ms (28.9 -> 23.5) at lambda 0.5
 # a >= 0, 91.7 -> 77.2 (41.5 -> 33.8) at 0.5 signed, 207.8 -> 173.7 (94.0 -> 80.1) at 0.1; same steps.
 @numba.njit(fastmath={"reassoc", "contract", "arcp"})
-def _homotopy(G, b, a, c, w, d, z, u, Gi, act, ok, lam, nonneg, m, max_steps):  # pragma: no cover - compiled
+def _homotopy(G, b, a, c, w, d, z, u, F, act, free, lam, nonneg, m, max_steps, inverse):  # pragma: no cover - compiled
     """The LASSO path (homotopy / LARS-lasso, Osborne et al. 2000, Efron et al. 2004) of one sample,
     from ``t = max|b|`` (code 0) down to ``t = lambda``, in Gram form.
 
@@ -849,11 +879,14 @@ def _homotopy(G, b, a, c, w, d, z, u, Gi, act, ok, lam, nonneg, m, max_steps):  
     and the others ``|c_j| <= t`` (``c_j <= t``); as ``t`` falls by ``gamma`` the codes move by
     ``gamma d``, ``G_SS d = z_S``, and ``c`` by ``-gamma w``, ``w = G[:, S] d``. The step ends where an
     inactive correlation reaches the level (the atom joins), an active code reaches 0 (it leaves) or
-    ``t = lambda``; ``Gi = G_SS^{-1}`` follows each join and leave by a rank-one update
-    (:func:`_inv_append`, :func:`_inv_delete`). At the end the codes are solved once more,
-    ``a_S = G_SS^{-1} (b_S - lambda z_S)`` with one step of iterative refinement, and ``c = b - G a``
-    recomputed. Per step: ``O(|S| K)`` for ``w`` (contiguous rows of ``G``) and ``O(|S|^2)`` for the
-    direction and the update. ``ok`` (K,) and ``u`` (K,) are work arrays, ``Gi`` (m, m).
+    ``t = lambda``. ``F`` (m, m) follows each join and leave: with ``inverse`` it is ``G_SS^{-1}``,
+    updated by rank-one formulas (:func:`_inv_append`, :func:`_inv_delete`; fast, but its rounding can
+    drift on coherent atoms), otherwise the Cholesky factor of ``G_SS`` (:func:`_chol_append`,
+    :func:`_chol_delete`; stable). At the end the codes are solved once more,
+    ``a_S = G_SS^{-1} (b_S - lambda z_S)`` (with ``inverse``, plus one step of iterative refinement),
+    and ``c = b - G a`` recomputed. Per step: ``O(|S| K)`` for ``w`` (contiguous rows of ``G``) and
+    ``O(|S|^2)`` for the direction and the update. ``free`` (K,: the atoms that may join) and ``u``
+    (K,) are work arrays.
 
     Returns (steps, ok); ok False (the point reached is a valid code, not the optimum) when the
     restricted Gram matrix became singular (an atom in the span of the active ones, more than
@@ -864,17 +897,17 @@ def _homotopy(G, b, a, c, w, d, z, u, Gi, act, ok, lam, nonneg, m, max_steps):  
     jmax = -1
     for j in range(k):
         c[j] = b[j]
-        ok[j] = G[j, j] > 0.0  # may join: inactive and not a zero atom
+        free[j] = G[j, j] > 0.0  # may join: inactive and not a zero atom
         v = b[j] if nonneg else abs(b[j])
         if v > t and G[j, j] > 0.0:
             t = v
             jmax = j
     if t <= lam:
         return 0, True
-    if not _inv_append(G, Gi, act, 0, jmax, u):
+    if not (_inv_append(G, F, act, 0, jmax, u) if inverse else _chol_append(G, F, act, 0, jmax)):
         return 0, False
     act[0] = jmax
-    ok[jmax] = False
+    free[jmax] = False
     n = 1
     dropped = -1
     steps = 0
@@ -885,7 +918,10 @@ def _homotopy(G, b, a, c, w, d, z, u, Gi, act, ok, lam, nonneg, m, max_steps):  
             return steps, False
         for i in range(n):
             z[i] = 1.0 if nonneg or c[act[i]] >= 0.0 else -1.0
-        _symv(Gi, n, z, d)
+        if inverse:
+            _symv(F, n, z, d)
+        else:
+            _chol_solve(F, n, z, d)
         _gram_direction(G, act, d, n, w)
         gamma = t - lam
         kind = 0
@@ -902,12 +938,12 @@ def _homotopy(G, b, a, c, w, d, z, u, Gi, act, ok, lam, nonneg, m, max_steps):  
             wj = w[j]
             num = t - cj
             den = 1.0 - wj
-            if num < gamma * den and den > 0.0 and ok[j] and j != dropped:
+            if num < gamma * den and den > 0.0 and free[j] and j != dropped:
                 gamma, kind, who = max(num / den, 0.0), 1, j
             if not nonneg:
                 num = t + cj
                 den = 1.0 + wj
-                if num < gamma * den and den > 0.0 and ok[j] and j != dropped:
+                if num < gamma * den and den > 0.0 and free[j] and j != dropped:
                     gamma, kind, who = max(num / den, 0.0), 1, j
         for i in range(n):
             a[act[i]] += gamma * d[i]
@@ -917,42 +953,48 @@ def _homotopy(G, b, a, c, w, d, z, u, Gi, act, ok, lam, nonneg, m, max_steps):  
         if kind == 0:
             break
         if kind == 1:
-            if n >= m or not _inv_append(G, Gi, act, n, who, u):
+            if n >= m or not (_inv_append(G, F, act, n, who, u) if inverse else _chol_append(G, F, act, n, who)):
                 _recompute_c(G, b, a, c)
                 return steps, False
             act[n] = who
-            ok[who] = False
+            free[who] = False
             n += 1
             dropped = -1
         else:
             p = act[who]
             a[p] = 0.0
-            ok[p] = True
-            _inv_delete(Gi, n, who, u)
+            free[p] = True
+            if inverse:
+                _inv_delete(F, n, who, u)
             for i in range(who, n - 1):
                 act[i] = act[i + 1]
             n -= 1
             dropped = p
+            if not inverse:
+                _chol_delete(F, n + 1, who)
             if n == 0:  # cannot happen for t > lambda (c would vanish); kept for safety
                 _recompute_c(G, b, a, c)
                 return steps, False
-    # the solve on the final support and signs, refined once (clears the drift of the rank-one updates):
-    # d = Gi z, then d += Gi (z - G_SS d)
+    # the solve on the final support and signs (clears the drift of the rank-one updates of c and a); with
+    # the inverse refined once, d = F z, then d += F (z - G_SS d) (a small drift of F; the certificate decides)
     for i in range(n):
         p = act[i]
         zi = 1.0 if nonneg or a[p] > 0.0 or (a[p] == 0.0 and c[p] >= 0.0) else -1.0
         z[i] = b[p] - lam * zi
         w[i] = zi
-    _symv(Gi, n, z, d)
-    for i in range(n):
-        row = G[act[i]]
-        v = z[i]
-        for q in range(n):
-            v -= row[act[q]] * d[q]
-        u[i] = v
-    _symv(Gi, n, u, z)
-    for i in range(n):
-        d[i] += z[i]
+    if inverse:
+        _symv(F, n, z, d)
+        for i in range(n):
+            row = G[act[i]]
+            v = z[i]
+            for q in range(n):
+                v -= row[act[q]] * d[q]
+            u[i] = v
+        _symv(F, n, u, z)
+        for i in range(n):
+            d[i] += z[i]
+    else:
+        _chol_solve(F, n, z, d)
     consistent = True
     for i in range(n):
         if d[i] * w[i] < 0.0:
@@ -1007,9 +1049,9 @@ def _dense_sample(G, B, SS, A, phi, S, lam, nonneg, warm, max_iter, tol, m, n_it
     w = np.empty(k)
     d = np.empty(k)
     z = np.empty(k)
-    L = np.empty((m, m))
+    L = np.empty((m, m))  # the Cholesky factor (or the path's inverse) of the active Gram block
     act = np.empty(k, dtype=np.int64)
-    ok = np.empty(k, dtype=np.bool_)
+    free = np.empty(k, dtype=np.bool_)
     u = np.empty(k)
     bmax = 0.0
     for p in range(k):
@@ -1024,9 +1066,15 @@ def _dense_sample(G, B, SS, A, phi, S, lam, nonneg, warm, max_iter, tol, m, n_it
         if not met:
             for p in range(k):
                 a[p] = 0.0
-    if not met:
-        steps, _ = _homotopy(G, b, a, c, w, d, z, u, L, act, ok, lam, nonneg, m, 4 * k + 16)  # L holds G_SS^{-1}
+    if not met:  # the path with the inverse of the active Gram block; again with its Cholesky factor if need be
+        steps, _ = _homotopy(G, b, a, c, w, d, z, u, L, act, free, lam, nonneg, m, 4 * k + 16, True)
         rel, met = _gap_met(a, b, c, SS[i], bmax, lam, nonneg, tol)
+        if not met:
+            for p in range(k):
+                a[p] = 0.0
+            more, _ = _homotopy(G, b, a, c, w, d, z, u, L, act, free, lam, nonneg, m, 4 * k + 16, False)
+            steps += more
+            rel, met = _gap_met(a, b, c, SS[i], bmax, lam, nonneg, tol)
     # coordinate descent where the path met a singular restricted Gram matrix (degenerate
     # dictionaries): a full sweep, the certificate, sweeps over the active set until they
     # settle, an exact solve on the support found, the certificate
@@ -1081,14 +1129,17 @@ def coordinate_descent(op, s, lambda_, nonneg=False, max_iter=1000, tol=1e-8, a0
 
     Minimises ``1/2 a^T G a - b^T a + lambda |a|_1`` (``+ 1/2 ||s||^2``: the LASSO energy) with
     ``G = Phi Phi^T``, ``b = Phi s`` (one GEMM each for the batch). Each sample follows the LASSO
-    path from ``lambda = max|Phi s|`` (code 0) down to ``lambda_`` (:func:`_homotopy`: exact up to
-    rounding, ``O(|S| K)`` per path step, ``|S|`` the active atoms). A sample is done once its
-    relative duality gap (the certificate of :func:`duality_gap`, from ``c = b - G a``) is <= ``tol``
-    (a gap within its rounding estimate counts as zero); the path's end meets any ``tol`` but on
-    degenerate dictionaries (an atom in the span of the active ones: duplicates, more than ``D``
-    active), where cyclic coordinate descent, ``a_p <- T_lambda(b_p - sum_{q != p} G_pq a_q) / G_pp``,
-    takes over from the point reached (full sweeps, sweeps over the active set, then the exact solve
-    on the support found) for at most ``max_iter`` sweeps.
+    path from ``lambda = max|Phi s|`` (code 0) down to ``lambda_`` (:func:`_homotopy`, ``O(|S| K)`` per
+    path step, ``|S|`` the active atoms), first with rank-one updates of the inverse of the active Gram
+    block (fast), and, where its certificate falls short (its rounding drifts on coherent atoms), again
+    with the Cholesky factor (exact up to rounding). A sample is done once its relative duality gap (the
+    certificate of :func:`duality_gap`, from ``c = b - G a``) is <= ``tol`` (a gap within its rounding
+    estimate counts as zero); the path's end meets any ``tol`` but on degenerate dictionaries (an atom
+    (numerically) in the span of the active ones: duplicates, more than ``D`` active, restricted Gram
+    blocks with condition numbers beyond about 1e10), where cyclic coordinate descent,
+    ``a_p <- T_lambda(b_p - sum_{q != p} G_pq a_q) / G_pp``, takes over from the point reached (full
+    sweeps, sweeps over the active set, then the exact solve on the support found) for at most
+    ``max_iter`` sweeps.
 
     ``a0`` (a warm start: the previous batch's codes, a FISTA answer) is a shortcut: if its gap, or
     that of the exact solve on its support and signs (``G_SS^{-1} (b_S - lambda sign(a0_S))``), meets
@@ -1111,9 +1162,12 @@ def coordinate_descent(op, s, lambda_, nonneg=False, max_iter=1000, tol=1e-8, a0
     (319 / 172 ms), 6.0x / 7.2x scikit-learn lasso_cd, 28x lasso_lars; lambda 0.1 1.09x / 1.33x
     SPAMS, 11x / 16x lasso_cd; lambda 0.5, a >= 0: 2.0x / 1.21x SPAMS. The previous cyclic coordinate
     descent (coordinate-change stop) took 0.40-0.74 s at lambda 0.5 and hit 1,000 sweeps without
-    reaching the optimum (energy excess 6e-7-6e-4 relative). 2-core EPYC Zen 4, 2026-12-02, with the
-    inverse-updating path and the energies from the kernel: lambda 0.5 a >= 0 32.7 vs 45.5 ms (1.39x;
-    39.4 vs 38.5 ms before), lambda 0.5 41.2 vs 48.5 ms (1.18x), lambda 0.1 92.2 vs 104 ms (1.13x).
+    reaching the optimum (energy excess 6e-7-6e-4 relative). Those figures are of the Cholesky path;
+    with the inverse-updating path, the direction four rows of ``G`` a pass and the energies from the
+    kernel (2-core EPYC Zen 4, 2026-12-02; the kernel alone 1.17-1.24x faster, same steps): lambda 0.5
+    a >= 0 32.7 vs 45.5 ms (1.39x; 39.4 vs 38.5 ms before the change), lambda 0.5 41.2 vs 48.5 ms
+    (1.18x), lambda 0.1 92.2 vs 104 ms (1.13x); bench.peers (the current figures, with the peers' too)
+    1.17-1.18x at all three.
 
     ``energy`` is computed in the kernel from each sample's residual in float64 (exact for the
     returned codes when ``s`` is float64); for other dtypes it is :func:`lasso_energy` of the codes
@@ -1131,6 +1185,8 @@ def coordinate_descent(op, s, lambda_, nonneg=False, max_iter=1000, tol=1e-8, a0
         return _empty_result(op, s)
     xp = get_xp(s)
     phi = np.asarray(to_numpy(op.W), dtype=np.float64)
+    if not np.isfinite(phi).all():
+        raise ValueError("the dictionary op.W contains NaN or Inf")
     S = np.ascontiguousarray(to_numpy(s), dtype=np.float64)  # (no copy for float64 data)
     n, k = S.shape[0], phi.shape[0]
     A = np.zeros((n, k)) if a0 is None else np.array(to_numpy(a0), dtype=np.float64)
