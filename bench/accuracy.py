@@ -73,11 +73,11 @@ def demo_main_job():
         out = _sparsecoding(["demo", "--out", str(out_dir), "--quiet"]).stdout
         wall = time.perf_counter() - t0
         pictures = sorted(p.name for p in out_dir.glob("*.png"))
-    first = out.strip().splitlines()[0]  # "<steps> dictionary steps in <s> s; energy per sample a -> b, fraction active f"
+    first = out.strip().splitlines()[0]  # "<steps> dictionary steps in <s> s; energy per sample a -> b (...), fraction active f (...)"
     e0, e1 = re.search(r"energy per sample ([\d.]+) -> ([\d.]+)", first).groups()
     return {"command": "sparsecoding demo", "wall_seconds": wall, "summary": first,
             "steps": int(first.split()[0]), "energy_first": float(e0),
-            "energy_last": float(e1), "frac_active": float(first.rsplit(" ", 1)[1]),
+            "energy_last": float(e1), "frac_active": float(re.search(r"fraction active ([\d.]+)", first).group(1)),
             "pictures": pictures}
 
 

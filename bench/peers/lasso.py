@@ -45,7 +45,12 @@ the same energy to 1e-15:
 first call after ours took 104-116 ms where its repeated calls take 60-68 ms; ours 78-84 vs 78-81 ms),
 and ours with single-threaded BLAS around the path: lambda 0.5 57.8 ms vs SPAMS 61.6 ms (1.07x),
 lambda 0.1 111.1 vs 130.7 ms (1.18x), lambda 0.5 a >= 0 54.3 vs 48.2 ms (0.89x); other runs 0.71-1.02x
-(SPAMS 41-70 ms at lambda 0.5 between runs).
+(SPAMS 41-70 ms at lambda 0.5 between runs). Then, with the inverse-updating path (the kernel 1.17-1.24x
+faster, same steps) and the energies from the kernel, and each timed call after at least 0.25 s of
+untimed calls of the same side (``PRIME_MIN_S``: one untimed call had not outlasted the spinning of
+OpenBLAS's threads after FISTA's products, which cost the 35 ms path 13-20 ms): lambda 0.5 41.2 vs
+50.9 ms (1.23x), lambda 0.1 103.2 vs 136.7 ms (1.32x), lambda 0.5 a >= 0 32.9 vs 51.0 ms (1.55x); a
+--only lasso run 1.17-1.18x at all three.
 
 FISTA to the same energy (tol 1e-7-1e-8): 6.4-33 s, 0.02-0.08x SPAMS (it converges linearly at
 best on this 4x overcomplete, coherent dictionary; the exact path is the dense route).
