@@ -704,14 +704,10 @@ def _inv_append(G, Gi, act, n, j, u):  # pragma: no cover - compiled
     grow = G[j]  # G is symmetric: G[act[q], j] = G[j, act[q]]
     for q in range(n):
         g[q] = grow[act[q]]
+    _symv(Gi, n, g, u)
     s = 0.0
     for i in range(n):
-        row = Gi[i]
-        v = 0.0
-        for q in range(n):
-            v += row[q] * g[q]
-        u[i] = v
-        s += g[i] * v
+        s += g[i] * u[i]
     sigma = G[j, j] - s
     if not sigma > 1e-10 * G[j, j]:
         return False
